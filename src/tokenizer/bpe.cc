@@ -1,0 +1,161 @@
+#include "tokenizer/bpe.h"
+
+#include <algorithm>
+#include <bit>
+
+#include "tokenizer/byte_level.h"
+#include "util/error.h"
+
+namespace vlmforge::tokenizer {
+namespace {
+
+uint64_t pair_key(TokenId left, TokenId right) {
+  return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
+}
+
+size_t mix(uint64_t key) {
+  // splitmix64 finalizer: ids are small and dense, so spread them over the table.
+  key ^= key >> 30;
+  key *= 0xbf58476d1ce4e5b9ULL;
+  key ^= key >> 27;
+  key *= 0x94d049bb133111ebULL;
+  key ^= key >> 31;
+  return static_cast<size_t>(key);
+}
+
+// Min-heap order: lower rank first, then the leftmost position.
+bool later(const BpeScratch::Candidate& a, const BpeScratch::Candidate& b) {
+  return a.rank != b.rank ? a.rank > b.rank : a.left > b.left;
+}
+
+}  // namespace
+
+void BpeModel::MergeTable::reserve(size_t count) {
+  const size_t capacity = std::bit_ceil(std::max<size_t>(16, count * 2));
+  slots_.assign(capacity, Entry{kEmpty, 0, 0});
+  mask_ = capacity - 1;
+}
+
+bool BpeModel::MergeTable::insert(TokenId left, TokenId right, uint32_t rank, TokenId merged) {
+  const uint64_t key = pair_key(left, right);
+  for (size_t i = mix(key) & mask_;; i = (i + 1) & mask_) {
+    if (slots_[i].key == key) return false;
+    if (slots_[i].key == kEmpty) {
+      slots_[i] = Entry{key, rank, merged};
+      return true;
+    }
+  }
+}
+
+const BpeModel::MergeTable::Entry* BpeModel::MergeTable::find(TokenId left, TokenId right) const {
+  const uint64_t key = pair_key(left, right);
+  for (size_t i = mix(key) & mask_;; i = (i + 1) & mask_) {
+    if (slots_[i].key == key) return &slots_[i];
+    if (slots_[i].key == kEmpty) return nullptr;
+  }
+}
+
+BpeModel::BpeModel(BpeSpec spec, std::string_view source) : ignore_merges_(spec.ignore_merges) {
+  const std::string where(source);
+  TokenId max_id = -1;
+  for (const auto& entry : spec.vocab) max_id = std::max(max_id, entry.second);
+  id_to_bytes_.resize(static_cast<size_t>(max_id + 1));
+  bytes_to_id_.reserve(spec.vocab.size());
+  for (auto& [spelling, id] : spec.vocab) {
+    std::optional<std::string> raw = byte_level_to_bytes(spelling);
+    if (!raw || raw->empty()) {
+      throw Error(where + ": unsupported tokenizer: model.vocab entry \"" + spelling + "\" (id " +
+                  std::to_string(id) + ") is not byte-level text; only byte-level BPE vocabularies are supported");
+    }
+    id_to_bytes_[static_cast<size_t>(id)] = *raw;
+    bytes_to_id_.emplace(std::move(*raw), id);
+  }
+  for (int b = 0; b < 256; ++b) {
+    const auto it = bytes_to_id_.find(std::string_view(reinterpret_cast<const char*>(&b), 1));
+    if (it == bytes_to_id_.end()) {
+      throw Error(where + ": unsupported tokenizer: model.vocab has no token for byte " + std::to_string(b) +
+                  " (byte-level BPE needs all 256)");
+    }
+    byte_ids_[b] = it->second;
+  }
+  merges_.reserve(spec.merges.size());
+  std::string joined;
+  for (size_t rank = 0; rank < spec.merges.size(); ++rank) {
+    const auto& [left, right] = spec.merges[rank];
+    const auto lookup = [&](std::string_view spelling) -> TokenId {
+      const std::optional<std::string> raw = byte_level_to_bytes(spelling);
+      const auto it = raw ? bytes_to_id_.find(*raw) : bytes_to_id_.end();
+      if (it == bytes_to_id_.end()) {
+        throw Error(where + ": model.merges[" + std::to_string(rank) + "] (\"" + left + " " + right +
+                    "\"): token \"" + std::string(spelling) + "\" is not in model.vocab");
+      }
+      return it->second;
+    };
+    joined.assign(left).append(right);
+    const TokenId left_id = lookup(left), right_id = lookup(right), merged_id = lookup(joined);
+    // A repeated merge keeps its first (lowest) rank, as Hugging Face does.
+    merges_.insert(left_id, right_id, static_cast<uint32_t>(rank), merged_id);
+  }
+}
+
+std::string_view BpeModel::token_bytes(TokenId id) const {
+  if (id < 0 || static_cast<size_t>(id) >= id_to_bytes_.size()) return {};
+  return id_to_bytes_[static_cast<size_t>(id)];
+}
+
+const TokenId* BpeModel::find(std::string_view raw_bytes) const {
+  const auto it = bytes_to_id_.find(raw_bytes);
+  return it == bytes_to_id_.end() ? nullptr : &it->second;
+}
+
+void BpeModel::push_candidate(BpeScratch& scratch, int32_t left) const {
+  const int32_t right = scratch.symbols[static_cast<size_t>(left)].next;
+  if (right < 0) return;
+  const TokenId left_id = scratch.symbols[static_cast<size_t>(left)].id;
+  const TokenId right_id = scratch.symbols[static_cast<size_t>(right)].id;
+  const MergeTable::Entry* merge = merges_.find(left_id, right_id);
+  if (!merge) return;
+  scratch.heap.push_back({merge->rank, left, left_id, right_id, merge->merged});
+  std::push_heap(scratch.heap.begin(), scratch.heap.end(), later);
+}
+
+void BpeModel::encode_piece(std::string_view piece, BpeScratch& scratch, std::vector<TokenId>& out) const {
+  if (piece.size() == 1) {
+    out.push_back(byte_ids_[static_cast<uint8_t>(piece[0])]);
+    return;
+  }
+  if (ignore_merges_) {
+    if (const TokenId* whole = find(piece)) {
+      out.push_back(*whole);
+      return;
+    }
+  }
+  auto& symbols = scratch.symbols;
+  symbols.clear();
+  scratch.heap.clear();
+  const auto count = static_cast<int32_t>(piece.size());
+  for (int32_t i = 0; i < count; ++i) {
+    symbols.push_back({byte_ids_[static_cast<uint8_t>(piece[static_cast<size_t>(i)])], i - 1,
+                       i + 1 < count ? i + 1 : -1, true});
+  }
+  for (int32_t i = 0; i + 1 < count; ++i) push_candidate(scratch, i);
+  while (!scratch.heap.empty()) {
+    std::pop_heap(scratch.heap.begin(), scratch.heap.end(), later);
+    const BpeScratch::Candidate candidate = scratch.heap.back();
+    scratch.heap.pop_back();
+    // Candidates are not removed when a neighbour merges; skip those whose pair no longer exists.
+    BpeScratch::Symbol& left = symbols[static_cast<size_t>(candidate.left)];
+    if (!left.alive || left.id != candidate.left_id || left.next < 0) continue;
+    BpeScratch::Symbol& right = symbols[static_cast<size_t>(left.next)];
+    if (right.id != candidate.right_id) continue;
+    left.id = candidate.merged_id;
+    right.alive = false;
+    left.next = right.next;
+    if (right.next >= 0) symbols[static_cast<size_t>(right.next)].prev = candidate.left;
+    if (left.prev >= 0) push_candidate(scratch, left.prev);
+    push_candidate(scratch, candidate.left);
+  }
+  for (int32_t i = 0; i >= 0; i = symbols[static_cast<size_t>(i)].next) out.push_back(symbols[static_cast<size_t>(i)].id);
+}
+
+}  // namespace vlmforge::tokenizer

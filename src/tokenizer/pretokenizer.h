@@ -1,0 +1,35 @@
+#pragma once
+// The Split pre-tokenizer with "Isolated" behaviour: every regex match is a piece, and so is every
+// stretch of text between matches. The pattern is compiled by PCRE2 with UTF and UCP (so \p{L},
+// \s and friends follow Unicode, as in the Oniguruma engine Hugging Face tokenizers uses) and JIT.
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace vlmforge::tokenizer {
+
+class RegexSplitter {
+ public:
+  // Throws Error naming `source` and the offset of the problem when the pattern does not compile.
+  RegexSplitter(std::string_view pattern, std::string_view source);
+  ~RegexSplitter();
+  RegexSplitter(RegexSplitter&&) noexcept;
+  RegexSplitter& operator=(RegexSplitter&&) noexcept;
+
+  // Appends the pieces of `text` (valid UTF-8) to `pieces`; they point into `text`.
+  void split(std::string_view text, std::vector<std::string_view>& pieces) const;
+
+  const std::string& pattern() const { return pattern_; }
+
+ private:
+  struct Compiled;
+  std::string pattern_;
+  std::unique_ptr<Compiled> compiled_;
+};
+
+// The regex GPT-2's ByteLevel pre-tokenizer applies when its "use_regex" is true.
+inline constexpr std::string_view kGpt2SplitPattern =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+}  // namespace vlmforge::tokenizer

@@ -1,0 +1,102 @@
+// The golden corpus: ../shared/golden/tokenizer/strings.json encoded with the real Qwen2 tokenizer
+// must give ids.json exactly (ids from @lenml/tokenizers, a Hugging Face-compatible
+// implementation; special tokens in the text recognised, none added), and decoding must give back
+// the NFC form of every string.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "io/json_file.h"
+#include "support/test_support.h"
+#include "tokenizer/detokenizer.h"
+#include "tokenizer/normalizer.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/utf8.h"
+
+namespace vlmforge::tokenizer {
+namespace {
+
+const Tokenizer& qwen_tokenizer() {
+  static const Tokenizer kTokenizer = Tokenizer::load(test::shared_dir() / "tokenizer" / "tokenizer.json");
+  return kTokenizer;
+}
+
+struct GoldenCase {
+  std::string text;
+  std::vector<TokenId> ids;
+};
+
+std::vector<GoldenCase> golden_cases() {
+  const auto dir = test::shared_dir() / "golden" / "tokenizer";
+  const nlohmann::json strings = read_json_file(dir / "strings.json");
+  const nlohmann::json ids = read_json_file(dir / "ids.json");
+  EXPECT_EQ(strings.size(), ids.size());
+  std::vector<GoldenCase> cases;
+  for (size_t i = 0; i < std::min(strings.size(), ids.size()); ++i) {
+    cases.push_back({strings[i].get<std::string>(), ids[i].get<std::vector<TokenId>>()});
+  }
+  return cases;
+}
+
+TEST(TokenizerGolden, EncodesEveryGoldenStringExactly) {
+  const auto cases = golden_cases();
+  ASSERT_GE(cases.size(), 100u);
+  size_t matched = 0;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const auto ids = qwen_tokenizer().encode(cases[i].text);
+    EXPECT_EQ(ids, cases[i].ids) << "golden string #" << i << ": " << nlohmann::json(cases[i].text).dump();
+    matched += ids == cases[i].ids;
+  }
+  EXPECT_EQ(matched, cases.size());
+}
+
+TEST(TokenizerGolden, DecodeOfEncodeIsTheNfcText) {
+  for (const auto& c : golden_cases()) {
+    EXPECT_EQ(qwen_tokenizer().decode(qwen_tokenizer().encode(c.text)), nfc(c.text))
+        << nlohmann::json(c.text).dump();
+    EXPECT_EQ(qwen_tokenizer().decode(c.ids), nfc(c.text)) << nlohmann::json(c.text).dump();
+  }
+}
+
+TEST(TokenizerGolden, WholeCorpusInOneTextEncodesAsThePiecesJoined) {
+  // Each string wrapped as "X" + s + "\n", so that "\n" + an ASCII letter joins them, a place
+  // safe_split_point allows cutting at: encoding the whole, or chunk by chunk at those cuts, must
+  // both equal the pieces encoded one by one.
+  std::string whole;
+  std::vector<TokenId> expected;
+  for (const auto& c : golden_cases()) {
+    const std::string piece = "X" + c.text + "\n";
+    whole += piece;
+    auto ids = qwen_tokenizer().encode(piece);
+    expected.insert(expected.end(), ids.begin(), ids.end());
+  }
+  EXPECT_EQ(qwen_tokenizer().encode(whole), expected);
+
+  std::vector<TokenId> chunked;
+  std::string_view rest = whole;
+  while (!rest.empty()) {
+    const size_t cut = qwen_tokenizer().safe_split_point(rest.substr(0, std::min<size_t>(rest.size(), 700)));
+    const size_t take = cut == 0 ? rest.size() : cut;
+    qwen_tokenizer().encode_append(rest.substr(0, take), chunked);
+    rest.remove_prefix(take);
+  }
+  EXPECT_EQ(chunked, expected);
+}
+
+TEST(TokenizerGolden, StreamingDetokenizerMatchesDecodeAndNeverEmitsBrokenUtf8) {
+  for (const auto& c : golden_cases()) {
+    IncrementalDetokenizer stream(qwen_tokenizer());
+    std::string joined;
+    for (const TokenId id : c.ids) {
+      const std::string chunk = stream.push(id);
+      // Every chunk is complete UTF-8 on its own.
+      EXPECT_EQ(find_invalid_utf8(chunk), std::string::npos) << nlohmann::json(c.text).dump();
+      joined += chunk;
+    }
+    joined += stream.finish();
+    EXPECT_EQ(joined, qwen_tokenizer().decode(c.ids));
+  }
+}
+
+}  // namespace
+}  // namespace vlmforge::tokenizer
