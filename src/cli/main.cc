@@ -1,0 +1,36 @@
+// vlmforge: the command-line front end. Subcommands are registered from src/cli/cmd_*.cc.
+#include <csignal>
+#include <cstdio>
+#include <exception>
+
+#include "cli/commands.h"
+#include "util/error.h"
+
+int main(int argc, char** argv) {
+  // A file-size limit (ulimit -f) should surface as a write error we can report, not a kill.
+  std::signal(SIGXFSZ, SIG_IGN);
+
+  CLI::App app{
+      "vlmforge: merge LoRA adapters into Qwen2.5 / Qwen2.5-VL checkpoints, inspect checkpoints, and\n"
+      "generate random-weight checkpoints of the published shapes. Runs on the CPU; no accelerator needed."};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "vlmforge 0.1.0");
+  int exit_code = vlmforge::cli::kExitOk;
+  vlmforge::cli::add_inspect_command(app, exit_code);
+  vlmforge::cli::add_merge_lora_command(app, exit_code);
+  vlmforge::cli::add_generate_command(app, exit_code);
+  vlmforge::cli::add_demo_command(app, exit_code);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : vlmforge::cli::kExitUsage;
+  } catch (const vlmforge::UsageError& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return vlmforge::cli::kExitUsage;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return vlmforge::cli::kExitFailure;
+  }
+  return exit_code;
+}

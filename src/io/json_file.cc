@@ -1,0 +1,45 @@
+#include "io/json_file.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "util/error.h"
+
+namespace vlmforge {
+
+nlohmann::json parse_json(std::string_view text, std::string_view source) {
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    // e.byte is 1-based and points just past the offending character.
+    const size_t offset = e.byte > 0 ? std::min<size_t>(e.byte - 1, text.size()) : 0;
+    size_t line = 1, column = 1;
+    for (size_t i = 0; i < offset; ++i) {
+      if (text[i] == '\n') {
+        ++line;
+        column = 1;
+      } else {
+        ++column;
+      }
+    }
+    std::string reason = e.what();
+    if (const auto pos = reason.find("syntax error"); pos != std::string::npos) reason = reason.substr(pos);
+    throw Error(std::string(source) + ":" + std::to_string(line) + ":" + std::to_string(column) +
+                ": invalid JSON: " + reason);
+  }
+}
+
+std::string read_text_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path.string() + ": cannot open for reading");
+  std::ostringstream buffer;
+  buffer << in.rdbuf();
+  if (in.bad()) throw Error(path.string() + ": read error");
+  return std::move(buffer).str();
+}
+
+nlohmann::json read_json_file(const std::filesystem::path& path) {
+  return parse_json(read_text_file(path), path.string());
+}
+
+}  // namespace vlmforge

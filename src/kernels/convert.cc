@@ -1,0 +1,80 @@
+#include "kernels/convert.h"
+
+#include <cstring>
+
+#include "io/convert.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/convert.cc"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+
+HWY_BEFORE_NAMESPACE();
+namespace vlmforge::kernels::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+void Bf16ToF32(const std::byte* src, float* dst, size_t count) {
+  const hn::ScalableTag<float> df;
+  const hn::RebindToUnsigned<decltype(df)> du32;
+  const hn::Rebind<uint16_t, decltype(df)> du16;
+  const size_t lanes = hn::Lanes(df);
+  const auto* in = reinterpret_cast<const uint16_t*>(src);
+  size_t i = 0;
+  for (; i + lanes <= count; i += lanes) {
+    const auto wide = hn::ShiftLeft<16>(hn::PromoteTo(du32, hn::LoadU(du16, in + i)));
+    hn::StoreU(hn::BitCast(df, wide), df, dst + i);
+  }
+  for (; i < count; ++i) dst[i] = load_float(DType::BF16, src, i);
+}
+
+void F32ToBf16(const float* src, std::byte* dst, size_t count) {
+  const hn::ScalableTag<float> df;
+  const hn::RebindToUnsigned<decltype(df)> du32;
+  const hn::RebindToSigned<decltype(df)> di32;
+  const hn::Rebind<uint16_t, decltype(df)> du16;
+  const size_t lanes = hn::Lanes(df);
+  auto* out = reinterpret_cast<uint16_t*>(dst);
+  const auto round_bias = hn::Set(du32, 0x7fffu);
+  const auto one = hn::Set(du32, 1u);
+  const auto quiet = hn::Set(du32, 0x40u);
+  size_t i = 0;
+  for (; i + lanes <= count; i += lanes) {
+    const auto v = hn::LoadU(df, src + i);
+    const auto bits = hn::BitCast(du32, v);
+    const auto rounded = hn::ShiftRight<16>(hn::Add(bits, hn::Add(round_bias, hn::And(hn::ShiftRight<16>(bits), one))));
+    const auto nan = hn::Or(hn::ShiftRight<16>(bits), quiet);
+    const auto result = hn::IfThenElse(hn::RebindMask(du32, hn::IsNaN(v)), nan, rounded);
+    hn::StoreU(hn::DemoteTo(du16, hn::BitCast(di32, result)), du16, out + i);
+  }
+  for (; i < count; ++i) store_float(DType::BF16, dst, i, src[i]);
+}
+
+}  // namespace vlmforge::kernels::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace vlmforge::kernels {
+
+HWY_EXPORT(Bf16ToF32);
+HWY_EXPORT(F32ToBf16);
+
+void to_f32(DType dtype, const std::byte* src, float* dst, size_t count) {
+  switch (dtype) {
+    case DType::BF16: HWY_DYNAMIC_DISPATCH(Bf16ToF32)(src, dst, count); return;
+    case DType::F32: std::memcpy(dst, src, count * sizeof(float)); return;
+    default:
+      for (size_t i = 0; i < count; ++i) dst[i] = load_float(dtype, src, i);
+  }
+}
+
+void from_f32(DType dtype, const float* src, std::byte* dst, size_t count) {
+  switch (dtype) {
+    case DType::BF16: HWY_DYNAMIC_DISPATCH(F32ToBf16)(src, dst, count); return;
+    case DType::F32: std::memcpy(dst, src, count * sizeof(float)); return;
+    default:
+      for (size_t i = 0; i < count; ++i) store_float(dtype, dst, i, src[i]);
+  }
+}
+
+}  // namespace vlmforge::kernels
+#endif  // HWY_ONCE

@@ -1,0 +1,76 @@
+#include "kernels/low_rank.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/low_rank.cc"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+
+HWY_BEFORE_NAMESPACE();
+namespace vlmforge::kernels::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// kRows rows × kVecs vectors of columns starting at `col`: accumulate Σ_k left[row,k]·right[k,col..]
+// in registers, then rows[row, col..] += scale · acc.
+template <size_t kRows, size_t kVecs>
+HWY_INLINE void Tile(float* rows, size_t cols, const float* left, const float* right, size_t rank, float scale,
+                     size_t col) {
+  const hn::ScalableTag<float> d;
+  const size_t lanes = hn::Lanes(d);
+  using V = hn::Vec<decltype(d)>;
+  V acc[kRows][kVecs];
+  for (size_t r = 0; r < kRows; ++r)
+    for (size_t v = 0; v < kVecs; ++v) acc[r][v] = hn::Zero(d);
+  for (size_t k = 0; k < rank; ++k) {
+    V b[kVecs];
+    for (size_t v = 0; v < kVecs; ++v) b[v] = hn::LoadU(d, right + k * cols + col + v * lanes);
+    for (size_t r = 0; r < kRows; ++r) {
+      const V a = hn::Set(d, left[r * rank + k]);
+      for (size_t v = 0; v < kVecs; ++v) acc[r][v] = hn::MulAdd(a, b[v], acc[r][v]);
+    }
+  }
+  const V s = hn::Set(d, scale);
+  for (size_t r = 0; r < kRows; ++r)
+    for (size_t v = 0; v < kVecs; ++v) {
+      float* out = rows + r * cols + col + v * lanes;
+      hn::StoreU(hn::MulAdd(s, acc[r][v], hn::LoadU(d, out)), d, out);
+    }
+}
+
+template <size_t kRows>
+HWY_INLINE void RowGroup(float* rows, size_t cols, const float* left, const float* right, size_t rank, float scale) {
+  const hn::ScalableTag<float> d;
+  const size_t lanes = hn::Lanes(d);
+  size_t col = 0;
+  for (; col + 4 * lanes <= cols; col += 4 * lanes) Tile<kRows, 4>(rows, cols, left, right, rank, scale, col);
+  for (; col + lanes <= cols; col += lanes) Tile<kRows, 1>(rows, cols, left, right, rank, scale, col);
+  for (; col < cols; ++col) {
+    for (size_t r = 0; r < kRows; ++r) {
+      float acc = 0;
+      for (size_t k = 0; k < rank; ++k) acc += left[r * rank + k] * right[k * cols + col];
+      rows[r * cols + col] += scale * acc;
+    }
+  }
+}
+
+void AddLowRank(float* rows, size_t n_rows, size_t cols, const float* left, const float* right, size_t rank,
+                float scale) {
+  size_t row = 0;
+  for (; row + 2 <= n_rows; row += 2) RowGroup<2>(rows + row * cols, cols, left + row * rank, right, rank, scale);
+  for (; row < n_rows; ++row) RowGroup<1>(rows + row * cols, cols, left + row * rank, right, rank, scale);
+}
+
+}  // namespace vlmforge::kernels::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace vlmforge::kernels {
+
+HWY_EXPORT(AddLowRank);
+
+void add_low_rank(float* rows, size_t n_rows, size_t cols, const float* left, const float* right, size_t rank,
+                  float scale) {
+  HWY_DYNAMIC_DISPATCH(AddLowRank)(rows, n_rows, cols, left, right, rank, scale);
+}
+
+}  // namespace vlmforge::kernels
+#endif  // HWY_ONCE

@@ -1,0 +1,318 @@
+// Executing a merge plan: stream every output tensor block by block into a temporary directory,
+// then rename it into place.
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <mutex>
+
+#include "io/json_file.h"
+#include "kernels/convert.h"
+#include "kernels/low_rank.h"
+#include "lora/merge.h"
+#include "util/error.h"
+#include "util/progress.h"
+#include "util/thread_pool.h"
+
+namespace vlmforge {
+namespace fs = std::filesystem;
+
+namespace {
+
+// Each block's fp32 working copy is at most this large; memory does not grow with the model.
+constexpr uint64_t kBlockFloats = (16u << 20) / sizeof(float);
+
+std::vector<float> tensor_to_f32(const TensorRef& t) {
+  std::vector<float> out(t.info->num_elements());
+  kernels::to_f32(t.info->dtype, t.data().data(), out.data(), out.size());
+  return out;
+}
+
+std::vector<float> transpose(const std::vector<float>& m, size_t rows, size_t cols) {
+  std::vector<float> out(m.size());
+  for (size_t r = 0; r < rows; ++r)
+    for (size_t c = 0; c < cols; ++c) out[c * rows + r] = m[r * cols + c];
+  return out;
+}
+
+// One step applied to the fp32 rows of a tensor, in plan order.
+struct Step {
+  enum class Kind { kLowRank, kAddRowVector } kind;
+  std::vector<float> left;   // [rows, rank]   (kLowRank)
+  std::vector<float> right;  // [rank, cols]   (kLowRank); the vector to add (kAddRowVector)
+  size_t rank = 0;
+  float scale = 1;
+  // DoRA: after the low-rank add, scale by magnitude / norm along rows or along columns.
+  std::vector<float> magnitude;
+  bool dora = false;
+  bool column_norm = false;
+  std::vector<float> column_factor;  // magnitude / column norm, filled by a pre-pass
+};
+
+Step make_step(const TensorUpdate& u, size_t rows, size_t cols) {
+  Step s;
+  const LoraModule& m = *u.module;
+  s.scale = static_cast<float>(m.scaling);
+  if (u.kind == TensorUpdate::Kind::kLoraBias) {
+    s.kind = Step::Kind::kAddRowVector;
+    s.right = tensor_to_f32(*m.b_bias);
+    return s;
+  }
+  s.kind = Step::Kind::kLowRank;
+  s.rank = static_cast<size_t>(m.rank);
+  std::vector<float> a = tensor_to_f32(*m.a);  // [rank, a_cols]
+  std::vector<float> b = tensor_to_f32(*m.b);  // [b_rows, rank]
+  if (u.transposed) {
+    // stored delta = (B·A)ᵀ = Aᵀ·Bᵀ: left = Aᵀ [rows, rank], right = Bᵀ [rank, cols].
+    s.left = transpose(a, s.rank, rows);
+    s.right = transpose(b, cols, s.rank);
+  } else {
+    s.left = std::move(b);
+    s.right = std::move(a);
+  }
+  if (u.kind == TensorUpdate::Kind::kDora) {
+    s.dora = true;
+    s.column_norm = u.transposed;
+    s.magnitude = tensor_to_f32(*m.magnitude);
+  }
+  return s;
+}
+
+// Applies steps [0, count) to rows [row0, row0+n) held in `buf` ([n, cols]); the last step only
+// up to its low-rank add when `stop_before_norm`.
+void apply_steps(std::vector<Step>& steps, size_t count, bool stop_before_norm, float* buf, size_t row0, size_t n,
+                 size_t cols) {
+  for (size_t si = 0; si < count; ++si) {
+    Step& s = steps[si];
+    if (s.kind == Step::Kind::kAddRowVector) {
+      for (size_t r = 0; r < n; ++r)
+        for (size_t c = 0; c < cols; ++c) buf[r * cols + c] += s.scale * s.right[c];
+      continue;
+    }
+    kernels::add_low_rank(buf, n, cols, s.left.data() + row0 * s.rank, s.right.data(), s.rank, s.scale);
+    if (!s.dora || (stop_before_norm && si + 1 == count)) continue;
+    if (s.column_norm) {
+      for (size_t r = 0; r < n; ++r)
+        for (size_t c = 0; c < cols; ++c) buf[r * cols + c] *= s.column_factor[c];
+    } else {
+      for (size_t r = 0; r < n; ++r) {
+        double sum = 0;
+        for (size_t c = 0; c < cols; ++c) sum += static_cast<double>(buf[r * cols + c]) * buf[r * cols + c];
+        const float factor = static_cast<float>(s.magnitude[row0 + r] / std::sqrt(sum));
+        for (size_t c = 0; c < cols; ++c) buf[r * cols + c] *= factor;
+      }
+    }
+  }
+}
+
+class TensorMerger {
+ public:
+  TensorMerger(ThreadPool& pool, ProgressBar& progress) : pool_(pool), progress_(progress) {}
+
+  void write(const PlannedTensor& t, SafetensorsWriter& writer) {
+    const TensorRef* source = t.base;
+    size_t first_update = 0;
+    for (size_t i = 0; i < t.updates.size(); ++i)
+      if (t.updates[i].kind == TensorUpdate::Kind::kReplace) {
+        source = t.updates[i].replacement;
+        first_update = i + 1;
+      }
+    const MappedFile& mapped = source->file->mapped();
+    const uint64_t offset = source->file->file_offset(*source->info);
+    const uint64_t nbytes = source->info->nbytes();
+    mapped.prefetch(offset, nbytes);
+    if (first_update == t.updates.size() && source->info->dtype == t.output.dtype) {
+      writer.copy_from(mapped, offset, nbytes);
+    } else {
+      // Matrices are [shape[0], rest]; vectors and scalars are one row.
+      const auto& shape = t.output.shape;
+      const size_t rows = shape.size() < 2 ? 1 : shape[0];
+      const size_t cols = rows ? t.output.num_elements() / rows : 0;
+      std::vector<Step> steps;
+      for (size_t i = first_update; i < t.updates.size(); ++i) steps.push_back(make_step(t.updates[i], rows, cols));
+      compute_column_factors(steps, *source, rows, cols);
+      stream_blocks(steps, *source, t.output.dtype, rows, cols, writer);
+    }
+    mapped.release(offset, nbytes);
+    progress_.advance(t.output.nbytes());
+  }
+
+ private:
+  // Walks the source in blocks of rows: converts each block to fp32 in buffer_, runs
+  // per_chunk(buf, first_row, n) on parallel chunks of it, then after_block(n) on the whole block.
+  template <typename PerChunk, typename AfterBlock>
+  void for_blocks(const TensorRef& source, size_t rows, size_t cols, PerChunk&& per_chunk, AfterBlock&& after_block) {
+    const size_t block_rows = std::max<size_t>(1, kBlockFloats / std::max<size_t>(cols, 1));
+    const size_t element_bytes = dtype_info(source.info->dtype).bits / 8;
+    const std::byte* src = source.data().data();
+    for (size_t row0 = 0; row0 < rows; row0 += block_rows) {
+      const size_t n = std::min(block_rows, rows - row0);
+      buffer_.resize(n * cols);
+      out_bytes_.resize(std::max(out_bytes_.size(), n * cols * sizeof(float)));  // room in the widest output dtype
+      pool_.parallel_for(n, [&](size_t begin, size_t end) {
+        float* buf = buffer_.data() + begin * cols;
+        kernels::to_f32(source.info->dtype, src + (row0 + begin) * cols * element_bytes, buf, (end - begin) * cols);
+        per_chunk(buf, row0 + begin, end - begin);
+      });
+      after_block(n);
+    }
+  }
+
+  // DoRA on fan_in_fan_out layers and embeddings normalises columns: each column's norm needs
+  // every row, so a pre-pass computes it (once per such step, in order).
+  void compute_column_factors(std::vector<Step>& steps, const TensorRef& source, size_t rows, size_t cols) {
+    for (size_t si = 0; si < steps.size(); ++si) {
+      if (!steps[si].dora || !steps[si].column_norm) continue;
+      std::vector<double> sums(cols, 0.0);
+      std::mutex sums_mutex;
+      for_blocks(
+          source, rows, cols,
+          [&](float* buf, size_t row0, size_t n) {
+            apply_steps(steps, si + 1, true, buf, row0, n, cols);
+            std::vector<double> local(cols, 0.0);
+            for (size_t r = 0; r < n; ++r)
+              for (size_t c = 0; c < cols; ++c) local[c] += static_cast<double>(buf[r * cols + c]) * buf[r * cols + c];
+            std::lock_guard lock(sums_mutex);
+            for (size_t c = 0; c < cols; ++c) sums[c] += local[c];
+          },
+          [](size_t) {});
+      steps[si].column_factor.resize(cols);
+      for (size_t c = 0; c < cols; ++c)
+        steps[si].column_factor[c] = static_cast<float>(steps[si].magnitude[c] / std::sqrt(sums[c]));
+    }
+  }
+
+  void stream_blocks(std::vector<Step>& steps, const TensorRef& source, DType out_dtype, size_t rows, size_t cols,
+                     SafetensorsWriter& writer) {
+    const size_t out_element = dtype_info(out_dtype).bits / 8;
+    for_blocks(
+        source, rows, cols,
+        [&](float* buf, size_t row0, size_t n) {
+          apply_steps(steps, steps.size(), false, buf, row0, n, cols);
+          const size_t first = static_cast<size_t>(buf - buffer_.data()) / std::max<size_t>(cols, 1);
+          kernels::from_f32(out_dtype, buf, out_bytes_.data() + first * cols * out_element, n * cols);
+        },
+        [&](size_t n) { writer.write(std::span(out_bytes_).first(n * cols * out_element)); });
+  }
+
+  ThreadPool& pool_;
+  ProgressBar& progress_;
+  std::vector<float> buffer_;
+  std::vector<std::byte> out_bytes_;
+};
+
+bool is_within(const fs::path& inner, const fs::path& outer) {
+  auto i = inner.begin(), o = outer.begin();
+  for (; o != outer.end(); ++o, ++i)
+    if (i == inner.end() || *i != *o) return false;
+  return true;
+}
+
+void check_output_location(const fs::path& output, const MergeOptions& options) {
+  const fs::path out = fs::weakly_canonical(fs::absolute(output));
+  std::vector<fs::path> inputs{options.model_dir};
+  inputs.insert(inputs.end(), options.adapter_dirs.begin(), options.adapter_dirs.end());
+  for (const auto& input : inputs) {
+    const fs::path in = fs::weakly_canonical(fs::absolute(input));
+    if (is_within(out, in))
+      throw UsageError("output directory " + output.string() + " is inside input directory " + input.string() +
+                       "; choose another --output_dir (inputs are never modified)");
+    if (is_within(in, out))
+      throw UsageError("output directory " + output.string() + " contains input directory " + input.string() +
+                       "; choose another --output_dir (inputs are never modified)");
+  }
+  if (fs::exists(output)) {
+    if (!fs::is_directory(output)) throw UsageError("output path " + output.string() + " exists and is not a directory");
+    if (!fs::is_empty(output) && !options.overwrite)
+      throw UsageError("output directory " + output.string() + " exists and is not empty; pass --overwrite to replace it");
+  }
+}
+
+// Removes the temporary output unless the merge completed.
+class TemporaryDirectory {
+ public:
+  explicit TemporaryDirectory(fs::path path) : path_(std::move(path)) {
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TemporaryDirectory() {
+    if (!committed_) {
+      std::error_code ec;
+      fs::remove_all(path_, ec);
+    }
+  }
+  TemporaryDirectory(const TemporaryDirectory&) = delete;
+  TemporaryDirectory& operator=(const TemporaryDirectory&) = delete;
+  const fs::path& path() const { return path_; }
+  void commit() { committed_ = true; }
+
+ private:
+  fs::path path_;
+  bool committed_ = false;
+};
+
+std::string torch_dtype_name(DType d) {
+  return d == DType::BF16 ? "bfloat16" : d == DType::F16 ? "float16" : "float32";
+}
+
+void copy_non_weight_files(const fs::path& model_dir, const fs::path& out_dir, std::optional<DType> dtype) {
+  for (const auto& file : non_weight_files(model_dir)) {
+    const fs::path target = out_dir / file.filename();
+    if (file.filename() == "config.json" && dtype) {
+      // The weights' dtype changed: say so in the config, as transformers would on save.
+      nlohmann::ordered_json config = nlohmann::ordered_json::parse(read_text_file(file));
+      config["torch_dtype"] = torch_dtype_name(*dtype);
+      if (config.contains("text_config") && config["text_config"].is_object())
+        config["text_config"]["torch_dtype"] = torch_dtype_name(*dtype);
+      write_text_file(target, config.dump(2) + "\n");
+    } else if (fs::is_directory(file)) {
+      fs::copy(file, target, fs::copy_options::recursive);
+    } else {
+      fs::copy_file(file, target);
+    }
+  }
+}
+
+}  // namespace
+
+MergeStats execute_merge(const Checkpoint& base, const MergePlan& plan, const MergeOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  check_output_location(plan.output_dir, options);
+  const fs::path output = fs::absolute(plan.output_dir);
+  TemporaryDirectory temp(output.parent_path() / ("." + output.filename().string() + ".tmp-" + std::to_string(getpid())));
+
+  ThreadPool pool(options.threads);
+  ProgressBar progress("merge", plan.total_bytes, options.progress);
+  TensorMerger merger(pool, progress);
+  std::map<std::string, std::string> weight_map;
+  for (size_t s = 0; s < plan.shards.size(); ++s) {
+    std::vector<TensorSpec> specs;
+    for (size_t i : plan.shards[s]) {
+      specs.push_back(plan.tensors[i].output);
+      weight_map[plan.tensors[i].output.name] = plan.shard_name(s);
+    }
+    SafetensorsWriter writer(temp.path() / plan.shard_name(s), std::move(specs));
+    for (size_t i : plan.shards[s]) merger.write(plan.tensors[i], writer);
+    writer.finish();
+  }
+  if (plan.shards.size() > 1)
+    write_text_file(temp.path() / "model.safetensors.index.json",
+                    make_shard_index(plan.total_bytes, weight_map).dump(2) + "\n");
+  copy_non_weight_files(base.root(), temp.path(), options.dtype);
+  progress.finish();
+
+  // Swap into place: the output directory only ever holds a complete merge.
+  if (fs::exists(output)) {
+    const fs::path old = output.parent_path() / ("." + output.filename().string() + ".old-" + std::to_string(getpid()));
+    fs::rename(output, old);
+    fs::rename(temp.path(), output);
+    temp.commit();
+    fs::remove_all(old);
+  } else {
+    fs::rename(temp.path(), output);
+    temp.commit();
+  }
+  return {std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), plan.total_bytes};
+}
+
+}  // namespace vlmforge

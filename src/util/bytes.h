@@ -1,0 +1,16 @@
+#pragma once
+// Byte sizes as people write them: "5GB" (10^9, as huggingface_hub parses max_shard_size),
+// "2GiB" (2^30), "500MB", "123" (bytes).
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace vlmforge {
+
+// Throws UsageError naming `what` on a malformed or negative size.
+uint64_t parse_byte_size(std::string_view text, std::string_view what = "size");
+
+// "1.50 GiB", "812.0 MiB", "96 B".
+std::string format_bytes(uint64_t bytes);
+
+}  // namespace vlmforge
