@@ -14,5 +14,6 @@ void add_inspect_command(CLI::App& app, int& exit_code);
 void add_merge_lora_command(CLI::App& app, int& exit_code);
 void add_generate_command(CLI::App& app, int& exit_code);
 void add_demo_command(CLI::App& app, int& exit_code);
+void add_tokenize_command(CLI::App& app, int& exit_code);
 
 }  // namespace vlmforge::cli
