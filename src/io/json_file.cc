@@ -26,6 +26,9 @@ nlohmann::json parse_json(std::string_view text, std::string_view source) {
     if (const auto pos = reason.find("syntax error"); pos != std::string::npos) reason = reason.substr(pos);
     throw Error(std::string(source) + ":" + std::to_string(line) + ":" + std::to_string(column) +
                 ": invalid JSON: " + reason);
+  } catch (const nlohmann::json::exception& e) {
+    // e.g. a number too large for any JSON number type
+    throw Error(std::string(source) + ": invalid JSON: " + e.what());
   }
 }
 

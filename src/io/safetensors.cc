@@ -30,6 +30,9 @@ uint64_t read_u64_le(std::span<const std::byte> bytes) {
   return v;
 }
 
+// JSON for an error message; never throws (replaces invalid UTF-8).
+std::string quote(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 TensorInfo parse_tensor_entry(const std::string& name, const json& entry, std::string_view source) {
   auto fail = [&](const std::string& why) {
     return Error(std::string(source) + ": tensor '" + name + "': " + why);
@@ -40,7 +43,7 @@ TensorInfo parse_tensor_entry(const std::string& name, const json& entry, std::s
   const auto dtype_it = entry.find("dtype");
   if (dtype_it == entry.end() || !dtype_it->is_string()) throw fail("missing or non-string \"dtype\"");
   const auto dtype = parse_dtype(dtype_it->get_ref<const std::string&>());
-  if (!dtype) throw fail("unknown dtype \"" + dtype_it->get<std::string>() + "\"");
+  if (!dtype) throw fail("unknown dtype \"" + dtype_it->get_ref<const std::string&>() + "\"");
   t.dtype = *dtype;
 
   const auto shape_it = entry.find("shape");
@@ -49,7 +52,7 @@ TensorInfo parse_tensor_entry(const std::string& name, const json& entry, std::s
   for (const auto& dim : *shape_it) {
     if (!dim.is_number_unsigned()) throw fail("shape has a non-integer or negative dimension");
     const uint64_t d = dim.get<uint64_t>();
-    if (d != 0 && elements > UINT64_MAX / d) throw fail("shape " + shape_it->dump() + " overflows");
+    if (d != 0 && elements > UINT64_MAX / d) throw fail("shape " + quote(*shape_it) + " overflows");
     elements *= d;
     t.shape.push_back(d);
   }
@@ -59,12 +62,12 @@ TensorInfo parse_tensor_entry(const std::string& name, const json& entry, std::s
     throw fail("\"data_offsets\" must be [begin, end] with non-negative integers");
   t.begin = (*offsets_it)[0].get<uint64_t>();
   t.end = (*offsets_it)[1].get<uint64_t>();
-  if (t.end < t.begin) throw fail("data_offsets " + offsets_it->dump() + " end before they begin");
+  if (t.end < t.begin) throw fail("data_offsets " + quote(*offsets_it) + " end before they begin");
   const auto expected = storage_bytes(t.dtype, elements);
   if (!expected) throw fail("shape " + t.shape_string() + " is not a whole number of bytes of " +
                             std::string(dtype_name(t.dtype)));
   if (*expected != t.nbytes())
-    throw fail("data_offsets " + offsets_it->dump() + " span " + std::to_string(t.nbytes()) +
+    throw fail("data_offsets " + quote(*offsets_it) + " span " + std::to_string(t.nbytes()) +
                " bytes but shape " + t.shape_string() + " of " + std::string(dtype_name(t.dtype)) +
                " needs " + std::to_string(*expected));
   return t;

@@ -144,6 +144,7 @@ TEST(Safetensors, RejectsBadHeadersWithClearErrors) {
       {"reversed", R"({"a": {"dtype": "F32", "shape": [0], "data_offsets": [4, 0]}})", 4, "end before"},
       {"bad_offsets", R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0]}})", 4, "data_offsets"},
       {"overflow", R"({"a": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 4]}})", 4, "overflows"},
+      {"number_overflow", R"({"a": {"dtype": "F32", "shape": [1e792], "data_offsets": [0, 4]}})", 4, "invalid JSON"},
       {"bad_metadata", R"({"__metadata__": {"format": 1}})", 0, "not a string"},
   };
   for (const auto& c : cases) {

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Sets everything up (scripts/setup.sh), runs the whole test suite (ctest), then a bounded,
+# seeded libFuzzer session on the safetensors header parser. Exit status is non-zero on failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+echo "== ctest"
+(cd build && ctest --output-on-failure -j"$(nproc)")
+
+echo "== fuzz: safetensors header parser (bounded, seeded)"
+CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVLMFORGE_FUZZ=ON \
+  -DVLMFORGE_BUILD_TESTS=OFF -DVLMFORGE_BUILD_BENCH=OFF >/dev/null
+cmake --build build-fuzz -j"$(nproc)" --target fuzz_safetensors_header >/dev/null
+corpus=$(mktemp -d)
+trap 'rm -rf "$corpus"' EXIT
+# Seed with real files: a generated checkpoint shard and the golden adapters when present.
+build/vlmforge generate checkpoint --preset tiny --output_dir "$corpus/model" >/dev/null
+mkdir -p "$corpus/seeds"
+cp "$corpus/model/model.safetensors" "$corpus/seeds/"
+for f in ../shared/golden/lora/*/adapter_model.safetensors; do [ -f "$f" ] && cp "$f" "$corpus/seeds/$(basename "$(dirname "$f")").safetensors"; done
+build-fuzz/fuzz/fuzz_safetensors_header "$corpus/seeds" -seed=1 -runs=1000000 -max_len=8192 -rss_limit_mb=2048 \
+  -artifact_prefix=build-fuzz/ 2>&1 | tail -n 3
+echo "fuzz: passed"
