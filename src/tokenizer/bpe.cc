@@ -10,7 +10,7 @@ namespace vlmforge::tokenizer {
 namespace {
 
 uint64_t pair_key(TokenId left, TokenId right) {
-  return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
+  return (static_cast<uint64_t>(left) << kBpeIdBits) | static_cast<uint64_t>(right);
 }
 
 size_t mix(uint64_t key) {
@@ -32,27 +32,32 @@ bool later(const BpeScratch::Candidate& a, const BpeScratch::Candidate& b) {
 
 void BpeModel::MergeTable::reserve(size_t count) {
   const size_t capacity = std::bit_ceil(std::max<size_t>(16, count * 2));
-  slots_.assign(capacity, Entry{kEmpty, 0, 0});
+  slots_.assign(capacity, kEmpty);
   mask_ = capacity - 1;
 }
 
-bool BpeModel::MergeTable::insert(TokenId left, TokenId right, uint32_t rank, TokenId merged) {
+bool BpeModel::MergeTable::insert(TokenId left, TokenId right, uint32_t rank) {
   const uint64_t key = pair_key(left, right);
   for (size_t i = mix(key) & mask_;; i = (i + 1) & mask_) {
-    if (slots_[i].key == key) return false;
-    if (slots_[i].key == kEmpty) {
-      slots_[i] = Entry{key, rank, merged};
+    if (slots_[i] == kEmpty) {
+      slots_[i] = (key << kBpeRankBits) | rank;
       return true;
     }
+    if ((slots_[i] >> kBpeRankBits) == key) return false;
   }
 }
 
-const BpeModel::MergeTable::Entry* BpeModel::MergeTable::find(TokenId left, TokenId right) const {
+int64_t BpeModel::MergeTable::find(TokenId left, TokenId right) const {
   const uint64_t key = pair_key(left, right);
   for (size_t i = mix(key) & mask_;; i = (i + 1) & mask_) {
-    if (slots_[i].key == key) return &slots_[i];
-    if (slots_[i].key == kEmpty) return nullptr;
+    const uint64_t slot = slots_[i];
+    if (slot == kEmpty) return -1;
+    if ((slot >> kBpeRankBits) == key) return static_cast<int64_t>(slot & ((uint64_t{1} << kBpeRankBits) - 1));
   }
+}
+
+void BpeModel::MergeTable::prefetch(TokenId left, TokenId right) const {
+  __builtin_prefetch(&slots_[mix(pair_key(left, right)) & mask_]);
 }
 
 BpeModel::BpeModel(BpeSpec spec, std::string_view source) : ignore_merges_(spec.ignore_merges) {
@@ -60,41 +65,49 @@ BpeModel::BpeModel(BpeSpec spec, std::string_view source) : ignore_merges_(spec.
   TokenId max_id = -1;
   for (const auto& entry : spec.vocab) max_id = std::max(max_id, entry.second);
   id_to_bytes_.resize(static_cast<size_t>(max_id + 1));
-  bytes_to_id_.reserve(spec.vocab.size());
+  spelling_to_id_.reserve(spec.vocab.size());
+  if (max_id >= (TokenId{1} << kBpeIdBits) || spec.merges.size() >= (size_t{1} << kBpeRankBits)) {
+    throw Error(where + ": unsupported tokenizer: more than " + std::to_string(1 << kBpeIdBits) +
+                " vocab ids or " + std::to_string(1 << kBpeRankBits) + " merges");
+  }
   for (auto& [spelling, id] : spec.vocab) {
+    if (id < 0) throw Error(where + ": model.vocab[\"" + spelling + "\"]: negative id");
     std::optional<std::string> raw = byte_level_to_bytes(spelling);
     if (!raw || raw->empty()) {
       throw Error(where + ": unsupported tokenizer: model.vocab entry \"" + spelling + "\" (id " +
                   std::to_string(id) + ") is not byte-level text; only byte-level BPE vocabularies are supported");
     }
-    id_to_bytes_[static_cast<size_t>(id)] = *raw;
-    bytes_to_id_.emplace(std::move(*raw), id);
+    id_to_bytes_[static_cast<size_t>(id)] = std::move(*raw);
+    spelling_to_id_.emplace(std::move(spelling), id);
   }
   for (int b = 0; b < 256; ++b) {
-    const auto it = bytes_to_id_.find(std::string_view(reinterpret_cast<const char*>(&b), 1));
-    if (it == bytes_to_id_.end()) {
+    const TokenId* id = find(std::string(1, static_cast<char>(b)));
+    if (!id) {
       throw Error(where + ": unsupported tokenizer: model.vocab has no token for byte " + std::to_string(b) +
                   " (byte-level BPE needs all 256)");
     }
-    byte_ids_[b] = it->second;
+    byte_ids_[b] = *id;
   }
+  // Merges name tokens by spelling; the spelling of a concatenation is the concatenation of the
+  // spellings (the byte-level map is per byte), so no decoding is needed here.
   merges_.reserve(spec.merges.size());
+  merged_by_rank_.resize(spec.merges.size());
   std::string joined;
   for (size_t rank = 0; rank < spec.merges.size(); ++rank) {
     const auto& [left, right] = spec.merges[rank];
-    const auto lookup = [&](std::string_view spelling) -> TokenId {
-      const std::optional<std::string> raw = byte_level_to_bytes(spelling);
-      const auto it = raw ? bytes_to_id_.find(*raw) : bytes_to_id_.end();
-      if (it == bytes_to_id_.end()) {
+    const auto lookup = [&](const std::string& spelling) -> TokenId {
+      const auto it = spelling_to_id_.find(spelling);
+      if (it == spelling_to_id_.end()) {
         throw Error(where + ": model.merges[" + std::to_string(rank) + "] (\"" + left + " " + right +
-                    "\"): token \"" + std::string(spelling) + "\" is not in model.vocab");
+                    "\"): token \"" + spelling + "\" is not in model.vocab");
       }
       return it->second;
     };
     joined.assign(left).append(right);
     const TokenId left_id = lookup(left), right_id = lookup(right), merged_id = lookup(joined);
     // A repeated merge keeps its first (lowest) rank, as Hugging Face does.
-    merges_.insert(left_id, right_id, static_cast<uint32_t>(rank), merged_id);
+    merges_.insert(left_id, right_id, static_cast<uint32_t>(rank));
+    merged_by_rank_[rank] = merged_id;
   }
 }
 
@@ -104,8 +117,8 @@ std::string_view BpeModel::token_bytes(TokenId id) const {
 }
 
 const TokenId* BpeModel::find(std::string_view raw_bytes) const {
-  const auto it = bytes_to_id_.find(raw_bytes);
-  return it == bytes_to_id_.end() ? nullptr : &it->second;
+  const auto it = spelling_to_id_.find(bytes_to_byte_level(raw_bytes));
+  return it == spelling_to_id_.end() ? nullptr : &it->second;
 }
 
 void BpeModel::push_candidate(BpeScratch& scratch, int32_t left) const {
@@ -113,9 +126,9 @@ void BpeModel::push_candidate(BpeScratch& scratch, int32_t left) const {
   if (right < 0) return;
   const TokenId left_id = scratch.symbols[static_cast<size_t>(left)].id;
   const TokenId right_id = scratch.symbols[static_cast<size_t>(right)].id;
-  const MergeTable::Entry* merge = merges_.find(left_id, right_id);
-  if (!merge) return;
-  scratch.heap.push_back({merge->rank, left, left_id, right_id, merge->merged});
+  const int64_t rank = merges_.find(left_id, right_id);
+  if (rank < 0) return;
+  scratch.heap.push_back({static_cast<uint32_t>(rank), left, left_id, right_id, merged_by_rank_[static_cast<size_t>(rank)]});
   std::push_heap(scratch.heap.begin(), scratch.heap.end(), later);
 }
 
@@ -138,6 +151,8 @@ void BpeModel::encode_piece(std::string_view piece, BpeScratch& scratch, std::ve
     symbols.push_back({byte_ids_[static_cast<uint8_t>(piece[static_cast<size_t>(i)])], i - 1,
                        i + 1 < count ? i + 1 : -1, true});
   }
+  // The table is larger than the caches: start all first-round lookups before using any.
+  for (int32_t i = 0; i + 1 < count; ++i) merges_.prefetch(symbols[static_cast<size_t>(i)].id, symbols[static_cast<size_t>(i + 1)].id);
   for (int32_t i = 0; i + 1 < count; ++i) push_candidate(scratch, i);
   while (!scratch.heap.empty()) {
     std::pop_heap(scratch.heap.begin(), scratch.heap.end(), later);

@@ -1,7 +1,6 @@
 #pragma once
-// The BPE model over raw bytes. Vocab entries are stored as the bytes they stand for (decoded
-// from the byte-level spelling once, at load), so encoding a pre-tokenized piece starts from one
-// symbol per byte and applies merges by rank, lowest first, leftmost on ties (Hugging Face order).
+// The BPE model over raw bytes. Each vocab entry's bytes are decoded from its byte-level spelling
+// once, at load, so encoding a pre-tokenized piece starts from one symbol per byte and applies merges by rank, lowest first, leftmost on ties (Hugging Face order).
 #include <cstdint>
 #include <span>
 #include <string>
@@ -13,6 +12,10 @@
 namespace vlmforge::tokenizer {
 
 using TokenId = int32_t;
+
+// Limits of the compact merge table: ids below 2^18 (262144), fewer than 2^20 merges.
+inline constexpr int kBpeIdBits = 18;
+inline constexpr int kBpeRankBits = 20;
 
 // What tokenizer.json's "model" section gives: byte-level spellings, as in the file.
 struct BpeSpec {
@@ -57,30 +60,29 @@ class BpeModel {
     using is_transparent = void;
     size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
   };
-  // Open-addressing table from an id pair to (rank, merged id): the hot lookup of encoding.
+  // Open-addressing table from an id pair to its merge rank: the hot lookup of encoding. One
+  // 64-bit word per slot (18-bit ids, 20-bit rank) keeps the table small enough for the caches.
   class MergeTable {
    public:
-    struct Entry {
-      uint64_t key;
-      uint32_t rank;
-      TokenId merged;
-    };
     void reserve(size_t count);
-    bool insert(TokenId left, TokenId right, uint32_t rank, TokenId merged);  // false if present
-    const Entry* find(TokenId left, TokenId right) const;
+    bool insert(TokenId left, TokenId right, uint32_t rank);  // false if the pair is present
+    // The rank of the merge of (left, right), or -1.
+    int64_t find(TokenId left, TokenId right) const;
+    void prefetch(TokenId left, TokenId right) const;
 
    private:
     static constexpr uint64_t kEmpty = ~uint64_t{0};
-    std::vector<Entry> slots_;
+    std::vector<uint64_t> slots_;
     size_t mask_ = 0;
   };
 
   void push_candidate(BpeScratch& scratch, int32_t left) const;
 
-  std::unordered_map<std::string, TokenId, StringHash, std::equal_to<>> bytes_to_id_;
+  std::unordered_map<std::string, TokenId, StringHash, std::equal_to<>> spelling_to_id_;  // byte-level spelling
   std::vector<std::string> id_to_bytes_;
   TokenId byte_ids_[256];
   MergeTable merges_;
+  std::vector<TokenId> merged_by_rank_;
   bool ignore_merges_;
 };
 

@@ -1,5 +1,7 @@
 #include "tokenizer/tokenizer.h"
 
+#include <unordered_map>
+
 #include "io/json_file.h"
 #include "tokenizer/byte_level.h"
 #include "tokenizer/tokenizer_json.h"
@@ -33,7 +35,20 @@ struct EncodeScratch {
   std::string prefixed;
   std::vector<std::string_view> pieces;
   BpeScratch bpe;
+  // Pieces repeat a lot in real text ("Ġthe", "\n", "的"): remember each short piece's ids for the
+  // rest of this call. Per call, so the tokenizer itself stays immutable and thread-safe.
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, std::pair<uint32_t, uint32_t>, Hash, std::equal_to<>> piece_ids;
+  std::vector<TokenId> cached_ids;  // piece_ids values are (offset, count) into this
 };
+
+namespace {
+constexpr size_t kCachedPieceMaxBytes = 32;
+constexpr size_t kCachedPieceLimit = 1 << 16;
+}  // namespace
 
 Tokenizer Tokenizer::load(const std::filesystem::path& path) {
   std::filesystem::path file = path;
@@ -144,12 +159,30 @@ void Tokenizer::encode_segment(std::string_view text, std::vector<TokenId>& out,
 
 void Tokenizer::encode_normalized(std::string_view text, std::vector<TokenId>& out, EncodeScratch& scratch) const {
   if (add_prefix_space_ && !text.starts_with(' ')) {
-    scratch.prefixed.assign(" ").append(text);
+    scratch.prefixed.assign(1, ' ');
+    scratch.prefixed += text;
     text = scratch.prefixed;
   }
   scratch.pieces.clear();
   splitter_.split(text, scratch.pieces);
-  for (const std::string_view piece : scratch.pieces) bpe_.encode_piece(piece, scratch.bpe, out);
+  for (const std::string_view piece : scratch.pieces) {
+    if (piece.size() == 1 || piece.size() > kCachedPieceMaxBytes) {
+      bpe_.encode_piece(piece, scratch.bpe, out);
+      continue;
+    }
+    if (const auto hit = scratch.piece_ids.find(piece); hit != scratch.piece_ids.end()) {
+      const auto [offset, count] = hit->second;
+      out.insert(out.end(), scratch.cached_ids.begin() + offset, scratch.cached_ids.begin() + offset + count);
+      continue;
+    }
+    const size_t first = out.size();
+    bpe_.encode_piece(piece, scratch.bpe, out);
+    if (scratch.piece_ids.size() < kCachedPieceLimit) {
+      const auto offset = static_cast<uint32_t>(scratch.cached_ids.size());
+      scratch.cached_ids.insert(scratch.cached_ids.end(), out.begin() + static_cast<std::ptrdiff_t>(first), out.end());
+      scratch.piece_ids.emplace(piece, std::pair{offset, static_cast<uint32_t>(out.size() - first)});
+    }
+  }
 }
 
 std::string_view Tokenizer::token_bytes(TokenId id) const {
