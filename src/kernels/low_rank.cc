@@ -36,12 +36,21 @@ HWY_INLINE void Tile(float* rows, size_t cols, const float* left, const float* r
     }
 }
 
+// Targets with 32 vector registers (AVX-512, NEON) hold a 4×4 tile of accumulators; those with
+// 16 (AVX2, SSE4) a 4×2 tile. Either way each load of `right` (from L2) feeds four rows.
+#if HWY_ARCH_X86 && HWY_TARGET > HWY_AVX3
+constexpr size_t kTileVecs = 2;
+#else
+constexpr size_t kTileVecs = 4;
+#endif
+
 template <size_t kRows>
 HWY_INLINE void RowGroup(float* rows, size_t cols, const float* left, const float* right, size_t rank, float scale) {
   const hn::ScalableTag<float> d;
   const size_t lanes = hn::Lanes(d);
   size_t col = 0;
-  for (; col + 4 * lanes <= cols; col += 4 * lanes) Tile<kRows, 4>(rows, cols, left, right, rank, scale, col);
+  for (; col + kTileVecs * lanes <= cols; col += kTileVecs * lanes)
+    Tile<kRows, kTileVecs>(rows, cols, left, right, rank, scale, col);
   for (; col + lanes <= cols; col += lanes) Tile<kRows, 1>(rows, cols, left, right, rank, scale, col);
   for (; col < cols; ++col) {
     for (size_t r = 0; r < kRows; ++r) {
@@ -55,7 +64,7 @@ HWY_INLINE void RowGroup(float* rows, size_t cols, const float* left, const floa
 void AddLowRank(float* rows, size_t n_rows, size_t cols, const float* left, const float* right, size_t rank,
                 float scale) {
   size_t row = 0;
-  for (; row + 2 <= n_rows; row += 2) RowGroup<2>(rows + row * cols, cols, left + row * rank, right, rank, scale);
+  for (; row + 4 <= n_rows; row += 4) RowGroup<4>(rows + row * cols, cols, left + row * rank, right, rank, scale);
   for (; row < n_rows; ++row) RowGroup<1>(rows + row * cols, cols, left + row * rank, right, rank, scale);
 }
 

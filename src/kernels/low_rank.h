@@ -1,7 +1,7 @@
 #pragma once
 // The LoRA update of a block of rows: rows += scale · (left · right), with left [n_rows, rank]
 // and right [rank, cols], all fp32 row-major. SIMD (Highway, runtime dispatch), register-tiled
-// so each load of `right` feeds two rows.
+// so each load of `right` feeds four rows.
 #include <cstddef>
 
 namespace vlmforge::kernels {

@@ -4,7 +4,10 @@
 
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <memory>
 #include <mutex>
+#include <thread>
 
 #include "io/json_file.h"
 #include "kernels/convert.h"
@@ -105,6 +108,93 @@ void apply_steps(std::vector<Step>& steps, size_t count, bool stop_before_norm, 
   }
 }
 
+// Writes blocks on a background thread, so the next block is computed while this one is copied
+// into the page cache. At most one write is in flight; its bytes must stay untouched until the
+// next submit() or wait() returns.
+class BackgroundWriter {
+ public:
+  BackgroundWriter() : thread_([this] { loop(); }) {}
+  ~BackgroundWriter() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    changed_.notify_all();
+    thread_.join();
+  }
+  BackgroundWriter(const BackgroundWriter&) = delete;
+  BackgroundWriter& operator=(const BackgroundWriter&) = delete;
+
+  void submit(SafetensorsWriter& writer, std::span<const std::byte> bytes) {
+    wait();
+    std::lock_guard lock(mutex_);
+    writer_ = &writer;
+    bytes_ = bytes;
+    pending_ = true;
+    changed_.notify_all();
+  }
+
+  // Waits for the write in flight without reporting its error (when unwinding from another one).
+  void drain() noexcept {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [this] { return !pending_; });
+    error_ = nullptr;
+  }
+
+  // Waits for the write in flight; rethrows its error.
+  void wait() {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [this] { return !pending_; });
+    if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
+  }
+
+ private:
+  void loop() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      changed_.wait(lock, [this] { return pending_ || stopping_; });
+      if (!pending_) return;
+      lock.unlock();
+      std::exception_ptr error;
+      try {
+        writer_->write(bytes_);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      lock.lock();
+      error_ = error;
+      pending_ = false;
+      changed_.notify_all();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  SafetensorsWriter* writer_ = nullptr;
+  std::span<const std::byte> bytes_;
+  bool pending_ = false;
+  bool stopping_ = false;
+  std::exception_ptr error_;
+  std::thread thread_;  // last: started after the state above exists
+};
+
+// A growable buffer that does not zero what it hands out (every byte is overwritten before use).
+template <typename T>
+class ScratchBuffer {
+ public:
+  T* get(size_t count) {
+    if (count > capacity_) {
+      data_ = std::make_unique_for_overwrite<T[]>(count);
+      capacity_ = count;
+    }
+    return data_.get();
+  }
+
+ private:
+  std::unique_ptr<T[]> data_;
+  size_t capacity_ = 0;
+};
+
 class TensorMerger {
  public:
   TensorMerger(ThreadPool& pool, ProgressBar& progress) : pool_(pool), progress_(progress) {}
@@ -122,6 +212,7 @@ class TensorMerger {
     const uint64_t nbytes = source->info->nbytes();
     mapped.prefetch(offset, nbytes);
     if (first_update == t.updates.size() && source->info->dtype == t.output.dtype) {
+      background_.wait();
       writer.copy_from(mapped, offset, nbytes);
     } else {
       // Matrices are [shape[0], rest]; vectors and scalars are one row.
@@ -138,23 +229,22 @@ class TensorMerger {
   }
 
  private:
-  // Walks the source in blocks of rows: converts each block to fp32 in buffer_, runs
-  // per_chunk(buf, first_row, n) on parallel chunks of it, then after_block(n) on the whole block.
+  // Walks the source in blocks of rows: converts each block to fp32, runs per_chunk(buf,
+  // first_row, n) on parallel chunks of it, then after_block(block, n) for the whole block.
   template <typename PerChunk, typename AfterBlock>
   void for_blocks(const TensorRef& source, size_t rows, size_t cols, PerChunk&& per_chunk, AfterBlock&& after_block) {
     const size_t block_rows = std::max<size_t>(1, kBlockFloats / std::max<size_t>(cols, 1));
     const size_t element_bytes = dtype_info(source.info->dtype).bits / 8;
     const std::byte* src = source.data().data();
+    float* block = floats_.get(std::min(block_rows, rows) * cols);
     for (size_t row0 = 0; row0 < rows; row0 += block_rows) {
       const size_t n = std::min(block_rows, rows - row0);
-      buffer_.resize(n * cols);
-      out_bytes_.resize(std::max(out_bytes_.size(), n * cols * sizeof(float)));  // room in the widest output dtype
       pool_.parallel_for(n, [&](size_t begin, size_t end) {
-        float* buf = buffer_.data() + begin * cols;
+        float* buf = block + begin * cols;
         kernels::to_f32(source.info->dtype, src + (row0 + begin) * cols * element_bytes, buf, (end - begin) * cols);
         per_chunk(buf, row0 + begin, end - begin);
       });
-      after_block(n);
+      after_block(block, n);
     }
   }
 
@@ -175,7 +265,7 @@ class TensorMerger {
             std::lock_guard lock(sums_mutex);
             for (size_t c = 0; c < cols; ++c) sums[c] += local[c];
           },
-          [](size_t) {});
+          [](const float*, size_t) {});
       steps[si].column_factor.resize(cols);
       for (size_t c = 0; c < cols; ++c)
         steps[si].column_factor[c] = static_cast<float>(steps[si].magnitude[c] / std::sqrt(sums[c]));
@@ -185,20 +275,34 @@ class TensorMerger {
   void stream_blocks(std::vector<Step>& steps, const TensorRef& source, DType out_dtype, size_t rows, size_t cols,
                      SafetensorsWriter& writer) {
     const size_t out_element = dtype_info(out_dtype).bits / 8;
+    const size_t block_bytes = std::min(rows, std::max<size_t>(1, kBlockFloats / std::max<size_t>(cols, 1))) * cols * out_element;
     for_blocks(
         source, rows, cols,
-        [&](float* buf, size_t row0, size_t n) {
-          apply_steps(steps, steps.size(), false, buf, row0, n, cols);
-          const size_t first = static_cast<size_t>(buf - buffer_.data()) / std::max<size_t>(cols, 1);
-          kernels::from_f32(out_dtype, buf, out_bytes_.data() + first * cols * out_element, n * cols);
-        },
-        [&](size_t n) { writer.write(std::span(out_bytes_).first(n * cols * out_element)); });
+        [&](float* buf, size_t row0, size_t n) { apply_steps(steps, steps.size(), false, buf, row0, n, cols); },
+        [&](const float* block, size_t n) {
+          // Alternate output buffers: one is being written while the other is filled.
+          std::byte* out = out_bytes_[next_out_].get(block_bytes);
+          next_out_ ^= 1;
+          pool_.parallel_for(n, [&](size_t begin, size_t end) {
+            kernels::from_f32(out_dtype, block + begin * cols, out + begin * cols * out_element, (end - begin) * cols);
+          });
+          background_.submit(writer, std::span(out, n * cols * out_element));
+        });
   }
 
+ public:
+  // Every block handed to the background writer is written before a shard is finished.
+  void flush() { background_.wait(); }
+  // Called before the shard's writer goes away after an error, so no write still uses it.
+  void drain() noexcept { background_.drain(); }
+
+ private:
   ThreadPool& pool_;
   ProgressBar& progress_;
-  std::vector<float> buffer_;
-  std::vector<std::byte> out_bytes_;
+  ScratchBuffer<float> floats_;
+  ScratchBuffer<std::byte> out_bytes_[2];
+  size_t next_out_ = 0;
+  BackgroundWriter background_;  // after the buffers: joins before they are freed
 };
 
 bool is_within(const fs::path& inner, const fs::path& outer) {
@@ -292,7 +396,13 @@ MergeStats execute_merge(const Checkpoint& base, const MergePlan& plan, const Me
       weight_map[plan.tensors[i].output.name] = plan.shard_name(s);
     }
     SafetensorsWriter writer(temp.path() / plan.shard_name(s), std::move(specs));
-    for (size_t i : plan.shards[s]) merger.write(plan.tensors[i], writer);
+    try {
+      for (size_t i : plan.shards[s]) merger.write(plan.tensors[i], writer);
+      merger.flush();
+    } catch (...) {
+      merger.drain();
+      throw;
+    }
     writer.finish();
   }
   if (plan.shards.size() > 1)

@@ -10,6 +10,7 @@
 #include "util/bytes.h"
 #include "util/error.h"
 #include "util/progress.h"
+#include "util/thread_pool.h"
 
 namespace vlmforge {
 namespace fs = std::filesystem;
@@ -45,17 +46,29 @@ std::pair<float, float> value_range(const std::string& name) {
   return {0.0f, 0.05f};
 }
 
-void write_random_tensor(SafetensorsWriter& writer, const TensorSpec& spec, uint64_t seed, ProgressBar& progress) {
-  uint64_t state = name_seed(seed, spec.name);
+// Values depend only on (seed, tensor name, position), not on the thread count: each 1 MiB
+// piece of the tensor has its own generator state.
+void write_random_tensor(SafetensorsWriter& writer, const TensorSpec& spec, uint64_t seed, ThreadPool& pool,
+                         ProgressBar& progress) {
+  constexpr size_t kPieceBytes = 1u << 20;
+  const uint64_t tensor_seed = name_seed(seed, spec.name);
   const auto [center, spread] = value_range(spec.name);
   std::vector<std::byte> chunk(kChunkBytes);
-  const uint64_t element_bytes = dtype_info(spec.dtype).bits / 8;
-  for (uint64_t left = spec.nbytes(); left > 0;) {
-    const size_t n = static_cast<size_t>(std::min<uint64_t>(left, chunk.size() / element_bytes * element_bytes));
-    fill_random(std::span(chunk).first(n), spec.dtype, state, center, spread);
+  const uint64_t total = spec.nbytes();
+  for (uint64_t done = 0; done < total;) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(total - done, chunk.size()));
+    const size_t pieces = (n + kPieceBytes - 1) / kPieceBytes;
+    pool.parallel_for(pieces, [&](size_t begin, size_t end) {
+      for (size_t p = begin; p < end; ++p) {
+        uint64_t state = tensor_seed + (done / kPieceBytes + p) * 0x9e3779b97f4a7c15ull;
+        const size_t offset = p * kPieceBytes;
+        fill_random(std::span(chunk).subspan(offset, std::min(kPieceBytes, n - offset)), spec.dtype, state, center,
+                    spread);
+      }
+    });
     writer.write(std::span(chunk).first(n));
     progress.advance(n);
-    left -= n;
+    done += n;
   }
 }
 
@@ -107,6 +120,7 @@ void generate_checkpoint(const ModelConfig& config, const fs::path& out_dir, con
   uint64_t total = 0;
   for (const auto& t : tensors) total += t.nbytes();
   ProgressBar progress("generate", total, options.progress);
+  ThreadPool pool;
   std::map<std::string, std::string> weight_map;
   for (size_t s = 0; s < shards.size(); ++s) {
     const std::string file_name = shard_file_name(s, shards.size());
@@ -116,7 +130,7 @@ void generate_checkpoint(const ModelConfig& config, const fs::path& out_dir, con
       weight_map[tensors[i].name] = file_name;
     }
     SafetensorsWriter writer(out_dir / file_name, shard_tensors);
-    for (const auto& spec : shard_tensors) write_random_tensor(writer, spec, options.seed, progress);
+    for (const auto& spec : shard_tensors) write_random_tensor(writer, spec, options.seed, pool, progress);
     writer.finish();
   }
   progress.finish();

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Merge benchmark: random-weight bf16 checkpoints of published Qwen2.5 shapes and an r=64 adapter
+# on all seven projection kinds. For each size, side by side on the same files:
+#   cp -r of the base dir (this machine's I/O limit), vlmforge merge-lora, and optionally a
+#   PyTorch full-load merge (what PEFT's merge_and_unload does: whole model in RAM).
+# Every run starts with cold caches (sync + drop_caches when permitted) and ends with sync, so
+# the time includes writing the output to disk. Reports wall time, MB/s, ratio to cp, peak RSS.
+#
+# Usage: bench/merge_bench.sh [--sizes "0.5b 1.5b 7b"] [--workdir DIR] [--torch] [--runs N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sizes="0.5b 1.5b"
+workdir="${TMPDIR:-/tmp}/vlmforge-merge-bench"
+with_torch=0
+runs=3
+while (($#)); do
+  case "$1" in
+    --sizes) sizes="$2"; shift 2 ;;
+    --workdir) workdir="$2"; shift 2 ;;
+    --torch) with_torch=1; shift ;;
+    --runs) runs="$2"; shift 2 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+bin=build/vlmforge
+[ -x "$bin" ] || { echo "build first: bash scripts/setup.sh" >&2; exit 2; }
+mkdir -p "$workdir"
+
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
+# time_cmd OUT_VAR_PREFIX cmd...: sets ${prefix}_s (wall incl. final sync) and ${prefix}_rss_kb
+time_cmd() {
+  local prefix=$1; shift
+  drop_caches
+  local start end
+  start=$(date +%s.%N)
+  /usr/bin/time -f "%M" -o "$workdir/rss" "$@" >/dev/null
+  sync
+  end=$(date +%s.%N)
+  printf -v "${prefix}_s" "%.3f" "$(echo "$end - $start" | bc -l)"
+  printf -v "${prefix}_rss_kb" "%s" "$(tail -n1 "$workdir/rss")"
+}
+median() { printf "%s\n" "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB RAM"
+printf "%-6s %9s %8s | %8s %9s | %8s %9s %7s %9s %10s" size bytes_GB largest cp_s cp_MB/s merge_s merge_MB/s ratio rss_MB rss_bound_MB
+[ "$with_torch" = 1 ] && printf " | %8s %9s" torch_s torch_rss_MB
+printf "\n"
+for size in $sizes; do
+  base="$workdir/qwen2.5-$size"
+  adapter="$workdir/qwen2.5-$size-lora64"
+  if [ ! -f "$base/config.json" ]; then
+    "$bin" generate checkpoint --preset "qwen2.5-$size" --output_dir "$base" >/dev/null
+  fi
+  if [ ! -f "$adapter/adapter_config.json" ]; then
+    "$bin" generate adapter --model "$base" --output_dir "$adapter" --r 64 --lora_alpha 128 >/dev/null
+  fi
+  bytes=$(du -sb --apparent-size "$base" | cut -f1)
+  largest=$("$bin" inspect "$base" --json | python3 -c 'import json,sys; print(max(t["bytes"] for t in json.load(sys.stdin)["tensors"]))')
+  cp_times=(); merge_times=(); merge_rss=(); torch_times=(); torch_rss=()
+  for ((i = 0; i < runs; i++)); do
+    rm -rf "$workdir/cp-out"
+    time_cmd cp cp -r "$base" "$workdir/cp-out"; cp_times+=("$cp_s")
+    rm -rf "$workdir/cp-out" "$workdir/merged"
+    time_cmd merge "$bin" merge-lora --model "$base" --adapters "$adapter" --output_dir "$workdir/merged" --overwrite
+    merge_times+=("$merge_s"); merge_rss+=("$merge_rss_kb")
+    rm -rf "$workdir/merged"
+    if [ "$with_torch" = 1 ]; then
+      time_cmd torch /usr/bin/python3 bench/torch_merge.py --model "$base" --adapter "$adapter" --output_dir "$workdir/torch-out"
+      torch_times+=("$torch_s"); torch_rss+=("$torch_rss_kb")
+      rm -rf "$workdir/torch-out"
+    fi
+  done
+  cp_m=$(median "${cp_times[@]}"); merge_m=$(median "${merge_times[@]}"); rss_m=$(median "${merge_rss[@]}")
+  printf "%-6s %9.2f %8.0f | %8.2f %9.0f | %8.2f %9.0f %7.2f %9.0f %10.0f" "$size" "$(echo "$bytes/1000000000" | bc -l)" \
+    "$(echo "$largest/1000000" | bc -l)" "$cp_m" "$(echo "$bytes/1000000/$cp_m" | bc -l)" "$merge_m" \
+    "$(echo "$bytes/1000000/$merge_m" | bc -l)" "$(echo "$cp_m/$merge_m" | bc -l)" "$(echo "$rss_m/1024" | bc -l)" \
+    "$(echo "(3*$largest)/1048576+200" | bc -l)"
+  if [ "$with_torch" = 1 ]; then
+    printf " | %8.2f %9.0f" "$(median "${torch_times[@]}")" "$(echo "$(median "${torch_rss[@]}")/1024" | bc -l)"
+  fi
+  printf "\n"
+done
+echo "ratio = cp time / merge time (>= 0.7 is the target); rss_bound = 3 x largest tensor + 200 MB"
