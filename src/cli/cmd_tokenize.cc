@@ -1,5 +1,6 @@
 // vlmforge tokenize: text -> ids with a model's tokenizer.json (and, with --chat, its chat
 // template), ids -> text with --decode, and a JSON-lines mode for scripts.
+#include <cstdint>
 #include <cstdio>
 #include <iostream>
 #include <memory>

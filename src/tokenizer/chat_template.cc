@@ -1,5 +1,7 @@
 #include "tokenizer/chat_template.h"
 
+#include <algorithm>
+
 #include "tokenizer/python_json.h"
 #include "util/error.h"
 

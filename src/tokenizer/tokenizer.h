@@ -20,6 +20,8 @@
 
 namespace vlmforge::tokenizer {
 
+struct EncodeScratch;  // per-call buffers, defined in tokenizer.cc
+
 // What to do with input that is not valid UTF-8.
 enum class InvalidUtf8 {
   kReplace,  // each ill-formed subsequence becomes U+FFFD, as when Python decodes with "replace"
@@ -61,7 +63,7 @@ class Tokenizer {
  private:
   Tokenizer(TokenizerSpec spec, std::string_view source);
   void encode_valid(std::string_view text, std::vector<TokenId>& out) const;
-  void encode_segment(std::string_view text, std::vector<TokenId>& out, struct EncodeScratch& scratch) const;
+  void encode_segment(std::string_view text, std::vector<TokenId>& out, EncodeScratch& scratch) const;
   void encode_normalized(std::string_view text, std::vector<TokenId>& out, EncodeScratch& scratch) const;
 
   Normalization normalization_;
