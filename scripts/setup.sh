@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent setup for vlmforge on Debian 12: installs every Debian package that the build,
 # the tests, the fuzzers and the benchmarks need, then configures and builds (Release) into ./build.
-# Usage: scripts/setup.sh [--no-build]
+# Usage: scripts/setup.sh [--no-build] [--bench-peers]
+#   --bench-peers also installs the peers the benchmarks run side by side (PyTorch with OpenBLAS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,16 @@ packages=(
   # tests, fuzzing, benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev time bc
 )
+
+build=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-build) build=0 ;;
+    # Debian's python3-torch uses the slow reference BLAS unless OpenBLAS is installed.
+    --bench-peers) packages+=(python3-torch libopenblas0-pthread) ;;
+    *) echo "setup: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${packages[@]}"; do
@@ -26,6 +37,6 @@ if ((${#missing[@]})); then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-[ "${1:-}" = "--no-build" ] && exit 0
+[ "$build" = 1 ] || exit 0
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)"

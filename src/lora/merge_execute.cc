@@ -397,7 +397,15 @@ MergeStats execute_merge(const Checkpoint& base, const MergePlan& plan, const Me
     }
     SafetensorsWriter writer(temp.path() / plan.shard_name(s), std::move(specs));
     try {
-      for (size_t i : plan.shards[s]) merger.write(plan.tensors[i], writer);
+      for (size_t k = 0; k < plan.shards[s].size(); ++k) {
+        // Start reading the next tensor from disk while this one is computed.
+        const size_t i = plan.shards[s][k];
+        if (i + 1 < plan.tensors.size()) {
+          const TensorRef& next = *plan.tensors[i + 1].base;
+          next.file->mapped().prefetch(next.file->file_offset(*next.info), next.info->nbytes());
+        }
+        merger.write(plan.tensors[i], writer);
+      }
       merger.flush();
     } catch (...) {
       merger.drain();
