@@ -15,5 +15,7 @@ void add_merge_lora_command(CLI::App& app, int& exit_code);
 void add_generate_command(CLI::App& app, int& exit_code);
 void add_demo_command(CLI::App& app, int& exit_code);
 void add_tokenize_command(CLI::App& app, int& exit_code);
+void add_infer_command(CLI::App& app, int& exit_code);
+void add_score_command(CLI::App& app, int& exit_code);
 
 }  // namespace vlmforge::cli

@@ -70,6 +70,9 @@ struct TensorRef {
 
   std::span<const std::byte> data() const { return file->data(*info); }
   const std::string& name() const { return info->name; }
+  // Streaming hints for this tensor's bytes (see MappedFile).
+  void prefetch() const { file->mapped().prefetch(file->file_offset(*info), info->nbytes()); }
+  void release() const { file->mapped().release(file->file_offset(*info), info->nbytes()); }
 };
 
 class Checkpoint {

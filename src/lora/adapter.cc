@@ -242,6 +242,7 @@ std::vector<std::string> Adapter::non_finite_report() const {
     uint64_t bad = 0;
     const uint64_t n = ref.info->num_elements();
     for (uint64_t i = 0; i < n; ++i) bad += !std::isfinite(load_float(ref.info->dtype, data, i));
+    ref.release();  // keep RSS flat: the merge reads each tensor again only once
     if (bad) report.push_back(ref.name() + ": " + std::to_string(bad) + " non-finite value" + (bad > 1 ? "s" : ""));
   }
   return report;

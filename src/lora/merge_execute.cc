@@ -28,6 +28,7 @@ constexpr uint64_t kBlockFloats = (16u << 20) / sizeof(float);
 std::vector<float> tensor_to_f32(const TensorRef& t) {
   std::vector<float> out(t.info->num_elements());
   kernels::to_f32(t.info->dtype, t.data().data(), out.data(), out.size());
+  t.release();
   return out;
 }
 
@@ -207,13 +208,10 @@ class TensorMerger {
         source = t.updates[i].replacement;
         first_update = i + 1;
       }
-    const MappedFile& mapped = source->file->mapped();
-    const uint64_t offset = source->file->file_offset(*source->info);
-    const uint64_t nbytes = source->info->nbytes();
-    mapped.prefetch(offset, nbytes);
+    source->prefetch();
     if (first_update == t.updates.size() && source->info->dtype == t.output.dtype) {
       background_.wait();
-      writer.copy_from(mapped, offset, nbytes);
+      writer.copy_from(source->file->mapped(), source->file->file_offset(*source->info), source->info->nbytes());
     } else {
       // Matrices are [shape[0], rest]; vectors and scalars are one row.
       const auto& shape = t.output.shape;
@@ -224,7 +222,7 @@ class TensorMerger {
       compute_column_factors(steps, *source, rows, cols);
       stream_blocks(steps, *source, t.output.dtype, rows, cols, writer);
     }
-    mapped.release(offset, nbytes);
+    source->release();
     progress_.advance(t.output.nbytes());
   }
 
@@ -400,10 +398,7 @@ MergeStats execute_merge(const Checkpoint& base, const MergePlan& plan, const Me
       for (size_t k = 0; k < plan.shards[s].size(); ++k) {
         // Start reading the next tensor from disk while this one is computed.
         const size_t i = plan.shards[s][k];
-        if (i + 1 < plan.tensors.size()) {
-          const TensorRef& next = *plan.tensors[i + 1].base;
-          next.file->mapped().prefetch(next.file->file_offset(*next.info), next.info->nbytes());
-        }
+        if (i + 1 < plan.tensors.size()) plan.tensors[i + 1].base->prefetch();
         merger.write(plan.tensors[i], writer);
       }
       merger.flush();

@@ -1,0 +1,97 @@
+// vlmforge score: per-token prompt logprobs, the most likely next tokens, and perplexity.
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "cli/infer_session.h"
+#include "io/json_file.h"
+#include "util/error.h"
+
+namespace vlmforge::cli {
+using nlohmann::json;
+
+namespace {
+
+struct ScoreArgs {
+  std::string model;
+  std::string ids;
+  std::string text;
+  std::string file;
+  size_t top_logprobs = 5;
+  size_t threads = 0;
+  bool json = false;
+};
+
+std::vector<int32_t> parse_ids(const std::string& list) {
+  std::vector<int32_t> ids;
+  std::stringstream in(list);
+  for (std::string item; std::getline(in, item, ',');) {
+    try {
+      size_t used = 0;
+      ids.push_back(std::stoi(item, &used));
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      throw UsageError("--ids: '" + item + "' is not a token id (expected e.g. --ids 151644,8948,198)");
+    }
+  }
+  return ids;
+}
+
+int run(const ScoreArgs& a) {
+  const int sources = !a.ids.empty() + !a.text.empty() + !a.file.empty();
+  if (sources != 1) throw UsageError("give exactly one of --ids, --text, --file");
+  InferSession session(a.model, a.threads);
+  std::vector<int32_t> ids = !a.ids.empty()    ? parse_ids(a.ids)
+                             : !a.text.empty() ? session.tokenizer.encode(a.text)
+                                               : session.tokenizer.encode(read_text_file(a.file));
+  if (ids.empty()) throw UsageError("nothing to score: the input has no tokens");
+  KvCache cache = session.model->make_cache(ids.size());
+  const SequenceChunk chunk{&cache, ids, true};
+  const std::vector<float> logits = session.model->forward(std::span(&chunk, 1));
+  const size_t vocab = session.model->vocab_size();
+  json prompt = json::array();
+  double total = 0;
+  for (size_t i = 0; i + 1 < ids.size(); ++i) {
+    const double lp = log_softmax(std::span(logits).subspan(i * vocab, vocab))[static_cast<size_t>(ids[i + 1])];
+    prompt.push_back(lp);
+    total += lp;
+  }
+  const auto last = log_softmax(std::span(logits).subspan((ids.size() - 1) * vocab, vocab));
+  json next = json::array();
+  for (const auto& [id, lp] : top_k_entries(last, a.top_logprobs)) next.push_back({id, lp});
+  const json perplexity = ids.size() > 1 ? json(std::exp(-total / static_cast<double>(ids.size() - 1))) : json(nullptr);
+  const json out = {{"tokens", ids.size()}, {"prompt_logprobs", prompt}, {"next_top", next}, {"perplexity", perplexity}};
+  if (a.json) {
+    std::printf("%s\n", out.dump().c_str());
+    return kExitOk;
+  }
+  std::printf("%zu tokens", ids.size());
+  if (!perplexity.is_null()) std::printf(", perplexity %.4f", perplexity.get<double>());
+  std::printf("\n%8s %-24s %s\n", "position", "token", "logprob");
+  for (size_t i = 0; i + 1 < ids.size(); ++i)
+    std::printf("%8zu %-24s %.6f\n", i + 1, json(session.tokenizer.token_text(ids[i + 1])).dump().c_str(), prompt[i].get<double>());
+  std::printf("next token:\n");
+  for (const auto& [id, lp] : top_k_entries(last, a.top_logprobs))
+    std::printf("  %-8d %-24s %.6f\n", id, json(session.tokenizer.token_text(id)).dump().c_str(), lp);
+  return kExitOk;
+}
+
+}  // namespace
+
+void add_score_command(CLI::App& app, int& exit_code) {
+  auto a = std::make_shared<ScoreArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "score", "Score a text: the log-probability of each token given the ones before it, the most likely\n"
+               "next tokens, and the perplexity (as llama-perplexity reports for llama.cpp).");
+  cmd->add_option("--model", a->model, "Model directory")->required();
+  cmd->add_option("--ids", a->ids, "Comma-separated token ids");
+  cmd->add_option("--text", a->text, "Text to tokenize and score (special tokens in it are recognised)");
+  cmd->add_option("--file", a->file, "File whose text to score");
+  cmd->add_option("--top_logprobs", a->top_logprobs, "Next tokens to list")->capture_default_str();
+  cmd->add_option("--threads", a->threads, "Worker threads (default: all cores)");
+  cmd->add_flag("--json", a->json, "{\"prompt_logprobs\": [...], \"next_top\": [[id, logprob], ...], \"perplexity\": x}");
+  cmd->callback([a, &exit_code] { exit_code = run(*a); });
+}
+
+}  // namespace vlmforge::cli

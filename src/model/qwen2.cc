@@ -1,0 +1,210 @@
+#include "model/qwen2.h"
+
+#include <cmath>
+
+#include "io/convert.h"
+#include "kernels/ops.h"
+#include "util/error.h"
+
+namespace vlmforge {
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kSupported = "Qwen2ForCausalLM (Qwen2, Qwen2.5, Qwen2.5-Coder/Math; model_type qwen2)";
+
+std::vector<float> to_f32_vector(const TensorRef& t) {
+  std::vector<float> out(t.info->num_elements());
+  for (size_t i = 0; i < out.size(); ++i) out[i] = load_float(t.info->dtype, t.data().data(), i);
+  return out;
+}
+
+class WeightLoader {
+ public:
+  WeightLoader(const Checkpoint& ckpt, std::string prefix) : ckpt_(ckpt), prefix_(std::move(prefix)) {}
+
+  const TensorRef& get(const std::string& name, const std::vector<uint64_t>& shape) const {
+    const TensorRef* t = ckpt_.find(name);
+    if (!t) throw Error(ckpt_.root().string() + ": model is missing tensor '" + name + "'");
+    if (t->info->shape != shape) {
+      std::string want = "[";
+      for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
+      throw Error(ckpt_.root().string() + ": tensor '" + name + "' has shape " + t->info->shape_string() +
+                  ", expected " + want + "] from config.json");
+    }
+    if (!is_compute_float(t->info->dtype))
+      throw Error(ckpt_.root().string() + ": tensor '" + name + "' is " + std::string(dtype_name(t->info->dtype)) +
+                  "; only BF16, F16 and F32 weights are supported");
+    return *t;
+  }
+  kernels::WeightMatrix matrix(const std::string& name, uint64_t rows, uint64_t cols) const {
+    const TensorRef& t = get(prefix_ + name, {rows, cols});
+    return {t.info->dtype, t.data().data(), rows, cols};
+  }
+  std::vector<float> vector(const std::string& name, uint64_t n) const { return to_f32_vector(get(prefix_ + name, {n})); }
+  bool has(const std::string& name) const { return ckpt_.find(name) != nullptr; }
+
+ private:
+  const Checkpoint& ckpt_;
+  std::string prefix_;
+};
+
+}  // namespace
+
+Qwen2Model::Qwen2Model(const fs::path& model_dir, size_t threads)
+    : config_(ModelConfig::load(model_dir)), checkpoint_(model_dir), pool_(threads) {
+  if (config_.model_type != "qwen2" && config_.architecture != "Qwen2ForCausalLM")
+    throw Error(model_dir.string() + ": unsupported architecture '" +
+                (config_.architecture.empty() ? config_.model_type : config_.architecture) + "'; supported: " + kSupported);
+  const uint64_t hidden = config_.hidden_size, inter = config_.intermediate_size, vocab = config_.vocab_size;
+  const uint64_t kv_dim = static_cast<uint64_t>(config_.num_key_value_heads) * config_.head_dim();
+  const WeightLoader w(checkpoint_, checkpoint_.find("model.embed_tokens.weight") ? "model." : "model.language_model.");
+  embed_tokens_ = w.matrix("embed_tokens.weight", vocab, hidden);
+  for (int l = 0; l < config_.num_hidden_layers; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    Qwen2Layer layer;
+    layer.q = w.matrix(p + "self_attn.q_proj.weight", hidden, hidden);
+    layer.k = w.matrix(p + "self_attn.k_proj.weight", kv_dim, hidden);
+    layer.v = w.matrix(p + "self_attn.v_proj.weight", kv_dim, hidden);
+    layer.o = w.matrix(p + "self_attn.o_proj.weight", hidden, hidden);
+    layer.q_bias = w.vector(p + "self_attn.q_proj.bias", hidden);
+    layer.k_bias = w.vector(p + "self_attn.k_proj.bias", kv_dim);
+    layer.v_bias = w.vector(p + "self_attn.v_proj.bias", kv_dim);
+    layer.gate = w.matrix(p + "mlp.gate_proj.weight", inter, hidden);
+    layer.up = w.matrix(p + "mlp.up_proj.weight", inter, hidden);
+    layer.down = w.matrix(p + "mlp.down_proj.weight", hidden, inter);
+    layer.input_norm = w.vector(p + "input_layernorm.weight", hidden);
+    layer.post_attention_norm = w.vector(p + "post_attention_layernorm.weight", hidden);
+    layers_.push_back(std::move(layer));
+  }
+  final_norm_ = w.vector("norm.weight", hidden);
+  if (config_.tie_word_embeddings || !w.has("lm_head.weight")) {
+    if (!config_.tie_word_embeddings)
+      throw Error(model_dir.string() + ": model is missing tensor 'lm_head.weight' (config.json says tie_word_embeddings=false)");
+    lm_head_ = embed_tokens_;
+  } else {
+    const WeightLoader top(checkpoint_, "");
+    lm_head_ = top.matrix("lm_head.weight", vocab, hidden);
+  }
+  const size_t head_dim = static_cast<size_t>(config_.head_dim());
+  for (size_t i = 0; i < head_dim / 2; ++i)
+    inv_freq_.push_back(static_cast<float>(1.0 / std::pow(config_.rope_theta, static_cast<double>(2 * i) / head_dim)));
+}
+
+KvCache Qwen2Model::make_cache(size_t max_tokens) const {
+  return KvCache(layers_.size(), static_cast<size_t>(config_.num_key_value_heads * config_.head_dim()), max_tokens);
+}
+
+void Qwen2Model::embed(int32_t token, float* out) const {
+  if (token < 0 || static_cast<uint64_t>(token) >= embed_tokens_.rows)
+    throw Error("token id " + std::to_string(token) + " is outside the vocabulary (size " +
+                std::to_string(embed_tokens_.rows) + ")");
+  const size_t row_bytes = embed_tokens_.cols * (dtype_info(embed_tokens_.dtype).bits / 8);
+  for (size_t i = 0; i < embed_tokens_.cols; ++i)
+    out[i] = load_float(embed_tokens_.dtype, embed_tokens_.data + static_cast<size_t>(token) * row_bytes, i);
+}
+
+void Qwen2Model::matmul(const float* x, size_t tokens, const kernels::WeightMatrix& w, const std::vector<float>* bias,
+                        float* out) {
+  // Split output rows across threads in groups of 4 (the kernel's tile height).
+  const size_t groups = (w.rows + 3) / 4;
+  pool_.parallel_for(groups, [&](size_t begin, size_t end) {
+    kernels::matmul_rows(x, tokens, w.cols, w, bias ? bias->data() : nullptr, out, w.rows, begin * 4,
+                         std::min(end * 4, w.rows));
+  });
+}
+
+std::vector<float> Qwen2Model::forward(std::span<const SequenceChunk> chunks) {
+  const size_t hidden = config_.hidden_size, inter = config_.intermediate_size;
+  const size_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads;
+  const size_t head_dim = config_.head_dim(), kv_dim = kv_heads * head_dim;
+  const size_t group = heads / kv_heads;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  const float attn_scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+
+  // One row per token across all chunks.
+  struct Row {
+    KvCache* cache;
+    size_t position;
+  };
+  std::vector<Row> rows;
+  std::vector<size_t> logit_rows;
+  for (const auto& c : chunks) {
+    if (c.tokens.empty()) throw Error("internal error: empty sequence chunk");
+    c.cache->reserve_more(c.tokens.size());
+    for (size_t i = 0; i < c.tokens.size(); ++i) {
+      if (c.all_logits || i + 1 == c.tokens.size()) logit_rows.push_back(rows.size());
+      rows.push_back({c.cache, c.cache->length() + i});
+    }
+  }
+  const size_t n = rows.size();
+  std::vector<float> x(n * hidden), normed(n * hidden), q(n * hidden), k(n * kv_dim), v(n * kv_dim);
+  std::vector<float> attn(n * hidden), tmp(n * hidden), gate(n * inter), up(n * inter);
+  {
+    size_t r = 0;
+    for (const auto& c : chunks)
+      for (int32_t token : c.tokens) embed(token, x.data() + (r++) * hidden);
+  }
+  // cos/sin per row for its position.
+  std::vector<float> cos(n * head_dim / 2), sin(n * head_dim / 2);
+  for (size_t r = 0; r < n; ++r)
+    for (size_t i = 0; i < head_dim / 2; ++i) {
+      const double angle = static_cast<double>(rows[r].position) * inv_freq_[i];
+      cos[r * head_dim / 2 + i] = static_cast<float>(std::cos(angle));
+      sin[r * head_dim / 2 + i] = static_cast<float>(std::sin(angle));
+    }
+
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Qwen2Layer& layer = layers_[l];
+    for (size_t r = 0; r < n; ++r)
+      kernels::rms_norm(x.data() + r * hidden, layer.input_norm.data(), eps, normed.data() + r * hidden, hidden);
+    matmul(normed.data(), n, layer.q, &layer.q_bias, q.data());
+    matmul(normed.data(), n, layer.k, &layer.k_bias, k.data());
+    matmul(normed.data(), n, layer.v, &layer.v_bias, v.data());
+    for (size_t r = 0; r < n; ++r) {
+      const float* c = cos.data() + r * head_dim / 2;
+      const float* s = sin.data() + r * head_dim / 2;
+      for (size_t h = 0; h < heads; ++h) kernels::apply_rope(q.data() + r * hidden + h * head_dim, head_dim, c, s);
+      for (size_t h = 0; h < kv_heads; ++h) kernels::apply_rope(k.data() + r * kv_dim + h * head_dim, head_dim, c, s);
+      std::copy_n(k.data() + r * kv_dim, kv_dim, rows[r].cache->key(l, rows[r].position));
+      std::copy_n(v.data() + r * kv_dim, kv_dim, rows[r].cache->value(l, rows[r].position));
+    }
+    // Causal attention: row r sees positions [0, position] of its own sequence.
+    pool_.parallel_for(n * heads, [&](size_t begin, size_t end) {
+      std::vector<float> scores;
+      for (size_t item = begin; item < end; ++item) {
+        const size_t r = item / heads, h = item % heads, kvh = h / group;
+        const Row& row = rows[r];
+        const float* query = q.data() + r * hidden + h * head_dim;
+        scores.resize(row.position + 1);
+        for (size_t p = 0; p <= row.position; ++p)
+          scores[p] = kernels::dot(query, row.cache->key(l, p) + kvh * head_dim, head_dim) * attn_scale;
+        kernels::softmax(scores.data(), scores.size());
+        float* out = attn.data() + r * hidden + h * head_dim;
+        std::fill_n(out, head_dim, 0.0f);
+        for (size_t p = 0; p <= row.position; ++p)
+          kernels::axpy(scores[p], row.cache->value(l, p) + kvh * head_dim, out, head_dim);
+      }
+    });
+    matmul(attn.data(), n, layer.o, nullptr, tmp.data());
+    for (size_t i = 0; i < n * hidden; ++i) x[i] += tmp[i];
+    for (size_t r = 0; r < n; ++r)
+      kernels::rms_norm(x.data() + r * hidden, layer.post_attention_norm.data(), eps, normed.data() + r * hidden,
+                        hidden);
+    matmul(normed.data(), n, layer.gate, nullptr, gate.data());
+    matmul(normed.data(), n, layer.up, nullptr, up.data());
+    kernels::silu_mul(gate.data(), up.data(), n * inter);
+    matmul(gate.data(), n, layer.down, nullptr, tmp.data());
+    for (size_t i = 0; i < n * hidden; ++i) x[i] += tmp[i];
+  }
+  for (const auto& c : chunks) c.cache->commit(c.tokens.size());
+
+  std::vector<float> final_rows(logit_rows.size() * hidden);
+  for (size_t i = 0; i < logit_rows.size(); ++i)
+    kernels::rms_norm(x.data() + logit_rows[i] * hidden, final_norm_.data(), eps, final_rows.data() + i * hidden, hidden);
+  std::vector<float> logits(logit_rows.size() * lm_head_.rows);
+  matmul(final_rows.data(), logit_rows.size(), lm_head_, nullptr, logits.data());
+  return logits;
+}
+
+}  // namespace vlmforge

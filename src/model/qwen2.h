@@ -1,0 +1,59 @@
+#pragma once
+// Qwen2 / Qwen2.5 causal language model (Qwen2ForCausalLM) on the CPU: weights used in place from
+// the memory-mapped safetensors (BF16, F16 or F32), activations and accumulation in fp32.
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "kernels/matmul.h"
+#include "model/config.h"
+#include "model/kv_cache.h"
+#include "util/thread_pool.h"
+
+namespace vlmforge {
+
+struct Qwen2Layer {
+  kernels::WeightMatrix q, k, v, o, gate, up, down;
+  std::vector<float> q_bias, k_bias, v_bias;
+  std::vector<float> input_norm, post_attention_norm;
+};
+
+// Tokens of one sequence to run: appended to `cache` at positions cache->length() onwards.
+struct SequenceChunk {
+  KvCache* cache;
+  std::span<const int32_t> tokens;
+  bool all_logits = false;  // logits for every token (scoring) instead of the last only
+};
+
+class Qwen2Model {
+ public:
+  // Loads config.json and the checkpoint in `model_dir`; checks every tensor's presence and shape.
+  Qwen2Model(const std::filesystem::path& model_dir, size_t threads);
+
+  const ModelConfig& config() const { return config_; }
+  size_t vocab_size() const { return static_cast<size_t>(config_.vocab_size); }
+  KvCache make_cache(size_t max_tokens) const;
+
+  // Runs all chunks together (each weight matrix is read once for all their tokens) and returns
+  // logits: for each chunk its last token's row, or every token's row when all_logits.
+  std::vector<float> forward(std::span<const SequenceChunk> chunks);
+
+ private:
+  void embed(int32_t token, float* out) const;
+  void matmul(const float* x, size_t tokens, const kernels::WeightMatrix& w, const std::vector<float>* bias,
+              float* out);
+
+  ModelConfig config_;
+  Checkpoint checkpoint_;
+  kernels::WeightMatrix embed_tokens_{};
+  kernels::WeightMatrix lm_head_{};
+  std::vector<Qwen2Layer> layers_;
+  std::vector<float> final_norm_;
+  std::vector<float> inv_freq_;  // RoPE frequencies, head_dim / 2
+  ThreadPool pool_;
+};
+
+}  // namespace vlmforge
