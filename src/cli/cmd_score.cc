@@ -70,10 +70,10 @@ int run(const ScoreArgs& a) {
   if (!perplexity.is_null()) std::printf(", perplexity %.4f", perplexity.get<double>());
   std::printf("\n%8s %-24s %s\n", "position", "token", "logprob");
   for (size_t i = 0; i + 1 < ids.size(); ++i)
-    std::printf("%8zu %-24s %.6f\n", i + 1, json(session.tokenizer.token_text(ids[i + 1])).dump().c_str(), prompt[i].get<double>());
+    std::printf("%8zu %-24s %.6f\n", i + 1, json(display_text(session.tokenizer.token_bytes(ids[i + 1]))).dump().c_str(), prompt[i].get<double>());
   std::printf("next token:\n");
   for (const auto& [id, lp] : top_k_entries(last, a.top_logprobs))
-    std::printf("  %-8d %-24s %.6f\n", id, json(session.tokenizer.token_text(id)).dump().c_str(), lp);
+    std::printf("  %-8d %-24s %.6f\n", id, json(display_text(session.tokenizer.token_bytes(id))).dump().c_str(), lp);
   return kExitOk;
 }
 

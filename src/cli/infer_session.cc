@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 
 #include "io/json_file.h"
+#include "tokenizer/utf8.h"
 #include "util/error.h"
 
 namespace vlmforge::cli {
@@ -54,10 +55,11 @@ std::vector<int32_t> InferSession::encode_chat(const nlohmann::ordered_json& req
 
 json openai_logprobs(const tokenizer::Tokenizer& tokenizer, const std::vector<TokenLogprob>& logprobs) {
   auto entry = [&](int32_t id, double logprob) {
+    // As OpenAI: the token's text (a partial UTF-8 character shows as U+FFFD) and its exact bytes.
     const std::string_view raw = tokenizer.token_bytes(id);
     json bytes = json::array();
     for (unsigned char c : raw) bytes.push_back(c);
-    return json{{"token", tokenizer.token_text(id)}, {"logprob", logprob}, {"bytes", bytes}};
+    return json{{"token", display_text(raw)}, {"logprob", logprob}, {"bytes", bytes}};
   };
   json content = json::array();
   for (const auto& lp : logprobs) {
@@ -68,6 +70,12 @@ json openai_logprobs(const tokenizer::Tokenizer& tokenizer, const std::vector<To
     content.push_back(item);
   }
   return {{"content", content}};
+}
+
+std::string display_text(std::string_view bytes) {
+  std::string out;
+  tokenizer::append_replacing_invalid_utf8(bytes, out, false);
+  return out;
 }
 
 uint64_t peak_rss_bytes() {

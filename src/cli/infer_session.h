@@ -29,6 +29,9 @@ struct InferSession {
 // OpenAI's logprobs.content for generated tokens.
 nlohmann::json openai_logprobs(const tokenizer::Tokenizer& tokenizer, const std::vector<TokenLogprob>& logprobs);
 
+// Token bytes as valid UTF-8 text (invalid sequences become U+FFFD).
+std::string display_text(std::string_view bytes);
+
 // Peak resident memory of this process so far.
 uint64_t peak_rss_bytes();
 
