@@ -1,6 +1,7 @@
 // vlmforge generate: random-weight checkpoints of the published Qwen2.5 / Qwen2.5-VL shapes and
 // random PEFT adapters for them (tests, benchmarks, demos: real weights cannot be downloaded).
 #include <cstdio>
+#include <filesystem>
 
 #include "cli/commands.h"
 #include "model/random_checkpoint.h"
@@ -28,6 +29,7 @@ struct CheckpointArgs {
   uint64_t seed = 0;
   std::string max_shard_size = "4GB";
   std::string layout = "legacy";
+  std::string tokenizer;
 };
 
 struct AdapterArgs {
@@ -67,6 +69,9 @@ void add_generate_command(CLI::App& app, int& exit_code) {
                          "Qwen2.5-VL weight names: legacy (visual.*, model.layers.*; published) or transformers "
                          "(model.visual.*, model.language_model.*)")
       ->capture_default_str();
+  checkpoint->add_option("--tokenizer", ck->tokenizer,
+                         "A tokenizer.json to copy into the checkpoint (e.g. ../shared/tokenizer/tokenizer.json), "
+                         "so that infer and score can run on it");
   checkpoint->callback([ck, &exit_code] {
     ModelConfig config = preset_config(ck->preset);
     if (ck->num_layers > 0) config.num_hidden_layers = config.max_window_layers = ck->num_layers;
@@ -82,7 +87,12 @@ void add_generate_command(CLI::App& app, int& exit_code) {
       throw UsageError("--layout: expected legacy or transformers, got '" + ck->layout + "'");
     options.layout = ck->layout == "legacy" ? VlWeightLayout::kLegacy : VlWeightLayout::kTransformers;
     options.progress = ProgressBar::stderr_is_terminal();
+    if (!ck->tokenizer.empty() && !std::filesystem::is_regular_file(ck->tokenizer))
+      throw UsageError("--tokenizer: " + ck->tokenizer + " is not a file");
     generate_checkpoint(config, ck->output_dir, options);
+    if (!ck->tokenizer.empty())
+      std::filesystem::copy_file(ck->tokenizer, std::filesystem::path(ck->output_dir) / "tokenizer.json",
+                                 std::filesystem::copy_options::overwrite_existing);
     std::printf("Wrote a random-weight %s checkpoint to %s\n", ck->preset.c_str(), ck->output_dir.c_str());
     exit_code = kExitOk;
   });

@@ -7,25 +7,29 @@
 
 namespace vlmforge {
 
+std::string line_column(std::string_view text, size_t offset) {
+  offset = std::min(offset, text.size());
+  size_t line = 1, column = 1;
+  for (size_t i = 0; i < offset; ++i) {
+    if (text[i] == '\n') {
+      ++line;
+      column = 1;
+    } else {
+      ++column;
+    }
+  }
+  return std::to_string(line) + ":" + std::to_string(column);
+}
+
 nlohmann::json parse_json(std::string_view text, std::string_view source) {
   try {
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {
     // e.byte is 1-based and points just past the offending character.
-    const size_t offset = e.byte > 0 ? std::min<size_t>(e.byte - 1, text.size()) : 0;
-    size_t line = 1, column = 1;
-    for (size_t i = 0; i < offset; ++i) {
-      if (text[i] == '\n') {
-        ++line;
-        column = 1;
-      } else {
-        ++column;
-      }
-    }
+    const size_t offset = e.byte > 0 ? e.byte - 1 : 0;
     std::string reason = e.what();
     if (const auto pos = reason.find("syntax error"); pos != std::string::npos) reason = reason.substr(pos);
-    throw Error(std::string(source) + ":" + std::to_string(line) + ":" + std::to_string(column) +
-                ": invalid JSON: " + reason);
+    throw Error(std::string(source) + ":" + line_column(text, offset) + ": invalid JSON: " + reason);
   } catch (const nlohmann::json::exception& e) {
     // e.g. a number too large for any JSON number type
     throw Error(std::string(source) + ": invalid JSON: " + e.what());

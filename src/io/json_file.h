@@ -7,6 +7,9 @@
 
 namespace vlmforge {
 
+// "line:column" (1-based) of byte `offset` in `text`, for error messages.
+std::string line_column(std::string_view text, size_t offset);
+
 // Parses `text`; on failure throws Error "<source>:<line>:<column>: invalid JSON: <reason>".
 nlohmann::json parse_json(std::string_view text, std::string_view source);
 

@@ -243,6 +243,9 @@ class TensorMerger {
         per_chunk(buf, row0 + begin, end - begin);
       });
       after_block(block, n);
+      // Drop this block's source pages now: RSS stays at a few blocks even for huge tensors.
+      source.file->mapped().release(source.file->file_offset(*source.info) + row0 * cols * element_bytes,
+                                    n * cols * element_bytes);
     }
   }
 

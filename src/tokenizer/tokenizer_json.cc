@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/json_file.h"
 #include "tokenizer/pretokenizer.h"
 #include "util/error.h"
 
@@ -174,20 +175,6 @@ class SpecReader final : public nlohmann::json_sax<json> {
   std::string schema_error_, syntax_error_;
   size_t syntax_error_offset_ = 0;
 };
-
-std::string line_column(std::string_view text, size_t offset) {
-  offset = std::min(offset, text.size());
-  size_t line = 1, column = 1;
-  for (size_t i = 0; i < offset; ++i) {
-    if (text[i] == '\n') {
-      ++line;
-      column = 1;
-    } else {
-      ++column;
-    }
-  }
-  return std::to_string(line) + ":" + std::to_string(column);
-}
 
 std::string type_of(const json& section) {
   if (!section.is_object()) return "";
