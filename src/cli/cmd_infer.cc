@@ -199,10 +199,8 @@ int run_interactive(InferSession& session, Generator& generator, GenerationParam
 int run(const InferArgs& a) {
   if (a.infer_backend != "native" && a.infer_backend != "pt")
     throw UsageError("--infer_backend: vlmforge runs its own native engine ('native'); got '" + a.infer_backend + "'");
-  if (!a.adapters.empty())
-    throw UsageError("--adapters at inference time is not implemented yet; merge first with `vlmforge merge-lora`");
   if (a.max_batch_size == 0) throw UsageError("--max_batch_size must be at least 1");
-  InferSession session(a.model, a.threads);
+  InferSession session(a.model, a.threads, {a.adapters.begin(), a.adapters.end()});
   const size_t max_model_len = a.max_model_len ? a.max_model_len : session.model->config().max_position_embeddings;
   Generator generator(*session.model, session.tokenizer, max_model_len);
   const GenerationParams params = make_params(session, a);
@@ -260,7 +258,7 @@ void add_infer_command(CLI::App& app, int& exit_code) {
                "--val_dataset: swift-format JSONL rows in, one JSON line per row out (--result_path).\n"
                "Sampling defaults come from generation_config.json; --temperature 0 is greedy.");
   cmd->add_option("--model", a->model, "Model directory (config.json, *.safetensors, tokenizer.json)")->required();
-  cmd->add_option("--adapters", a->adapters, "LoRA adapters applied unmerged (not implemented yet: merge first)");
+  cmd->add_option("--adapters,--lora", a->adapters, "PEFT LoRA adapters applied unmerged (same outputs as the merged model)");
   cmd->add_option("--infer_backend", a->infer_backend, "Accepted for swift compatibility: native")->capture_default_str();
   cmd->add_option("--query", a->query, "The user message");
   cmd->add_option("--system", a->system, "System prompt (default: the chat template's)");

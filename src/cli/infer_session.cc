@@ -21,8 +21,8 @@ void add_ids(const json& value, std::vector<int32_t>& out) {
 
 }  // namespace
 
-InferSession::InferSession(const fs::path& model_dir, size_t threads)
-    : model(std::make_unique<Qwen2Model>(model_dir, threads)),
+InferSession::InferSession(const fs::path& model_dir, size_t threads, const std::vector<fs::path>& adapter_dirs)
+    : model(std::make_unique<Qwen2Model>(model_dir, threads, adapter_dirs)),
       tokenizer([&] {
         if (!fs::exists(model_dir / "tokenizer.json"))
           throw Error(model_dir.string() + ": no tokenizer.json (copy the base model's tokenizer files next to the weights)");

@@ -15,7 +15,8 @@
 namespace vlmforge::cli {
 
 struct InferSession {
-  InferSession(const std::filesystem::path& model_dir, size_t threads);
+  InferSession(const std::filesystem::path& model_dir, size_t threads,
+               const std::vector<std::filesystem::path>& adapter_dirs = {});
 
   std::unique_ptr<Qwen2Model> model;
   tokenizer::Tokenizer tokenizer;

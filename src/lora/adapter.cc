@@ -79,7 +79,30 @@ ParsedKey parse_key(std::string key) {
   return {ParsedKey::kFull, "", "", key};
 }
 
+// Names a model tensor can have in the other Qwen2.5-VL weight layout: adapters trained with one
+// transformers version must merge into checkpoints saved by another.
+std::vector<std::string> name_candidates(const std::string& name) {
+  std::vector<std::string> out{name};
+  auto swap_prefix = [&](std::string_view from, std::string_view to) {
+    if (starts_with(name, from)) out.push_back(std::string(to) + name.substr(from.size()));
+  };
+  swap_prefix("model.language_model.", "model.");
+  swap_prefix("model.visual.", "visual.");
+  swap_prefix("visual.", "model.visual.");
+  if (starts_with(name, "model.") && !starts_with(name, "model.visual.") && !starts_with(name, "model.language_model."))
+    out.push_back("model.language_model." + name.substr(6));
+  swap_prefix("language_model.model.", "model.");
+  swap_prefix("language_model.lm_head.", "lm_head.");
+  return out;
+}
+
 }  // namespace
+
+const TensorRef* resolve_base_tensor(const Checkpoint& base, const std::string& name) {
+  for (const auto& candidate : name_candidates(name))
+    if (const TensorRef* t = base.find(candidate)) return t;
+  return nullptr;
+}
 
 std::optional<size_t> match_pattern_key(const std::vector<std::string>& keys, const std::string& module) {
   for (size_t i = 0; i < keys.size(); ++i) {

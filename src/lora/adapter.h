@@ -38,6 +38,11 @@ struct LoraConfig {
   bool targets(const std::string& module) const;
 };
 
+// The base tensor for a model path as an adapter names it, trying both Qwen2.5-VL weight layouts
+// (legacy "visual.*" / "model.layers.*" and transformers >= 4.52 "model.visual.*" /
+// "model.language_model.*"): adapters trained with one transformers version load into the other.
+const TensorRef* resolve_base_tensor(const Checkpoint& base, const std::string& name);
+
 // PEFT's get_pattern_key: the first key such that re.match(rf"(.*\.)?({key})$", module) matches.
 std::optional<size_t> match_pattern_key(const std::vector<std::string>& keys, const std::string& module);
 

@@ -11,31 +11,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
-
-// Names a model tensor can have in the other Qwen2.5-VL weight layout: adapters trained with one
-// transformers version must merge into checkpoints saved by another.
-std::vector<std::string> name_candidates(const std::string& name) {
-  std::vector<std::string> out{name};
-  auto swap_prefix = [&](std::string_view from, std::string_view to) {
-    if (starts_with(name, from)) out.push_back(std::string(to) + name.substr(from.size()));
-  };
-  swap_prefix("model.language_model.", "model.");
-  swap_prefix("model.visual.", "visual.");
-  swap_prefix("visual.", "model.visual.");
-  if (starts_with(name, "model.") && !starts_with(name, "model.visual.") && !starts_with(name, "model.language_model."))
-    out.push_back("model.language_model." + name.substr(6));
-  swap_prefix("language_model.model.", "model.");
-  swap_prefix("language_model.lm_head.", "lm_head.");
-  return out;
-}
-
-const TensorRef* resolve(const Checkpoint& base, const std::string& name) {
-  for (const auto& candidate : name_candidates(name))
-    if (const TensorRef* t = base.find(candidate)) return t;
-  return nullptr;
-}
-
 std::string shape_str(const std::vector<uint64_t>& s) {
   std::string out = "[";
   for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
@@ -108,7 +83,7 @@ MergePlan plan_merge(const Checkpoint& base, const std::vector<Adapter>& adapter
       plan.warnings.push_back(where + ": non-finite values in the adapter: " + issue);
     }
     for (const auto& m : adapter.modules()) {
-      const TensorRef* weight = resolve(base, m.module + ".weight");
+      const TensorRef* weight = resolve_base_tensor(base, m.module + ".weight");
       if (!weight)
         throw Error(where + ": target module '" + m.module + "' (from adapter tensor '" + m.a->name() +
                     "') has no weight in the base model " + base.root().string() +
@@ -124,7 +99,7 @@ MergePlan plan_merge(const Checkpoint& base, const std::vector<Adapter>& adapter
       const auto kind = m.magnitude ? TensorUpdate::Kind::kDora : TensorUpdate::Kind::kLora;
       plan.tensors[index_of.at(weight->name())].updates.push_back({kind, ai, &m, nullptr, transposed});
       if (m.b_bias) {
-        const TensorRef* bias = resolve(base, m.module + ".bias");
+        const TensorRef* bias = resolve_base_tensor(base, m.module + ".bias");
         if (!bias)
           throw Error(where + ": module '" + m.module + "' has a lora_B bias (lora_bias=True) but the base layer has no bias");
         if (bias->info->num_elements() != m.b_bias->info->num_elements())
@@ -134,7 +109,7 @@ MergePlan plan_merge(const Checkpoint& base, const std::vector<Adapter>& adapter
       }
     }
     for (const auto& r : adapter.replacements()) {
-      const TensorRef* target = resolve(base, r.name);
+      const TensorRef* target = resolve_base_tensor(base, r.name);
       if (!target)
         throw Error(where + ": adapter tensor '" + r.tensor->name() + "' (modules_to_save or trained bias) replaces '" +
                     r.name + "', which is not in the base model");

@@ -21,10 +21,15 @@ std::vector<float> to_f32_vector(const TensorRef& t) {
 
 class WeightLoader {
  public:
-  WeightLoader(const Checkpoint& ckpt, std::string prefix) : ckpt_(ckpt), prefix_(std::move(prefix)) {}
+  // Replacement tensors and LoRA layers come from `lora` (may be null); LoRA layers found are
+  // recorded in `lora_by_weight`, keyed by the weight's data pointer.
+  WeightLoader(const Checkpoint& ckpt, std::string prefix, const RuntimeLora* lora,
+               std::unordered_map<const std::byte*, const LinearAdapters*>& lora_by_weight)
+      : ckpt_(ckpt), prefix_(std::move(prefix)), lora_(lora), lora_by_weight_(lora_by_weight) {}
 
   const TensorRef& get(const std::string& name, const std::vector<uint64_t>& shape) const {
-    const TensorRef* t = ckpt_.find(name);
+    const TensorRef* t = lora_ ? lora_->replacement(name) : nullptr;
+    if (!t) t = ckpt_.find(name);
     if (!t) throw Error(ckpt_.root().string() + ": model is missing tensor '" + name + "'");
     if (t->info->shape != shape) {
       std::string want = "[";
@@ -39,26 +44,39 @@ class WeightLoader {
   }
   kernels::WeightMatrix matrix(const std::string& name, uint64_t rows, uint64_t cols) const {
     const TensorRef& t = get(prefix_ + name, {rows, cols});
+    if (const LinearAdapters* layer = lora_ ? lora_->find(prefix_ + name) : nullptr)
+      lora_by_weight_[t.data().data()] = layer;
     return {t.info->dtype, t.data().data(), rows, cols};
   }
-  std::vector<float> vector(const std::string& name, uint64_t n) const { return to_f32_vector(get(prefix_ + name, {n})); }
+  // A bias also receives the lora_B biases of its layer's adapters.
+  std::vector<float> vector(const std::string& name, uint64_t n) const {
+    std::vector<float> v = to_f32_vector(get(prefix_ + name, {n}));
+    const std::string weight = name.size() > 5 && name.ends_with(".bias") ? name.substr(0, name.size() - 5) + ".weight" : "";
+    if (const LinearAdapters* layer = lora_ && !weight.empty() ? lora_->find(prefix_ + weight) : nullptr)
+      for (size_t i = 0; i < layer->bias_delta.size(); ++i) v[i] += layer->bias_delta[i];
+    return v;
+  }
   bool has(const std::string& name) const { return ckpt_.find(name) != nullptr; }
 
  private:
   const Checkpoint& ckpt_;
   std::string prefix_;
+  const RuntimeLora* lora_;
+  std::unordered_map<const std::byte*, const LinearAdapters*>& lora_by_weight_;
 };
 
 }  // namespace
 
-Qwen2Model::Qwen2Model(const fs::path& model_dir, size_t threads)
+Qwen2Model::Qwen2Model(const fs::path& model_dir, size_t threads, const std::vector<fs::path>& adapter_dirs)
     : config_(ModelConfig::load(model_dir)), checkpoint_(model_dir), pool_(threads) {
+  if (!adapter_dirs.empty()) lora_ = std::make_unique<RuntimeLora>(checkpoint_, adapter_dirs);
   if (config_.model_type != "qwen2" && config_.architecture != "Qwen2ForCausalLM")
     throw Error(model_dir.string() + ": unsupported architecture '" +
                 (config_.architecture.empty() ? config_.model_type : config_.architecture) + "'; supported: " + kSupported);
   const uint64_t hidden = config_.hidden_size, inter = config_.intermediate_size, vocab = config_.vocab_size;
   const uint64_t kv_dim = static_cast<uint64_t>(config_.num_key_value_heads) * config_.head_dim();
-  const WeightLoader w(checkpoint_, checkpoint_.find("model.embed_tokens.weight") ? "model." : "model.language_model.");
+  const WeightLoader w(checkpoint_, checkpoint_.find("model.embed_tokens.weight") ? "model." : "model.language_model.",
+                       lora_.get(), lora_by_weight_);
   embed_tokens_ = w.matrix("embed_tokens.weight", vocab, hidden);
   for (int l = 0; l < config_.num_hidden_layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
@@ -83,7 +101,7 @@ Qwen2Model::Qwen2Model(const fs::path& model_dir, size_t threads)
       throw Error(model_dir.string() + ": model is missing tensor 'lm_head.weight' (config.json says tie_word_embeddings=false)");
     lm_head_ = embed_tokens_;
   } else {
-    const WeightLoader top(checkpoint_, "");
+    const WeightLoader top(checkpoint_, "", lora_.get(), lora_by_weight_);
     lm_head_ = top.matrix("lm_head.weight", vocab, hidden);
   }
   const size_t head_dim = static_cast<size_t>(config_.head_dim());
@@ -106,12 +124,38 @@ void Qwen2Model::embed(int32_t token, float* out) const {
 
 void Qwen2Model::matmul(const float* x, size_t tokens, const kernels::WeightMatrix& w, const std::vector<float>* bias,
                         float* out) {
+  if (const auto lora = lora_by_weight_.find(w.data); lora != lora_by_weight_.end())
+    return matmul_with_lora(x, tokens, w, *lora->second, bias, out);
+  project(x, tokens, w, bias ? bias->data() : nullptr, out);
+}
+
+void Qwen2Model::project(const float* x, size_t tokens, const kernels::WeightMatrix& w, const float* bias, float* out) {
   // Split output rows across threads in groups of 4 (the kernel's tile height).
   const size_t groups = (w.rows + 3) / 4;
   pool_.parallel_for(groups, [&](size_t begin, size_t end) {
-    kernels::matmul_rows(x, tokens, w.cols, w, bias ? bias->data() : nullptr, out, w.rows, begin * 4,
-                         std::min(end * 4, w.rows));
+    kernels::matmul_rows(x, tokens, w.cols, w, bias, out, w.rows, begin * 4, std::min(end * 4, w.rows));
   });
+}
+
+// y = x·Wᵀ + Σ s·(x·Aᵀ)·Bᵀ, DoRA rows scaled, then the bias (which DoRA leaves unscaled).
+void Qwen2Model::matmul_with_lora(const float* x, size_t tokens, const kernels::WeightMatrix& w,
+                                  const LinearAdapters& layer, const std::vector<float>* bias, float* out) {
+  project(x, tokens, w, nullptr, out);
+  std::vector<float> projected, delta(tokens * w.rows);
+  for (const LinearLora& l : layer.loras) {
+    projected.resize(tokens * l.rank);
+    project(x, tokens, {DType::F32, reinterpret_cast<const std::byte*>(l.a.data()), l.rank, w.cols}, nullptr,
+            projected.data());
+    project(projected.data(), tokens, {DType::F32, reinterpret_cast<const std::byte*>(l.b.data()), w.rows, l.rank},
+            nullptr, delta.data());
+    for (size_t i = 0; i < delta.size(); ++i) out[i] += l.scale * delta[i];
+  }
+  for (size_t t = 0; t < tokens; ++t)
+    for (size_t o = 0; o < w.rows; ++o) {
+      float& y = out[t * w.rows + o];
+      if (!layer.dora_factor.empty()) y *= layer.dora_factor[o];
+      if (bias) y += (*bias)[o];
+    }
 }
 
 std::vector<float> Qwen2Model::forward(std::span<const SequenceChunk> chunks) {

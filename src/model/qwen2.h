@@ -5,12 +5,14 @@
 #include <filesystem>
 #include <memory>
 #include <span>
+#include <unordered_map>
 #include <vector>
 
 #include "io/safetensors.h"
 #include "kernels/matmul.h"
 #include "model/config.h"
 #include "model/kv_cache.h"
+#include "model/runtime_lora.h"
 #include "util/thread_pool.h"
 
 namespace vlmforge {
@@ -31,7 +33,9 @@ struct SequenceChunk {
 class Qwen2Model {
  public:
   // Loads config.json and the checkpoint in `model_dir`; checks every tensor's presence and shape.
-  Qwen2Model(const std::filesystem::path& model_dir, size_t threads);
+  // `adapter_dirs`: PEFT LoRA adapters applied unmerged (see RuntimeLora).
+  Qwen2Model(const std::filesystem::path& model_dir, size_t threads,
+             const std::vector<std::filesystem::path>& adapter_dirs = {});
 
   const ModelConfig& config() const { return config_; }
   size_t vocab_size() const { return static_cast<size_t>(config_.vocab_size); }
@@ -45,9 +49,14 @@ class Qwen2Model {
   void embed(int32_t token, float* out) const;
   void matmul(const float* x, size_t tokens, const kernels::WeightMatrix& w, const std::vector<float>* bias,
               float* out);
+  void project(const float* x, size_t tokens, const kernels::WeightMatrix& w, const float* bias, float* out);
+  void matmul_with_lora(const float* x, size_t tokens, const kernels::WeightMatrix& w, const LinearAdapters& layer,
+                        const std::vector<float>* bias, float* out);
 
   ModelConfig config_;
   Checkpoint checkpoint_;
+  std::unique_ptr<RuntimeLora> lora_;
+  std::unordered_map<const std::byte*, const LinearAdapters*> lora_by_weight_;
   kernels::WeightMatrix embed_tokens_{};
   kernels::WeightMatrix lm_head_{};
   std::vector<Qwen2Layer> layers_;
