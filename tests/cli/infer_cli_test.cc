@@ -1,0 +1,130 @@
+// infer and score end to end on the shared tiny Qwen2 checkpoints (which carry the real tokenizer).
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "io/json_file.h"
+#include "support/test_support.h"
+
+namespace vlmforge::test {
+namespace {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+fs::path tiny(const char* name) { return shared_dir() / "golden" / name; }
+
+std::vector<json> json_lines(const std::string& text) {
+  std::vector<json> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) out.push_back(json::parse(line));
+  return out;
+}
+
+class InferCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fs::exists(tiny("qwen2-tiny-f32") / "golden.json")) GTEST_SKIP() << "shared golden data missing";
+  }
+};
+
+TEST_F(InferCli, ScoreMatchesTheGoldenPromptLogprobs) {
+  const json golden = read_json_file(tiny("qwen2-tiny-f32") / "golden.json");
+  const json& c = golden["cases"][2];
+  std::string ids;
+  for (const auto& id : c["ids"]) ids += (ids.empty() ? "" : ",") + std::to_string(id.get<int>());
+  const auto r = run_vlmforge({"score", "--model", tiny("qwen2-tiny-f32").string(), "--ids", ids, "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json out = json::parse(r.out);
+  ASSERT_EQ(out["prompt_logprobs"].size(), c["prompt_logprobs"].size());
+  double sum = 0;
+  for (size_t i = 0; i < c["prompt_logprobs"].size(); ++i) {
+    EXPECT_NEAR(out["prompt_logprobs"][i].get<double>(), c["prompt_logprobs"][i].get<double>(), 1e-4) << i;
+    sum += c["prompt_logprobs"][i].get<double>();
+  }
+  EXPECT_EQ(out["next_top"][0][0], c["next_top5"][0][0]);
+  EXPECT_NEAR(out["perplexity"].get<double>(), std::exp(-sum / c["prompt_logprobs"].size()), 1e-2);
+}
+
+TEST_F(InferCli, BatchedDecodingGivesTheSameAnswersAsOneAtATime) {
+  const std::string prompts = "Hello, who are you?\n请描述这张图片\ndef f(x): return x\n";
+  auto run_batch = [&](const std::string& batch) {
+    const auto r = run_vlmforge({"infer", "--model", tiny("qwen2-tiny-bf16").string(), "--temperature", "0",
+                                 "--max_new_tokens", "6", "--max_batch_size", batch, "--json"},
+                                {.stdin_text = prompts});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.err.find("decode"), std::string::npos) << "stats line on stderr: " << r.err;
+    return json_lines(r.out);
+  };
+  const auto one = run_batch("1"), three = run_batch("3");
+  ASSERT_EQ(one.size(), 3u);
+  ASSERT_EQ(three.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(one[i]["response"], three[i]["response"]) << i;
+    EXPECT_EQ(one[i]["completion_tokens"], 6);
+    EXPECT_EQ(one[i]["finish_reason"], "length");
+  }
+}
+
+TEST_F(InferCli, StopWordsEndTheAnswerAndAreLeftOut) {
+  const auto model = tiny("qwen2-tiny-f32").string();
+  const auto full = run_vlmforge({"infer", "--model", model, "--query", "Hello", "--temperature", "0",
+                                  "--max_new_tokens", "12", "--json"});
+  ASSERT_EQ(full.exit_code, 0) << full.err;
+  const std::string text = json::parse(full.out)["response"];
+  ASSERT_GE(text.size(), 4u);
+  const std::string stop = text.substr(text.size() / 2, 2);
+  const auto cut = run_vlmforge({"infer", "--model", model, "--query", "Hello", "--temperature", "0",
+                                 "--max_new_tokens", "12", "--stop_words", stop, "--json"});
+  ASSERT_EQ(cut.exit_code, 0) << cut.err;
+  const json out = json::parse(cut.out);
+  EXPECT_EQ(out["finish_reason"], "stop");
+  EXPECT_EQ(out["response"].get<std::string>(), text.substr(0, text.find(stop)));
+}
+
+TEST_F(InferCli, ValDatasetWritesOneResultPerRowWithLabels) {
+  TempDir dir;
+  {
+    std::ofstream rows(dir / "val.jsonl");
+    rows << R"({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}]})" << "\n";
+    rows << R"({"query": "what is 2+2?", "response": "4"})" << "\n\n";
+    rows << R"({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "name a color"}]})" << "\n";
+  }
+  const auto r = run_vlmforge({"infer", "--model", tiny("qwen2-tiny-f32").string(), "--val_dataset",
+                               (dir / "val.jsonl").string(), "--result_path", (dir / "out.jsonl").string(),
+                               "--max_new_tokens", "4", "--temperature", "0", "--max_batch_size", "2", "--logprobs",
+                               "--top_logprobs", "2"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::ifstream in(dir / "out.jsonl");
+  std::stringstream text;
+  text << in.rdbuf();
+  const auto results = json_lines(text.str());
+  ASSERT_EQ(results.size(), 3u);
+  EXPECT_EQ(results[0]["labels"], "hello!");
+  EXPECT_EQ(results[1]["labels"], "4");
+  EXPECT_TRUE(results[2]["labels"].is_null());
+  EXPECT_EQ(results[2]["line"], 4);
+  for (const auto& res : results) {
+    EXPECT_EQ(res["logprobs"]["content"].size(), res["completion_tokens"].get<size_t>());
+    EXPECT_EQ(res["logprobs"]["content"][0]["top_logprobs"].size(), 2u);
+  }
+  EXPECT_FALSE(fs::exists(dir / "out.jsonl.tmp"));
+
+  std::ofstream(dir / "bad.jsonl") << "{\"messages\": []}\n";
+  const auto bad = run_vlmforge({"infer", "--model", tiny("qwen2-tiny-f32").string(), "--val_dataset",
+                                 (dir / "bad.jsonl").string()});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("bad.jsonl:1"), std::string::npos) << bad.err;
+}
+
+TEST_F(InferCli, RejectsPromptsLongerThanMaxModelLen) {
+  const auto r = run_vlmforge({"infer", "--model", tiny("qwen2-tiny-f32").string(), "--query", "a long question",
+                               "--max_model_len", "8"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("max_model_len"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace vlmforge::test
