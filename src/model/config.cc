@@ -86,6 +86,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   if (c.num_key_value_heads <= 0 || c.num_attention_heads % c.num_key_value_heads != 0)
     throw Error(source + ": num_attention_heads must be a multiple of num_key_value_heads");
   if (const json* rs = f.find("rope_scaling"); rs && rs->is_object()) {
+    c.rope_scaling_type = rs->value("rope_type", rs->value("type", std::string("default")));
     if (const auto it = rs->find("mrope_section"); it != rs->end() && it->is_array())
       c.mrope_section = it->get<std::vector<int>>();
   }

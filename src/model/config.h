@@ -42,6 +42,7 @@ struct ModelConfig {
   int eos_token_id = 151645;
   int sliding_window = 32768;
   int max_window_layers = 28;
+  std::string rope_scaling_type;        // rope_scaling.type / rope_type; "" when rope_scaling is null
   std::vector<int> mrope_section;       // Qwen2.5-VL rope_scaling.mrope_section
   std::optional<VisionConfig> vision;   // present for vision-language models
 
