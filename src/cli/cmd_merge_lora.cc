@@ -6,6 +6,7 @@
 #include "lora/merge.h"
 #include "util/bytes.h"
 #include "util/error.h"
+#include "util/interrupt.h"
 #include "util/progress.h"
 
 namespace vlmforge::cli {
@@ -114,6 +115,7 @@ int run(const MergeArgs& args) {
     else print_plan(plan);
     return kExitOk;
   }
+  catch_interrupts();  // Ctrl-C stops between blocks and removes the temporary output
   const MergeStats stats = execute_merge(base, plan, options);
   const double mb_per_s = static_cast<double>(stats.bytes_written) / 1e6 / std::max(stats.seconds, 1e-9);
   if (args.json) {

@@ -14,6 +14,7 @@
 #include "kernels/low_rank.h"
 #include "lora/merge.h"
 #include "util/error.h"
+#include "util/interrupt.h"
 #include "util/progress.h"
 #include "util/thread_pool.h"
 
@@ -236,6 +237,7 @@ class TensorMerger {
     const std::byte* src = source.data().data();
     float* block = floats_.get(std::min(block_rows, rows) * cols);
     for (size_t row0 = 0; row0 < rows; row0 += block_rows) {
+      if (interrupted()) throw Error("interrupted: the partial output was removed");
       const size_t n = std::min(block_rows, rows - row0);
       pool_.parallel_for(n, [&](size_t begin, size_t end) {
         float* buf = block + begin * cols;
@@ -401,6 +403,7 @@ MergeStats execute_merge(const Checkpoint& base, const MergePlan& plan, const Me
       for (size_t k = 0; k < plan.shards[s].size(); ++k) {
         // Start reading the next tensor from disk while this one is computed.
         const size_t i = plan.shards[s][k];
+        if (interrupted()) throw Error("interrupted: the partial output was removed");
         if (i + 1 < plan.tensors.size()) plan.tensors[i + 1].base->prefetch();
         merger.write(plan.tensors[i], writer);
       }
