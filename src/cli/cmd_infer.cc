@@ -2,8 +2,6 @@
 // per stdin line, interactive, or over a swift-format dataset (--val_dataset), batched.
 #include <unistd.h>
 
-#include <atomic>
-#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -13,6 +11,7 @@
 #include "io/json_file.h"
 #include "util/bytes.h"
 #include "util/error.h"
+#include "util/interrupt.h"
 
 namespace vlmforge::cli {
 namespace fs = std::filesystem;
@@ -40,6 +39,7 @@ struct InferArgs {
   size_t top_logprobs = 0;
   std::vector<std::string> stop_words;
   size_t threads = 0;
+  std::string kv_cache_dtype = "float32";
   bool json = false;
 };
 
@@ -164,15 +164,12 @@ int run_dataset(InferSession& session, Generator& generator, const GenerationPar
   return kExitOk;
 }
 
-// Set by the SIGINT handler (a signal handler can reach nothing else) to stop the current answer.
-std::atomic<bool> g_interrupted{false};
-
 int run_interactive(InferSession& session, Generator& generator, GenerationParams params, const InferArgs& a) {
-  std::signal(SIGINT, [](int) { g_interrupted = true; });
+  catch_interrupts();
   ordered_json messages = ordered_json::array();
   if (!a.system.empty()) messages.push_back({{"role", "system"}, {"content", a.system}});
   std::fprintf(stderr, "vlmforge chat: /clear starts over, /exit (or Ctrl-D) quits, Ctrl-C stops an answer.\n");
-  params.should_stop = [] { return g_interrupted.load(); };
+  params.should_stop = [] { return interrupted(); };
   for (;;) {
     std::fprintf(stdout, "<<< ");
     std::fflush(stdout);
@@ -185,7 +182,7 @@ int run_interactive(InferSession& session, Generator& generator, GenerationParam
     }
     if (line.empty()) continue;
     messages.push_back({{"role", "user"}, {"content", line}});
-    g_interrupted = false;
+    clear_interrupt();
     const auto results = generator.generate({session.encode_chat(messages)}, params, [](size_t, std::string_view text) {
       std::fwrite(text.data(), 1, text.size(), stdout);
       std::fflush(stdout);
@@ -201,6 +198,7 @@ int run(const InferArgs& a) {
     throw UsageError("--infer_backend: vlmforge runs its own native engine ('native'); got '" + a.infer_backend + "'");
   if (a.max_batch_size == 0) throw UsageError("--max_batch_size must be at least 1");
   InferSession session(a.model, a.threads, {a.adapters.begin(), a.adapters.end()});
+  session.model->set_kv_cache_dtype(a.kv_cache_dtype == "bfloat16" ? DType::BF16 : DType::F32);
   const size_t max_model_len = a.max_model_len ? a.max_model_len : session.model->config().max_position_embeddings;
   Generator generator(*session.model, session.tokenizer, max_model_len);
   const GenerationParams params = make_params(session, a);
@@ -277,6 +275,9 @@ void add_infer_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--top_logprobs", a->top_logprobs, "Alternatives per token with --logprobs");
   cmd->add_option("--stop_words", a->stop_words, "Text that ends an answer (not included)");
   cmd->add_option("--threads", a->threads, "Worker threads (default: all cores)");
+  cmd->add_option("--kv_cache_dtype", a->kv_cache_dtype, "KV cache storage: bfloat16 halves its memory")
+      ->check(CLI::IsMember({"float32", "bfloat16"}))
+      ->capture_default_str();
   cmd->add_flag("--json", a->json, "JSON output");
   cmd->callback([a, &exit_code] { exit_code = run(*a); });
 }

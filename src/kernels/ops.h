@@ -1,8 +1,7 @@
 #pragma once
 // The element-wise and reduction steps of a Qwen2 decoder layer, in fp32 (as transformers computes
-// RMSNorm and softmax in fp32).
+// RMSNorm in fp32). SIMD via Highway with runtime dispatch.
 #include <cstddef>
-#include <span>
 
 namespace vlmforge::kernels {
 
@@ -16,11 +15,7 @@ void apply_rope(float* head, size_t head_dim, const float* cos, const float* sin
 // gate ← silu(gate) · up
 void silu_mul(float* gate, const float* up, size_t n);
 
-// In place softmax of x[0, n).
-void softmax(float* x, size_t n);
-
-float dot(const float* a, const float* b, size_t n);
-// y += a·x
-void axpy(float a, const float* x, float* y, size_t n);
+// y += x
+void add_in_place(float* y, const float* x, size_t n);
 
 }  // namespace vlmforge::kernels

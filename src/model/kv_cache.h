@@ -1,21 +1,28 @@
 #pragma once
-// Keys and values of one sequence for every layer, fp32, grown as tokens are appended up to a
-// fixed limit (max_model_len), so memory follows the actual sequence length.
+// Keys and values of one sequence for every layer, grown as tokens are appended up to a fixed
+// limit (max_model_len), so memory follows the actual sequence length. Stored fp32 or bf16
+// (--kv_cache_dtype): bf16 halves the cache's memory and the bytes attention reads per step.
 #include <cstddef>
 #include <vector>
 
+#include "io/dtype.h"
+#include "kernels/convert.h"
 #include "util/error.h"
 
 namespace vlmforge {
 
 class KvCache {
  public:
-  KvCache(size_t layers, size_t kv_dim, size_t max_tokens)
-      : kv_dim_(kv_dim), max_tokens_(max_tokens), keys_(layers), values_(layers) {}
+  KvCache(size_t layers, size_t kv_dim, size_t max_tokens, DType dtype = DType::F32)
+      : kv_dim_(kv_dim), max_tokens_(max_tokens), dtype_(dtype), keys_(layers), values_(layers) {
+    if (dtype != DType::F32 && dtype != DType::BF16) throw Error("KV cache dtype must be float32 or bfloat16");
+  }
 
   size_t length() const { return length_; }
   size_t max_tokens() const { return max_tokens_; }
   size_t kv_dim() const { return kv_dim_; }
+  DType dtype() const { return dtype_; }
+  size_t element_bytes() const { return dtype_ == DType::F32 ? 4 : 2; }
 
   // Makes room for `count` more positions (throws when past max_model_len).
   void reserve_more(size_t count) {
@@ -23,8 +30,8 @@ class KvCache {
       throw Error("sequence of " + std::to_string(length_ + count) + " tokens exceeds max_model_len " +
                   std::to_string(max_tokens_) + " (raise --max_model_len or shorten the prompt)");
     for (size_t l = 0; l < keys_.size(); ++l) {
-      keys_[l].resize((length_ + count) * kv_dim_);
-      values_[l].resize((length_ + count) * kv_dim_);
+      keys_[l].resize((length_ + count) * kv_dim_ * element_bytes());
+      values_[l].resize((length_ + count) * kv_dim_ * element_bytes());
     }
   }
   void commit(size_t count) { length_ += count; }
@@ -34,16 +41,23 @@ class KvCache {
     for (auto& v : values_) v.clear();
   }
 
-  float* key(size_t layer, size_t position) { return keys_[layer].data() + position * kv_dim_; }
-  float* value(size_t layer, size_t position) { return values_[layer].data() + position * kv_dim_; }
-  size_t bytes() const { return 2 * keys_.size() * length_ * kv_dim_ * sizeof(float); }
+  // Writes one position's keys and values (kv_dim floats each), converting to the cache dtype.
+  void store(size_t layer, size_t position, const float* key, const float* value) {
+    kernels::from_f32(dtype_, key, keys_[layer].data() + position * kv_dim_ * element_bytes(), kv_dim_);
+    kernels::from_f32(dtype_, value, values_[layer].data() + position * kv_dim_ * element_bytes(), kv_dim_);
+  }
+  // [positions, kv_dim] rows of the cache dtype.
+  const std::byte* keys(size_t layer) const { return keys_[layer].data(); }
+  const std::byte* values(size_t layer) const { return values_[layer].data(); }
+  size_t bytes() const { return 2 * keys_.size() * length_ * kv_dim_ * element_bytes(); }
 
  private:
   size_t kv_dim_;
   size_t max_tokens_;
+  DType dtype_;
   size_t length_ = 0;
-  std::vector<std::vector<float>> keys_;
-  std::vector<std::vector<float>> values_;
+  std::vector<std::vector<std::byte>> keys_;
+  std::vector<std::vector<std::byte>> values_;
 };
 
 }  // namespace vlmforge

@@ -3,6 +3,8 @@
 #include <cmath>
 
 #include "io/convert.h"
+#include "kernels/attention.h"
+#include "kernels/convert.h"
 #include "kernels/ops.h"
 #include "util/error.h"
 
@@ -73,6 +75,9 @@ Qwen2Model::Qwen2Model(const fs::path& model_dir, size_t threads, const std::vec
   if (config_.model_type != "qwen2" && config_.architecture != "Qwen2ForCausalLM")
     throw Error(model_dir.string() + ": unsupported architecture '" +
                 (config_.architecture.empty() ? config_.model_type : config_.architecture) + "'; supported: " + kSupported);
+  if (!config_.rope_scaling_type.empty() && config_.rope_scaling_type != "default")
+    throw Error(model_dir.string() + "/config.json: rope_scaling type '" + config_.rope_scaling_type +
+                "' is not implemented yet (supported: none/default); remove rope_scaling to run at the native context length");
   const uint64_t hidden = config_.hidden_size, inter = config_.intermediate_size, vocab = config_.vocab_size;
   const uint64_t kv_dim = static_cast<uint64_t>(config_.num_key_value_heads) * config_.head_dim();
   const WeightLoader w(checkpoint_, checkpoint_.find("model.embed_tokens.weight") ? "model." : "model.language_model.",
@@ -110,7 +115,13 @@ Qwen2Model::Qwen2Model(const fs::path& model_dir, size_t threads, const std::vec
 }
 
 KvCache Qwen2Model::make_cache(size_t max_tokens) const {
-  return KvCache(layers_.size(), static_cast<size_t>(config_.num_key_value_heads * config_.head_dim()), max_tokens);
+  return KvCache(layers_.size(), static_cast<size_t>(config_.num_key_value_heads * config_.head_dim()), max_tokens,
+                 kv_cache_dtype_);
+}
+
+void Qwen2Model::set_kv_cache_dtype(DType dtype) {
+  if (dtype != DType::F32 && dtype != DType::BF16) throw Error("KV cache dtype must be float32 or bfloat16");
+  kv_cache_dtype_ = dtype;
 }
 
 void Qwen2Model::embed(int32_t token, float* out) const {
@@ -118,8 +129,8 @@ void Qwen2Model::embed(int32_t token, float* out) const {
     throw Error("token id " + std::to_string(token) + " is outside the vocabulary (size " +
                 std::to_string(embed_tokens_.rows) + ")");
   const size_t row_bytes = embed_tokens_.cols * (dtype_info(embed_tokens_.dtype).bits / 8);
-  for (size_t i = 0; i < embed_tokens_.cols; ++i)
-    out[i] = load_float(embed_tokens_.dtype, embed_tokens_.data + static_cast<size_t>(token) * row_bytes, i);
+  kernels::to_f32(embed_tokens_.dtype, embed_tokens_.data + static_cast<size_t>(token) * row_bytes, out,
+                  embed_tokens_.cols);
 }
 
 void Qwen2Model::matmul(const float* x, size_t tokens, const kernels::WeightMatrix& w, const std::vector<float>* bias,
@@ -182,15 +193,28 @@ std::vector<float> Qwen2Model::forward(std::span<const SequenceChunk> chunks) {
     }
   }
   const size_t n = rows.size();
-  std::vector<float> x(n * hidden), normed(n * hidden), q(n * hidden), k(n * kv_dim), v(n * kv_dim);
-  std::vector<float> attn(n * hidden), tmp(n * hidden), gate(n * inter), up(n * inter);
+  // Grown to the largest step seen, never shrunk: decode steps reuse the prefill's buffers.
+  auto buffer = [](std::vector<float>& b, size_t size) -> std::vector<float>& {
+    if (b.size() < size) b.resize(size);
+    return b;
+  };
+  Scratch& s = scratch_;
+  auto &x = buffer(s.x, n * hidden), &normed = buffer(s.normed, n * hidden), &q = buffer(s.q, n * hidden);
+  auto &k = buffer(s.k, n * kv_dim), &v = buffer(s.v, n * kv_dim), &attn = buffer(s.attn, n * hidden);
+  auto &tmp = buffer(s.tmp, n * hidden), &gate = buffer(s.gate, n * inter), &up = buffer(s.up, n * inter);
+  // Row-parallel step over the n token rows (norms, rope, residual adds).
+  auto for_rows = [&](auto&& body) {
+    pool_.parallel_for(n, [&](size_t begin, size_t end) {
+      for (size_t r = begin; r < end; ++r) body(r);
+    });
+  };
   {
     size_t r = 0;
     for (const auto& c : chunks)
       for (int32_t token : c.tokens) embed(token, x.data() + (r++) * hidden);
   }
   // cos/sin per row for its position.
-  std::vector<float> cos(n * head_dim / 2), sin(n * head_dim / 2);
+  auto &cos = buffer(s.cos, n * head_dim / 2), &sin = buffer(s.sin, n * head_dim / 2);
   for (size_t r = 0; r < n; ++r)
     for (size_t i = 0; i < head_dim / 2; ++i) {
       const double angle = static_cast<double>(rows[r].position) * inv_freq_[i];
@@ -200,46 +224,47 @@ std::vector<float> Qwen2Model::forward(std::span<const SequenceChunk> chunks) {
 
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Qwen2Layer& layer = layers_[l];
-    for (size_t r = 0; r < n; ++r)
+    for_rows([&](size_t r) {
       kernels::rms_norm(x.data() + r * hidden, layer.input_norm.data(), eps, normed.data() + r * hidden, hidden);
+    });
     matmul(normed.data(), n, layer.q, &layer.q_bias, q.data());
     matmul(normed.data(), n, layer.k, &layer.k_bias, k.data());
     matmul(normed.data(), n, layer.v, &layer.v_bias, v.data());
-    for (size_t r = 0; r < n; ++r) {
+    for_rows([&](size_t r) {
       const float* c = cos.data() + r * head_dim / 2;
-      const float* s = sin.data() + r * head_dim / 2;
-      for (size_t h = 0; h < heads; ++h) kernels::apply_rope(q.data() + r * hidden + h * head_dim, head_dim, c, s);
-      for (size_t h = 0; h < kv_heads; ++h) kernels::apply_rope(k.data() + r * kv_dim + h * head_dim, head_dim, c, s);
-      std::copy_n(k.data() + r * kv_dim, kv_dim, rows[r].cache->key(l, rows[r].position));
-      std::copy_n(v.data() + r * kv_dim, kv_dim, rows[r].cache->value(l, rows[r].position));
-    }
-    // Causal attention: row r sees positions [0, position] of its own sequence.
-    pool_.parallel_for(n * heads, [&](size_t begin, size_t end) {
-      std::vector<float> scores;
-      for (size_t item = begin; item < end; ++item) {
-        const size_t r = item / heads, h = item % heads, kvh = h / group;
-        const Row& row = rows[r];
-        const float* query = q.data() + r * hidden + h * head_dim;
-        scores.resize(row.position + 1);
-        for (size_t p = 0; p <= row.position; ++p)
-          scores[p] = kernels::dot(query, row.cache->key(l, p) + kvh * head_dim, head_dim) * attn_scale;
-        kernels::softmax(scores.data(), scores.size());
-        float* out = attn.data() + r * hidden + h * head_dim;
-        std::fill_n(out, head_dim, 0.0f);
-        for (size_t p = 0; p <= row.position; ++p)
-          kernels::axpy(scores[p], row.cache->value(l, p) + kvh * head_dim, out, head_dim);
-      }
+      const float* sn = sin.data() + r * head_dim / 2;
+      for (size_t h = 0; h < heads; ++h) kernels::apply_rope(q.data() + r * hidden + h * head_dim, head_dim, c, sn);
+      for (size_t h = 0; h < kv_heads; ++h) kernels::apply_rope(k.data() + r * kv_dim + h * head_dim, head_dim, c, sn);
+      rows[r].cache->store(l, rows[r].position, k.data() + r * kv_dim, v.data() + r * kv_dim);
+    });
+    // Causal attention: row r sees positions [0, position] of its own sequence. One item per
+    // (row, kv head) serves the kv head's whole query group; items are dealt round-robin to the
+    // workers because later rows of a prompt attend over more positions.
+    const size_t items = n * kv_heads, lanes = pool_.size();
+    if (s.scores.size() < lanes) s.scores.resize(lanes);
+    pool_.parallel_for(lanes, [&](size_t lane_begin, size_t lane_end) {
+      for (size_t lane = lane_begin; lane < lane_end; ++lane)
+        for (size_t item = lane; item < items; item += lanes) {
+          const size_t r = item / kv_heads, kvh = item % kv_heads;
+          const Row& row = rows[r];
+          const KvCache& cache = *row.cache;
+          const kernels::KvRows kv{cache.dtype(), cache.keys(l), cache.values(l), kv_dim, kvh * head_dim};
+          std::vector<float>& scores = buffer(s.scores[lane], group * (row.position + 1));
+          kernels::attend(q.data() + r * hidden + kvh * group * head_dim, group, head_dim, kv, row.position + 1,
+                          attn_scale, scores.data(), attn.data() + r * hidden + kvh * group * head_dim);
+        }
     });
     matmul(attn.data(), n, layer.o, nullptr, tmp.data());
-    for (size_t i = 0; i < n * hidden; ++i) x[i] += tmp[i];
-    for (size_t r = 0; r < n; ++r)
+    for_rows([&](size_t r) {
+      kernels::add_in_place(x.data() + r * hidden, tmp.data() + r * hidden, hidden);
       kernels::rms_norm(x.data() + r * hidden, layer.post_attention_norm.data(), eps, normed.data() + r * hidden,
                         hidden);
+    });
     matmul(normed.data(), n, layer.gate, nullptr, gate.data());
     matmul(normed.data(), n, layer.up, nullptr, up.data());
-    kernels::silu_mul(gate.data(), up.data(), n * inter);
+    for_rows([&](size_t r) { kernels::silu_mul(gate.data() + r * inter, up.data() + r * inter, inter); });
     matmul(gate.data(), n, layer.down, nullptr, tmp.data());
-    for (size_t i = 0; i < n * hidden; ++i) x[i] += tmp[i];
+    for_rows([&](size_t r) { kernels::add_in_place(x.data() + r * hidden, tmp.data() + r * hidden, hidden); });
   }
   for (const auto& c : chunks) c.cache->commit(c.tokens.size());
 

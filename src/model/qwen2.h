@@ -40,6 +40,8 @@ class Qwen2Model {
   const ModelConfig& config() const { return config_; }
   size_t vocab_size() const { return static_cast<size_t>(config_.vocab_size); }
   KvCache make_cache(size_t max_tokens) const;
+  // Storage of the caches make_cache returns: DType::F32 (default) or DType::BF16.
+  void set_kv_cache_dtype(DType dtype);
 
   // Runs all chunks together (each weight matrix is read once for all their tokens) and returns
   // logits: for each chunk its last token's row, or every token's row when all_logits.
@@ -62,7 +64,15 @@ class Qwen2Model {
   std::vector<Qwen2Layer> layers_;
   std::vector<float> final_norm_;
   std::vector<float> inv_freq_;  // RoPE frequencies, head_dim / 2
+  DType kv_cache_dtype_ = DType::F32;
   ThreadPool pool_;
+
+  // Activations of forward(), kept between calls so decode steps do not allocate.
+  struct Scratch {
+    std::vector<float> x, normed, q, k, v, attn, tmp, gate, up, cos, sin;
+    std::vector<std::vector<float>> scores;  // attention scores, one buffer per worker
+  };
+  Scratch scratch_;
 };
 
 }  // namespace vlmforge

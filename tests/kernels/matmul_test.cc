@@ -6,7 +6,6 @@
 #include <random>
 
 #include "io/convert.h"
-#include "kernels/ops.h"
 
 namespace vlmforge::kernels {
 namespace {
@@ -39,33 +38,6 @@ TEST(Matmul, MatchesNaiveDoubleForEveryWeightDtypeAndTileShape) {
         }
     }
   }
-}
-
-TEST(Ops, NormRopeSoftmaxSiluMatchDouble) {
-  std::vector<float> x{1.5f, -2.0f, 0.25f, 4.0f}, w{1.0f, 0.5f, 2.0f, -1.0f}, out(4);
-  rms_norm(x.data(), w.data(), 1e-6f, out.data(), 4);
-  double ms = 0;
-  for (float v : x) ms += static_cast<double>(v) * v;
-  const double inv = 1.0 / std::sqrt(ms / 4 + 1e-6);
-  for (int i = 0; i < 4; ++i) EXPECT_NEAR(out[i], w[i] * x[i] * inv, 1e-6);
-
-  std::vector<float> head{1, 2, 3, 4}, cos{0.6f, 0.8f}, sin{0.8f, 0.6f};
-  apply_rope(head.data(), 4, cos.data(), sin.data());
-  // rotate_half: (x0, x2) and (x1, x3) are the rotated pairs.
-  EXPECT_NEAR(head[0], 1 * 0.6 - 3 * 0.8, 1e-6);
-  EXPECT_NEAR(head[2], 3 * 0.6 + 1 * 0.8, 1e-6);
-  EXPECT_NEAR(head[1], 2 * 0.8 - 4 * 0.6, 1e-6);
-  EXPECT_NEAR(head[3], 4 * 0.8 + 2 * 0.6, 1e-6);
-
-  std::vector<float> s{1, 2, 3, 1000};
-  softmax(s.data(), 3);
-  const double z = std::exp(1.0) + std::exp(2.0) + std::exp(3.0);
-  EXPECT_NEAR(s[2], std::exp(3.0) / z, 1e-6);
-
-  std::vector<float> gate{-1.0f, 0.0f, 2.0f}, up{2.0f, 3.0f, 0.5f};
-  silu_mul(gate.data(), up.data(), 3);
-  EXPECT_NEAR(gate[0], -1.0 / (1 + std::exp(1.0)) * 2.0, 1e-6);
-  EXPECT_NEAR(gate[2], 2.0 / (1 + std::exp(-2.0)) * 0.5, 1e-6);
 }
 
 }  // namespace

@@ -1,0 +1,258 @@
+// Inference throughput against this machine's limits. Measures, with all threads:
+//   - memory read bandwidth: a streaming sum over a 2 GiB buffer;
+//   - fp32 FMA peak: a Highway loop of independent fused multiply-adds;
+// then, on a Qwen2 checkpoint (Qwen2Model::forward directly, random prompt ids, greedy feedback):
+//   - prefill of one P-token prompt: tok/s and achieved GFLOP/s ÷ the FMA peak;
+//   - batch-1 decode: tok/s ÷ the bandwidth bound (weight + KV bytes read per step ÷ bandwidth);
+//   - batch-B decode: aggregate tok/s ÷ batch-1 tok/s.
+// Every figure is the median of --runs runs.
+// Usage: infer_bench --model DIR [--prompt 512] [--decode 32] [--batch 8] [--runs 3] [--threads N]
+//                    [--kv_cache_dtype float32|bfloat16] [--skip_limits]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "model/qwen2.h"
+#include "util/thread_pool.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "bench/infer_bench.cc"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+
+HWY_BEFORE_NAMESPACE();
+namespace vlmforge::bench::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// Sum of n floats; 4 accumulators so the adds do not wait on each other.
+float StreamSum(const float* data, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t lanes = hn::Lanes(d);
+  auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
+  size_t i = 0;
+  for (; i + 4 * lanes <= n; i += 4 * lanes) {
+    a0 = hn::Add(a0, hn::LoadU(d, data + i));
+    a1 = hn::Add(a1, hn::LoadU(d, data + i + lanes));
+    a2 = hn::Add(a2, hn::LoadU(d, data + i + 2 * lanes));
+    a3 = hn::Add(a3, hn::LoadU(d, data + i + 3 * lanes));
+  }
+  return hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3))));
+}
+
+// `iterations` rounds of 16 independent vector FMAs (enough to cover FMA latency × ports);
+// returns the float operations done.
+double FmaLoop(size_t iterations, float* sink) {
+  const hn::ScalableTag<float> d;
+  constexpr size_t kAcc = 16;
+  decltype(hn::Zero(d)) acc[kAcc];
+  for (size_t j = 0; j < kAcc; ++j) acc[j] = hn::Set(d, static_cast<float>(j));
+  const auto mul = hn::Set(d, 0.999999f), add = hn::Set(d, 1e-7f);
+  for (size_t it = 0; it < iterations; ++it)
+    for (size_t j = 0; j < kAcc; ++j) acc[j] = hn::MulAdd(acc[j], mul, add);
+  auto total = acc[0];
+  for (size_t j = 1; j < kAcc; ++j) total = hn::Add(total, acc[j]);
+  *sink = hn::GetLane(hn::SumOfLanes(d, total));
+  return 2.0 * kAcc * hn::Lanes(d) * static_cast<double>(iterations);
+}
+
+}  // namespace vlmforge::bench::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace vlmforge::bench {
+HWY_EXPORT(StreamSum);
+HWY_EXPORT(FmaLoop);
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+struct Options {
+  std::string model;
+  size_t prompt = 512, decode = 32, batch = 8, runs = 3, threads = 0;
+  DType kv_dtype = DType::F32;
+  bool skip_limits = false;
+};
+
+// Bytes per second of a multi-threaded streaming read of 2 GiB (far beyond every cache level).
+double measure_bandwidth(ThreadPool& pool, size_t runs) {
+  const size_t n = (size_t{2} << 30) / sizeof(float);
+  std::vector<float> buffer(n);
+  pool.parallel_for(n, [&](size_t b, size_t e) { std::fill(buffer.data() + b, buffer.data() + e, 1.0f); });
+  std::vector<double> rates;
+  std::vector<float> sums(pool.size());
+  for (size_t r = 0; r < runs; ++r) {
+    const auto start = Clock::now();
+    pool.parallel_for(n / 64, [&](size_t b, size_t e) {
+      sums[b * pool.size() / (n / 64)] = HWY_DYNAMIC_DISPATCH(StreamSum)(buffer.data() + b * 64, (e - b) * 64);
+    });
+    rates.push_back(static_cast<double>(n * sizeof(float)) / seconds_since(start));
+  }
+  return median(rates);
+}
+
+// Float operations per second with every thread in an FMA loop.
+double measure_fma_peak(ThreadPool& pool, size_t runs) {
+  constexpr size_t kIterations = 100'000'000;
+  std::vector<double> rates;
+  std::vector<float> sinks(pool.size());
+  for (size_t r = 0; r < runs; ++r) {
+    std::vector<double> flops(pool.size());
+    const auto start = Clock::now();
+    pool.parallel_for(pool.size(), [&](size_t b, size_t e) {
+      for (size_t t = b; t < e; ++t) flops[t] = HWY_DYNAMIC_DISPATCH(FmaLoop)(kIterations, &sinks[t]);
+    });
+    const double elapsed = seconds_since(start);
+    double total = 0;
+    for (double f : flops) total += f;
+    rates.push_back(total / elapsed);
+  }
+  return median(rates);
+}
+
+// Bytes of weights one forward step reads, and multiply-adds per token of the matrix products.
+struct ModelCost {
+  double weight_bytes = 0;
+  double matmul_macs = 0;
+};
+
+ModelCost model_cost(const ModelConfig& c) {
+  const double hidden = c.hidden_size, inter = c.intermediate_size, vocab = c.vocab_size;
+  const double kv_dim = static_cast<double>(c.num_key_value_heads) * c.head_dim();
+  const double per_layer = hidden * (2 * hidden + 2 * kv_dim) + 3 * hidden * inter;
+  const double macs = c.num_hidden_layers * per_layer + vocab * hidden;  // + lm_head
+  return {macs * 2 /* bf16 */, macs};
+}
+
+std::vector<int32_t> random_ids(size_t n, size_t vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> ids(n);
+  for (auto& id : ids) id = static_cast<int32_t>(rng() % std::min<size_t>(vocab, 150000));
+  return ids;
+}
+
+int32_t argmax(const float* logits, size_t n) {
+  return static_cast<int32_t>(std::max_element(logits, logits + n) - logits);
+}
+
+// Seconds of `steps` batched decode steps for `batch` sequences, each after a 16-token prompt.
+double time_decode(Qwen2Model& model, size_t batch, size_t steps) {
+  std::vector<KvCache> caches;
+  for (size_t s = 0; s < batch; ++s) caches.push_back(model.make_cache(16 + steps));
+  std::vector<std::vector<int32_t>> prompts, next(batch, std::vector<int32_t>(1));
+  std::vector<SequenceChunk> chunks(batch);
+  for (size_t s = 0; s < batch; ++s) {
+    prompts.push_back(random_ids(16, model.vocab_size(), 7 + static_cast<uint32_t>(s)));
+    chunks[s] = {&caches[s], prompts[s]};
+  }
+  auto logits = model.forward(chunks);
+  const auto start = Clock::now();
+  for (size_t step = 0; step < steps; ++step) {
+    for (size_t s = 0; s < batch; ++s) {
+      next[s][0] = argmax(logits.data() + s * model.vocab_size(), model.vocab_size());
+      chunks[s] = {&caches[s], next[s]};
+    }
+    logits = model.forward(chunks);
+  }
+  return seconds_since(start);
+}
+
+int run(const Options& o) {
+  ThreadPool pool(o.threads);
+  std::printf("machine: %zu threads, %s\n", pool.size(), hwy::TargetName(hwy::SupportedTargets() & ~(hwy::SupportedTargets() - 1)));
+  double bandwidth = 0, peak = 0;
+  if (!o.skip_limits) {
+    bandwidth = measure_bandwidth(pool, o.runs);
+    peak = measure_fma_peak(pool, o.runs);
+    std::printf("limits:  memory read %.1f GB/s, fp32 FMA peak %.1f GFLOP/s (medians of %zu)\n", bandwidth / 1e9,
+                peak / 1e9, o.runs);
+  }
+  if (o.model.empty()) return 0;
+
+  Qwen2Model model(o.model, pool.size());
+  model.set_kv_cache_dtype(o.kv_dtype);
+  const ModelConfig& c = model.config();
+  const ModelCost cost = model_cost(c);
+  const double kv_dim = static_cast<double>(c.num_key_value_heads) * c.head_dim();
+  const double kv_elem = o.kv_dtype == DType::F32 ? 4 : 2;
+  std::printf("model:   %s, %d layers, hidden %d, %.0f M matmul params, kv cache %s\n", o.model.c_str(),
+              c.num_hidden_layers, c.hidden_size, cost.matmul_macs / 1e6, o.kv_dtype == DType::F32 ? "f32" : "bf16");
+
+  // Prefill: matrix products plus causal attention (QKᵀ and PV over an average of P/2 positions).
+  std::vector<double> prefill_times;
+  const auto prompt = random_ids(o.prompt, model.vocab_size(), 1);
+  for (size_t r = 0; r < o.runs; ++r) {
+    KvCache cache = model.make_cache(o.prompt);
+    const SequenceChunk chunk{&cache, prompt};
+    const auto start = Clock::now();
+    model.forward({&chunk, 1});
+    prefill_times.push_back(seconds_since(start));
+  }
+  const double prefill_s = median(prefill_times);
+  const double attn_flops = 4.0 * c.num_hidden_layers * c.num_attention_heads * c.head_dim() * (o.prompt + 1) / 2.0;
+  const double prefill_flops = o.prompt * (2 * cost.matmul_macs + attn_flops);
+  std::printf("prefill  %4zu tokens: %8.1f tok/s, %6.1f GFLOP/s", o.prompt, o.prompt / prefill_s,
+              prefill_flops / prefill_s / 1e9);
+  if (peak > 0) std::printf(" = %5.1f%% of FMA peak (target >= 40%%)", 100 * prefill_flops / prefill_s / peak);
+  std::printf("\n");
+
+  // Decode batch 1 (bound: every weight byte plus the KV cache read once per step).
+  std::vector<double> t1, tb;
+  for (size_t r = 0; r < o.runs; ++r) t1.push_back(time_decode(model, 1, o.decode));
+  const double tok1 = o.decode / median(t1);
+  const double kv_bytes = 2.0 * c.num_hidden_layers * kv_dim * kv_elem * (16 + o.decode / 2.0);
+  const double bound = bandwidth / (cost.weight_bytes + kv_bytes);
+  std::printf("decode   batch 1:     %8.1f tok/s", tok1);
+  if (bandwidth > 0)
+    std::printf(", bound %.1f tok/s (%.0f MB/step) = %5.1f%% of bandwidth bound (target >= 70%%)", bound,
+                (cost.weight_bytes + kv_bytes) / 1e6, 100 * tok1 / bound);
+  std::printf("\n");
+  for (size_t r = 0; r < o.runs; ++r) tb.push_back(time_decode(model, o.batch, o.decode));
+  const double tokb = o.batch * o.decode / median(tb);
+  std::printf("decode   batch %zu:     %8.1f tok/s aggregate = %4.2fx batch 1 (target >= 4x)\n", o.batch, tokb,
+              tokb / tok1);
+  return 0;
+}
+
+}  // namespace
+}  // namespace vlmforge::bench
+
+int main(int argc, char** argv) {
+  vlmforge::bench::Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::runtime_error(arg + " needs a value");
+      return argv[++i];
+    };
+    if (arg == "--model") o.model = value();
+    else if (arg == "--prompt") o.prompt = std::stoul(value());
+    else if (arg == "--decode") o.decode = std::stoul(value());
+    else if (arg == "--batch") o.batch = std::stoul(value());
+    else if (arg == "--runs") o.runs = std::stoul(value());
+    else if (arg == "--threads") o.threads = std::stoul(value());
+    else if (arg == "--kv_cache_dtype") o.kv_dtype = value() == "bfloat16" ? vlmforge::DType::BF16 : vlmforge::DType::F32;
+    else if (arg == "--skip_limits") o.skip_limits = true;
+    else {
+      std::fprintf(stderr, "unknown argument %s\n", arg.c_str());
+      return 2;
+    }
+  }
+  try {
+    return vlmforge::bench::run(o);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}
+#endif  // HWY_ONCE
