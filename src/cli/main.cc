@@ -11,8 +11,9 @@ int main(int argc, char** argv) {
   std::signal(SIGXFSZ, SIG_IGN);
 
   CLI::App app{
-      "vlmforge: merge LoRA adapters into Qwen2.5 / Qwen2.5-VL checkpoints, inspect checkpoints, and\n"
-      "generate random-weight checkpoints of the published shapes. Runs on the CPU; no accelerator needed."};
+      "vlmforge: the last mile after fine-tuning Qwen2.5 / Qwen2.5-VL: merge LoRA adapters in bounded memory,\n"
+      "run text inference, tokenize with the chat templates, inspect and generate checkpoints. Runs on the CPU.\n"
+      "Exit codes: 0 success, 1 failure (bad input, failed operation), 2 usage error."};
   app.require_subcommand(1);
   app.set_version_flag("--version", "vlmforge 0.1.0");
   int exit_code = vlmforge::cli::kExitOk;
