@@ -1,10 +1,13 @@
 #include "kernels/matmul.h"
 
+#include <algorithm>
+
 #include "io/convert.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/matmul.cc"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/cache_control.h>
 #include <hwy/highway.h>
 
 HWY_BEFORE_NAMESPACE();
@@ -38,8 +41,14 @@ HWY_INLINE void Tile(const float* x, size_t x_stride, const std::byte* w, size_t
   VF acc[kRows][kTokens];
   for (size_t r = 0; r < kRows; ++r)
     for (size_t t = 0; t < kTokens; ++t) acc[r][t] = hn::Zero(df);
+  // Decode reads each weight once, so the hardware prefetcher's ramp-up on the tile's short row
+  // streams shows; fetch the next tile's rows one cache line per row ahead of use.
+  constexpr size_t kLine = 64 / (kDType == DType::F32 ? 4 : 2);
   size_t i = 0;
   for (; i + lanes <= cols; i += lanes) {
+    if constexpr (kTokens <= 2)
+      if (i % kLine == 0)
+        for (size_t r = 0; r < kRows; ++r) hwy::Prefetch(w + (row + kRows + r) * row_bytes + i * (row_bytes / cols));
     VF xv[kTokens];
     for (size_t t = 0; t < kTokens; ++t) xv[t] = hn::LoadU(df, x + t * x_stride + i);
     for (size_t r = 0; r < kRows; ++r) {
@@ -76,6 +85,22 @@ HWY_INLINE void TokenGroup(const float* x, size_t x_stride, const std::byte* w, 
 template <DType kDType>
 void MatmulTyped(const float* x, size_t tokens, size_t x_stride, const std::byte* w, size_t cols, const float* bias,
                  float* out, size_t out_stride, size_t row_begin, size_t row_end) {
+  // Batched decode: all token groups per 4-row tile, so each weight row is read from memory once
+  // and reused from L1 (the few tokens' activations stay in cache). Prefill keeps tokens outer:
+  // there the activations are the large operand.
+  if (tokens > kTileTokens && tokens <= 2 * kTileTokens) {
+    for (size_t row = row_begin; row < row_end; row += 4) {
+      const size_t tile_end = std::min(row + 4, row_end);
+      size_t t = 0;
+      for (; t + kTileTokens <= tokens; t += kTileTokens)
+        TokenGroup<kDType, kTileTokens>(x + t * x_stride, x_stride, w, cols, bias, out + t * out_stride, out_stride,
+                                        row, tile_end);
+      for (; t < tokens; ++t)
+        TokenGroup<kDType, 1>(x + t * x_stride, x_stride, w, cols, bias, out + t * out_stride, out_stride, row,
+                              tile_end);
+    }
+    return;
+  }
   size_t t = 0;
   for (; t + kTileTokens <= tokens; t += kTileTokens)
     TokenGroup<kDType, kTileTokens>(x + t * x_stride, x_stride, w, cols, bias, out + t * out_stride, out_stride,
