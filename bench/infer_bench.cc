@@ -8,6 +8,7 @@
 // Every figure is the median of --runs runs.
 // Usage: infer_bench --model DIR [--prompt 512] [--decode 32] [--batch 8] [--runs 3] [--threads N]
 //                    [--kv_cache_dtype float32|bfloat16] [--skip_limits]
+//        infer_bench --model DIR --greedy_ids 1,2,3 [--decode N]   (greedy tokens as JSON)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -77,12 +78,40 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+int32_t argmax(const float* logits, size_t n) {
+  return static_cast<int32_t>(std::max_element(logits, logits + n) - logits);
+}
+
 struct Options {
   std::string model;
   size_t prompt = 512, decode = 32, batch = 8, runs = 3, threads = 0;
   DType kv_dtype = DType::F32;
   bool skip_limits = false;
+  std::vector<int32_t> greedy_ids;  // --greedy_ids: print greedy tokens after this prompt and exit
 };
+
+// Greedy continuation of `prompt` (one token per step, as the PyTorch reference does), printed
+// as JSON with its prefill and decode tok/s, for bench/infer_bench.sh to compare.
+int run_greedy(Qwen2Model& model, const std::vector<int32_t>& prompt, size_t count) {
+  KvCache cache = model.make_cache(prompt.size() + count);
+  SequenceChunk chunk{&cache, prompt};
+  auto start = Clock::now();
+  auto logits = model.forward({&chunk, 1});
+  const double prefill_s = seconds_since(start);
+  std::vector<int32_t> tokens{argmax(logits.data(), model.vocab_size())};
+  start = Clock::now();
+  while (tokens.size() < count) {
+    chunk = {&cache, std::span(tokens).last(1)};
+    logits = model.forward({&chunk, 1});
+    tokens.push_back(argmax(logits.data(), model.vocab_size()));
+  }
+  const double decode_s = seconds_since(start);
+  std::printf("{\"tokens\": [");
+  for (size_t i = 0; i < tokens.size(); ++i) std::printf("%s%d", i ? ", " : "", tokens[i]);
+  std::printf("], \"prefill_tok_s\": %.3f, \"decode_tok_s\": %.3f}\n", prompt.size() / prefill_s,
+              (count - 1) / decode_s);
+  return 0;
+}
 
 // Bytes per second of a multi-threaded streaming read of 2 GiB (far beyond every cache level).
 double measure_bandwidth(ThreadPool& pool, size_t runs) {
@@ -141,9 +170,6 @@ std::vector<int32_t> random_ids(size_t n, size_t vocab, uint32_t seed) {
   return ids;
 }
 
-int32_t argmax(const float* logits, size_t n) {
-  return static_cast<int32_t>(std::max_element(logits, logits + n) - logits);
-}
 
 // Seconds of `steps` batched decode steps for `batch` sequences, each after a 16-token prompt.
 double time_decode(Qwen2Model& model, size_t batch, size_t steps) {
@@ -168,6 +194,11 @@ double time_decode(Qwen2Model& model, size_t batch, size_t steps) {
 }
 
 int run(const Options& o) {
+  if (!o.greedy_ids.empty()) {
+    Qwen2Model model(o.model, o.threads);
+    model.set_kv_cache_dtype(o.kv_dtype);
+    return run_greedy(model, o.greedy_ids, o.decode);
+  }
   ThreadPool pool(o.threads);
   std::printf("machine: %zu threads, %s\n", pool.size(), hwy::TargetName(hwy::SupportedTargets() & ~(hwy::SupportedTargets() - 1)));
   double bandwidth = 0, peak = 0;
@@ -243,6 +274,14 @@ int main(int argc, char** argv) {
     else if (arg == "--threads") o.threads = std::stoul(value());
     else if (arg == "--kv_cache_dtype") o.kv_dtype = value() == "bfloat16" ? vlmforge::DType::BF16 : vlmforge::DType::F32;
     else if (arg == "--skip_limits") o.skip_limits = true;
+    else if (arg == "--greedy_ids") {
+      const std::string ids = value();
+      for (size_t pos = 0; pos < ids.size();) {
+        const size_t comma = std::min(ids.find(',', pos), ids.size());
+        o.greedy_ids.push_back(std::stoi(ids.substr(pos, comma - pos)));
+        pos = comma + 1;
+      }
+    }
     else {
       std::fprintf(stderr, "unknown argument %s\n", arg.c_str());
       return 2;
