@@ -23,9 +23,22 @@ size_t mix(uint64_t key) {
   return static_cast<size_t>(key);
 }
 
+// Pieces up to this size merge by rescanning an array of pair ranks (O(n^2), but no heap and no
+// stale candidates, so faster for the short pieces that make up nearly all text); longer ones use
+// the heap, which keeps a huge letter or whitespace run O(n log n).
+constexpr size_t kScanMaxBytes = 128;
+
 // Min-heap order: lower rank first, then the leftmost position.
 bool later(const BpeScratch::Candidate& a, const BpeScratch::Candidate& b) {
   return a.rank != b.rank ? a.rank > b.rank : a.left > b.left;
+}
+
+// Index of the first smallest rank (Hugging Face merges the leftmost pair on equal ranks). Two
+// passes: the minimum alone vectorizes, and the search for it stops early.
+size_t leftmost_min(std::span<const uint32_t> ranks) {
+  uint32_t lowest = kNoMerge;
+  for (const uint32_t rank : ranks) lowest = std::min(lowest, rank);
+  return static_cast<size_t>(std::find(ranks.begin(), ranks.end(), lowest) - ranks.begin());
 }
 
 }  // namespace
@@ -47,12 +60,12 @@ bool BpeModel::MergeTable::insert(TokenId left, TokenId right, uint32_t rank) {
   }
 }
 
-int64_t BpeModel::MergeTable::find(TokenId left, TokenId right) const {
+uint32_t BpeModel::MergeTable::find(TokenId left, TokenId right) const {
   const uint64_t key = pair_key(left, right);
   for (size_t i = mix(key) & mask_;; i = (i + 1) & mask_) {
     const uint64_t slot = slots_[i];
-    if (slot == kEmpty) return -1;
-    if ((slot >> kBpeRankBits) == key) return static_cast<int64_t>(slot & ((uint64_t{1} << kBpeRankBits) - 1));
+    if (slot == kEmpty) return kNoMerge;
+    if ((slot >> kBpeRankBits) == key) return static_cast<uint32_t>(slot & ((uint64_t{1} << kBpeRankBits) - 1));
   }
 }
 
@@ -126,9 +139,9 @@ void BpeModel::push_candidate(BpeScratch& scratch, int32_t left) const {
   if (right < 0) return;
   const TokenId left_id = scratch.symbols[static_cast<size_t>(left)].id;
   const TokenId right_id = scratch.symbols[static_cast<size_t>(right)].id;
-  const int64_t rank = merges_.find(left_id, right_id);
-  if (rank < 0) return;
-  scratch.heap.push_back({static_cast<uint32_t>(rank), left, left_id, right_id, merged_by_rank_[static_cast<size_t>(rank)]});
+  const uint32_t rank = merges_.find(left_id, right_id);
+  if (rank == kNoMerge) return;
+  scratch.heap.push_back({rank, left, left_id, right_id, merged_by_rank_[static_cast<size_t>(rank)]});
   std::push_heap(scratch.heap.begin(), scratch.heap.end(), later);
 }
 
@@ -143,6 +156,42 @@ void BpeModel::encode_piece(std::string_view piece, BpeScratch& scratch, std::ve
       return;
     }
   }
+  if (piece.size() <= kScanMaxBytes) {
+    merge_by_scan(piece, scratch, out);
+  } else {
+    merge_by_heap(piece, scratch, out);
+  }
+}
+
+void BpeModel::merge_by_scan(std::string_view piece, BpeScratch& scratch, std::vector<TokenId>& out) const {
+  auto& ids = scratch.ids;
+  auto& ranks = scratch.ranks;
+  size_t count = piece.size();
+  ids.resize(count);
+  ranks.resize(count);
+  for (size_t i = 0; i < count; ++i) ids[i] = byte_ids_[static_cast<uint8_t>(piece[i])];
+  // The table is larger than the caches: start all first-round lookups before using any.
+  for (size_t i = 0; i + 1 < count; ++i) merges_.prefetch(ids[i], ids[i + 1]);
+  for (size_t i = 0; i + 1 < count; ++i) ranks[i] = merges_.find(ids[i], ids[i + 1]);
+  ranks[count - 1] = kNoMerge;  // no right neighbour; stays last as the arrays shrink
+  while (count > 1) {
+    const size_t best = leftmost_min(std::span(ranks.data(), count - 1));
+    const uint32_t rank = ranks[best];
+    if (rank == kNoMerge) break;
+    // Symbol best absorbs best + 1: drop the latter from both arrays.
+    ids[best] = merged_by_rank_[rank];
+    std::copy(ids.begin() + static_cast<std::ptrdiff_t>(best + 2), ids.begin() + static_cast<std::ptrdiff_t>(count),
+              ids.begin() + static_cast<std::ptrdiff_t>(best + 1));
+    std::copy(ranks.begin() + static_cast<std::ptrdiff_t>(best + 2),
+              ranks.begin() + static_cast<std::ptrdiff_t>(count), ranks.begin() + static_cast<std::ptrdiff_t>(best + 1));
+    --count;
+    ranks[best] = best + 1 < count ? merges_.find(ids[best], ids[best + 1]) : kNoMerge;
+    if (best > 0) ranks[best - 1] = merges_.find(ids[best - 1], ids[best]);
+  }
+  out.insert(out.end(), ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(count));
+}
+
+void BpeModel::merge_by_heap(std::string_view piece, BpeScratch& scratch, std::vector<TokenId>& out) const {
   auto& symbols = scratch.symbols;
   symbols.clear();
   scratch.heap.clear();

@@ -16,6 +16,8 @@ using TokenId = int32_t;
 // Limits of the compact merge table: ids below 2^18 (262144), fewer than 2^20 merges.
 inline constexpr int kBpeIdBits = 18;
 inline constexpr int kBpeRankBits = 20;
+// The rank of a pair that has no merge: above every real rank.
+inline constexpr uint32_t kNoMerge = ~uint32_t{0};
 
 // What tokenizer.json's "model" section gives: byte-level spellings, as in the file.
 struct BpeSpec {
@@ -26,6 +28,10 @@ struct BpeSpec {
 
 // Reusable buffers for encoding, so a long text does not allocate for every piece.
 struct BpeScratch {
+  // Short pieces: parallel arrays, ranks[i] is the rank of merging ids[i] with ids[i + 1].
+  std::vector<TokenId> ids;
+  std::vector<uint32_t> ranks;
+  // Long pieces: a linked list of symbols and a heap of merge candidates.
   struct Symbol {
     TokenId id;
     int32_t prev, next;  // neighbours in the linked list; -1 at the ends
@@ -66,8 +72,8 @@ class BpeModel {
    public:
     void reserve(size_t count);
     bool insert(TokenId left, TokenId right, uint32_t rank);  // false if the pair is present
-    // The rank of the merge of (left, right), or -1.
-    int64_t find(TokenId left, TokenId right) const;
+    // The rank of the merge of (left, right), or kNoMerge.
+    uint32_t find(TokenId left, TokenId right) const;
     void prefetch(TokenId left, TokenId right) const;
 
    private:
@@ -76,6 +82,8 @@ class BpeModel {
     size_t mask_ = 0;
   };
 
+  void merge_by_scan(std::string_view piece, BpeScratch& scratch, std::vector<TokenId>& out) const;
+  void merge_by_heap(std::string_view piece, BpeScratch& scratch, std::vector<TokenId>& out) const;
   void push_candidate(BpeScratch& scratch, int32_t left) const;
 
   std::unordered_map<std::string, TokenId, StringHash, std::equal_to<>> spelling_to_id_;  // byte-level spelling

@@ -56,6 +56,12 @@ void append_normalized(Normalization normalization, std::string_view text, std::
   size_t last_char = 0;     // start of the previous character
   size_t pos = 0;
   while (pos < text.size()) {
+    // ASCII is inert (NFC of ASCII is itself): skip a run of it without decoding.
+    if (const size_t ascii_end = ascii_run_end(text, pos); ascii_end > pos) {
+      last_char = ascii_end - 1;
+      pos = ascii_end;
+      continue;
+    }
     const Utf8Step step = decode_utf8(text, pos);
     if (nfc_inert(step.codepoint)) {
       last_char = pos;

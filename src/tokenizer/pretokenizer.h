@@ -26,7 +26,12 @@ class RegexSplitter {
   struct Compiled;
   std::string pattern_;
   std::unique_ptr<Compiled> compiled_;
+  bool qwen2_pattern_;  // pieces are matched by hand where that is certain to agree with PCRE2
 };
+
+// The split regex of Qwen2 / Qwen2.5 / Qwen2.5-VL tokenizer.json.
+inline constexpr std::string_view kQwen2SplitPattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
 // The regex GPT-2's ByteLevel pre-tokenizer applies when its "use_regex" is true.
 inline constexpr std::string_view kGpt2SplitPattern =

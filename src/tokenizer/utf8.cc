@@ -39,12 +39,7 @@ Utf8Step decode_utf8(std::string_view text, size_t pos) {
 
 size_t find_invalid_utf8(std::string_view text) {
   size_t pos = 0;
-  while (pos < text.size()) {
-    // ASCII fast path: most text is mostly ASCII.
-    if (static_cast<uint8_t>(text[pos]) < 0x80) {
-      ++pos;
-      continue;
-    }
+  while ((pos = ascii_run_end(text, pos)) < text.size()) {
     const Utf8Step step = decode_utf8(text, pos);
     if (step.status != Utf8Status::kValid) return pos;
     pos += step.length;
@@ -54,11 +49,7 @@ size_t find_invalid_utf8(std::string_view text) {
 
 size_t append_replacing_invalid_utf8(std::string_view text, std::string& out, bool keep_truncated_tail) {
   size_t pos = 0, clean_start = 0;
-  while (pos < text.size()) {
-    if (static_cast<uint8_t>(text[pos]) < 0x80) {
-      ++pos;
-      continue;
-    }
+  while ((pos = ascii_run_end(text, pos)) < text.size()) {
     const Utf8Step step = decode_utf8(text, pos);
     if (step.status == Utf8Status::kValid) {
       pos += step.length;

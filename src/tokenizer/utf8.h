@@ -4,6 +4,7 @@
 // errors="replace" and Rust's String::from_utf8_lossy do, so replaced text matches transformers.
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <string_view>
 
@@ -23,6 +24,20 @@ struct Utf8Step {
 
 // Decodes the sequence starting at text[pos] (pos < text.size()).
 Utf8Step decode_utf8(std::string_view text, size_t pos);
+
+// End of the run of ASCII bytes that starts at text[pos]: most text is mostly ASCII, and ASCII
+// needs no decoding, validation or normalization. Checks eight bytes at a time.
+inline size_t ascii_run_end(std::string_view text, size_t pos) {
+  constexpr uint64_t kHighBits = 0x8080808080808080ULL;
+  while (pos + sizeof(uint64_t) <= text.size()) {
+    uint64_t word;
+    std::memcpy(&word, text.data() + pos, sizeof word);
+    if (word & kHighBits) break;
+    pos += sizeof word;
+  }
+  while (pos < text.size() && static_cast<uint8_t>(text[pos]) < 0x80) ++pos;
+  return pos;
+}
 
 // Offset of the first ill-formed or truncated sequence, or std::string_view::npos.
 size_t find_invalid_utf8(std::string_view text);

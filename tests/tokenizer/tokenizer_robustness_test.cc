@@ -8,6 +8,7 @@
 #include "support/test_support.h"
 #include "tokenizer/detokenizer.h"
 #include "tokenizer/normalizer.h"
+#include "tokenizer/pretokenizer.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/utf8.h"
 #include "util/error.h"
@@ -204,6 +205,27 @@ TEST(TokenizerFuzz, RandomBytesEncodeAndRoundTrip) {
     } else {
       EXPECT_EQ(qwen().encode(text, InvalidUtf8::kError), ids);
     }
+  }
+}
+
+TEST(TokenizerFuzz, HandMatchedQwen2SplitEqualsPcre2) {
+  // Wrapped in a group the regex means the same but is not recognised, so PCRE2 does every match.
+  const RegexSplitter fast(kQwen2SplitPattern, "fast");
+  const RegexSplitter reference("(?:" + std::string(kQwen2SplitPattern) + ")", "reference");
+  // Every class the hand matcher knows, the characters it leaves to PCRE2, and contractions.
+  const std::vector<std::string> fragments{
+      "a", "Zq", "7", " ", "  ", "\t", "\n", "\r\n", "\v", "\f", "\x1c", "\x7f", "'", "'s", "'S", "'ll", "'Re",
+      "'ve", "'x", "'\xC5\xBF", "\xC5\xBF", "(", ".", "!?", "\xE4\xB8\xAD", "\xE9\xBE\xA5", "\xEF\xBC\x8C",
+      "\xE3\x80\x82", "\xE3\x80\x80", "\xC3\xA9", "\xF0\x9F\x98\x80", "\xC2\xA0", "\xE2\x80\xA8",
+      "\xD9\xA3", "\xE2\x85\xAB", "\xEF\xBC\x91", "\xE3\x81\x82"};
+  std::mt19937 rng(7);
+  for (int round = 0; round < 20000; ++round) {
+    std::string text;
+    for (size_t i = 0, n = 1 + rng() % 12; i < n; ++i) text += fragments[rng() % fragments.size()];
+    std::vector<std::string_view> got, want;
+    fast.split(text, got);
+    reference.split(text, want);
+    ASSERT_EQ(got, want) << json(text).dump();
   }
 }
 
