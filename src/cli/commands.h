@@ -17,5 +17,6 @@ void add_demo_command(CLI::App& app, int& exit_code);
 void add_tokenize_command(CLI::App& app, int& exit_code);
 void add_infer_command(CLI::App& app, int& exit_code);
 void add_score_command(CLI::App& app, int& exit_code);
+void add_check_data_command(CLI::App& app, int& exit_code);
 
 }  // namespace vlmforge::cli

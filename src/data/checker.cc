@@ -1,0 +1,276 @@
+#include "data/checker.h"
+
+#include <algorithm>
+
+#include "data/record_reader.h"
+#include "data/row_checks.h"
+
+namespace vlmforge::data {
+
+namespace fs = std::filesystem;
+using nlohmann::ordered_json;
+
+namespace {
+
+constexpr size_t kBatchRows = 2048;
+constexpr size_t kBatchBytes = 32 << 20;
+constexpr int kMaxDepth = 64;  // chat rows need ~5 levels; bounds recursion in dump() and checks
+
+bool deeper_than(const ordered_json& value, int limit) {
+  if (limit == 0) return true;
+  if (!value.is_structured()) return false;
+  for (const auto& child : value) {
+    if (deeper_than(child, limit - 1)) return true;
+  }
+  return false;
+}
+
+// Line and column of byte `offset` of a record that starts at (line, column).
+std::pair<uint64_t, uint64_t> position_in(std::string_view text, size_t offset, uint64_t line, uint64_t column) {
+  offset = std::min(offset, text.size());
+  for (size_t i = 0; i < offset; ++i) {
+    if (text[i] == '\n') {
+      ++line;
+      column = 1;
+    } else {
+      ++column;
+    }
+  }
+  return {line, column};
+}
+
+}  // namespace
+
+struct DatasetChecker::Row {
+  Record::Status status = Record::Status::kOk;
+  std::string text;
+  uint64_t line = 0, column = 1, bytes = 0;
+  std::string framing_error;
+  // Filled by analyze():
+  std::optional<Finding> syntax;  // invalid JSON, too deep
+  bool is_object = false;
+  ordered_json value;
+  NormalizedRow normalized;
+  RowFacts facts;
+  std::vector<RowProblem> problems;
+  uint64_t hash = 0;
+  std::optional<size_t> text_tokens;
+};
+
+DatasetChecker::DatasetChecker(CheckOptions options, const TokenCounter* tokens, FixWriter* fix, FindingSink sink)
+    : options_(std::move(options)), tokens_(tokens), fix_(fix), sink_(std::move(sink)), pool_(options_.threads) {}
+
+void DatasetChecker::emit(FindingCode code, const std::string& file, uint64_t line, uint64_t column, std::string message) {
+  const FindingInfo& info = finding_info(code);
+  ++summary_.findings_per_code[static_cast<int>(code)];
+  ++(info.severity == Severity::kError ? summary_.errors : summary_.warnings);
+  sink_(Finding{code, line, column, std::move(message), file});
+}
+
+void DatasetChecker::check(std::FILE* file, const std::string& name, const fs::path& dataset_dir) {
+  files_.push_back(name);
+  const fs::path base_dir = options_.base_dir.value_or(dataset_dir);
+  RecordReader reader(file, options_.max_record_bytes);
+  std::vector<Row> batch;
+  size_t batch_bytes = 0;
+  Record record;
+  bool more = true;
+  while (more) {
+    more = reader.next(record);
+    if (more) {
+      Row row;
+      row.status = record.status;
+      row.text.assign(record.text);
+      row.line = record.line;
+      row.column = record.column;
+      row.bytes = record.bytes;
+      row.framing_error = record.error;
+      batch_bytes += row.text.size();
+      batch.push_back(std::move(row));
+      if (record.status == Record::Status::kBroken) more = false;
+    }
+    if (!batch.empty() && (!more || batch.size() >= kBatchRows || batch_bytes >= kBatchBytes)) {
+      process_batch(batch, name, base_dir);
+      batch.clear();
+      batch_bytes = 0;
+    }
+  }
+  summary_.bytes += reader.bytes_read();
+}
+
+void DatasetChecker::process_batch(std::vector<Row>& batch, const std::string& name, const fs::path& base_dir) {
+  pool_.parallel_for(batch.size(), [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) analyze(batch[i]);
+  });
+  probe_images(batch, base_dir);
+  for (Row& row : batch) report(row, name, base_dir);
+}
+
+// Everything that depends on the row alone; runs on the pool's threads.
+void DatasetChecker::analyze(Row& row) const {
+  if (row.status != Record::Status::kOk) return;
+  try {
+    row.value = ordered_json::parse(row.text);
+  } catch (const ordered_json::parse_error& e) {
+    const auto [line, column] = position_in(row.text, e.byte > 0 ? e.byte - 1 : 0, row.line, row.column);
+    std::string what = e.what();
+    if (const size_t at = what.find(": "); at != std::string::npos) what = what.substr(at + 2);  // drop "[json.exception...]"
+    row.syntax = Finding{FindingCode::kInvalidJson, line, column, what, {}};
+    return;
+  }
+  if (deeper_than(row.value, kMaxDepth)) {
+    row.syntax = Finding{FindingCode::kNestingTooDeep, row.line, 0, "nesting deeper than " + std::to_string(kMaxDepth) + " levels", {}};
+    row.value = nullptr;
+    return;
+  }
+  row.hash = std::hash<std::string>{}(row.value.dump());
+  row.is_object = row.value.is_object();
+  if (!row.is_object) return;
+  row.normalized = normalize_row(row.value, row.problems);
+  row.facts = check_row(row.normalized, row.problems);
+  if (tokens_ != nullptr && row.normalized.format != RowFormat::kUnknown) row.text_tokens = tokens_->text_tokens(row.normalized);
+}
+
+// Reads each local image of the batch not seen before, in parallel.
+void DatasetChecker::probe_images(std::vector<Row>& batch, const fs::path& base_dir) {
+  struct Pending {
+    std::string key;
+    fs::path path;
+    bool image;
+    MediaCheck result;
+  };
+  std::vector<Pending> pending;
+  auto want = [&](const std::string& written, bool image) {
+    if (is_remote(written)) return;
+    fs::path path = resolve_media_path(written, base_dir);
+    std::string key = path.string();
+    if (media_cache_.contains(key)) return;
+    media_cache_.emplace(key, MediaCheck{});  // placeholder, filled below
+    pending.push_back({std::move(key), std::move(path), image, {}});
+  };
+  for (const Row& row : batch) {
+    for (const MediaRef& m : row.normalized.media)
+      if (!m.inline_data) want(m.path, m.kind == MediaKind::kImage);
+    if (fix_ != nullptr)  // --fix drops rows whose moved paths do not exist
+      for (const PathInText& p : row.facts.paths_in_text) want(p.path, true);
+  }
+  pool_.parallel_for(pending.size(), [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i)
+      pending[i].result = pending[i].image ? check_image_file(pending[i].path) : check_media_file(pending[i].path);
+  });
+  for (Pending& p : pending) {
+    if (p.image) {
+      ++summary_.images_checked;
+      if (!p.result.problem) ++summary_.images_ok;
+    }
+    media_cache_[p.key] = std::move(p.result);
+  }
+}
+
+void DatasetChecker::report(Row& row, const std::string& name, const fs::path& base_dir) {
+  // Rows that cannot be parsed have no unambiguous fix: the corrected copy leaves them out.
+  if (fix_ != nullptr && (row.status == Record::Status::kTooLong || (row.status == Record::Status::kOk && (row.syntax || !row.is_object)))) ++summary_.dropped_rows;
+  if (row.status == Record::Status::kTooLong) {
+    emit(FindingCode::kLineTooLong, name, row.line, 0,
+         "the row is " + std::to_string(row.bytes) + " bytes, over the limit of " + std::to_string(options_.max_record_bytes));
+    return;
+  }
+  if (row.status == Record::Status::kBroken) {
+    emit(FindingCode::kInvalidJson, name, row.line, row.column, row.framing_error);
+    return;
+  }
+  ++summary_.rows;
+  if (row.syntax) {
+    emit(row.syntax->code, name, row.syntax->line, row.syntax->column, row.syntax->message);
+    return;
+  }
+  if (!row.is_object) {
+    emit(FindingCode::kNotObject, name, row.line, 0, std::string("the row is a JSON ") + row.value.type_name());
+    return;
+  }
+  ++summary_.rows_per_format[static_cast<int>(row.normalized.format)];
+  for (RowProblem& p : row.problems) emit(p.code, name, row.line, 0, std::move(p.message));
+
+  const auto [first, inserted] = row_hashes_.try_emplace(row.hash, static_cast<uint32_t>(files_.size() - 1), row.line);
+  if (!inserted)
+    emit(FindingCode::kDuplicateRow, name, row.line, 0,
+         "the same row as " + files_[first->second.first] + ":" + std::to_string(first->second.second));
+
+  if (row.facts.assistant_turns > row.facts.marked_turns) saw_unmarked_turn_ = true;
+  if (row.facts.marked_turns > 0) marked_rows_.emplace_back(name, row.line);
+
+  bool media_missing = false;
+  uint64_t image_tokens = 0;
+  for (const MediaRef& m : row.normalized.media) {
+    if (m.inline_data) {
+      ++summary_.inline_media;
+      continue;
+    }
+    if (is_remote(m.path)) {
+      ++summary_.remote_media;
+      emit(FindingCode::kRemoteMedia, name, row.line, 0, m.path + " is remote: not fetched, not checked");
+      continue;
+    }
+    const fs::path path = resolve_media_path(m.path, base_dir);
+    const MediaCheck& check = media_cache_.at(path.string());
+    if (check.problem) {
+      media_missing = media_missing || *check.problem == FindingCode::kImageMissing;
+      emit(*check.problem, name, row.line, 0, check.detail);
+      continue;
+    }
+    if (check.warning) emit(*check.warning, name, row.line, 0, check.detail);
+    if (m.kind != MediaKind::kImage) continue;
+    const auto& info = check.image;
+    const auto resized = vision::smart_resize(info.height, info.width, options_.budget);
+    if (!resized) {
+      emit(FindingCode::kImageAspectRatio, name, row.line, 0,
+           path.string() + " is " + std::to_string(info.width) + "x" + std::to_string(info.height));
+      continue;
+    }
+    image_tokens += resized->tokens();
+    if (uint64_t{info.width} * info.height > uint64_t{summary_.largest_width} * summary_.largest_height) {
+      summary_.largest_image = path.string();
+      summary_.largest_width = info.width;
+      summary_.largest_height = info.height;
+      summary_.largest_tokens = resized->tokens();
+    }
+  }
+
+  if (row.text_tokens) {
+    const uint64_t total = *row.text_tokens + image_tokens;
+    summary_.text_tokens.add(*row.text_tokens);
+    summary_.image_tokens.add(image_tokens);
+    summary_.total_tokens.add(total);
+    if (options_.max_length > 0 && total > options_.max_length)
+      emit(FindingCode::kTooLong, name, row.line, 0,
+           std::to_string(total) + " tokens (" + std::to_string(*row.text_tokens) + " text + " + std::to_string(image_tokens) +
+               " image) > --max_length " + std::to_string(options_.max_length));
+  }
+
+  if (fix_ == nullptr) return;
+  for (const PathInText& p : row.facts.paths_in_text) {
+    if (row.facts.image_tags > 0) break;
+    const auto it = media_cache_.find(resolve_media_path(p.path, base_dir).string());
+    if (!is_remote(p.path) && it != media_cache_.end() && it->second.problem == FindingCode::kImageMissing) media_missing = true;
+  }
+  if (media_missing) {
+    ++summary_.dropped_rows;
+    return;
+  }
+  if (fix_row(row.value, row.normalized, row.facts)) {
+    ++summary_.fixed_rows;
+    fix_->write_line(row.value.dump());
+  } else {
+    fix_->write_line(row.text.find('\n') == std::string::npos ? std::string_view(row.text) : std::string_view(row.value.dump()));
+  }
+  ++summary_.written_rows;
+}
+
+void DatasetChecker::finish() {
+  if (!saw_unmarked_turn_) return;
+  for (const auto& [file, line] : marked_rows_)
+    emit(FindingCode::kInconsistentEndMarker, file, line, 0,
+         "an assistant turn ends with an end marker (</s>, <|im_end|>) while other turns in the data do not");
+}
+
+}  // namespace vlmforge::data

@@ -1,0 +1,83 @@
+#include "data/media_check.h"
+
+#include <unistd.h>
+
+#include <array>
+
+namespace vlmforge::data {
+
+namespace fs = std::filesystem;
+
+bool is_remote(std::string_view path) {
+  constexpr std::array<std::string_view, 7> kSchemes{"http://", "https://", "s3://", "gs://", "ftp://", "oss://", "hdfs://"};
+  for (std::string_view scheme : kSchemes)
+    if (path.size() > scheme.size() && path.substr(0, scheme.size()) == scheme) return true;
+  return false;
+}
+
+fs::path resolve_media_path(std::string_view path, const fs::path& base_dir) {
+  fs::path p{std::string(path)};
+  return p.is_absolute() ? p : base_dir / p;
+}
+
+namespace {
+
+// Missing, a directory, or unreachable (ELOOP, EACCES on a parent): found without opening it.
+std::optional<MediaCheck> check_exists(const fs::path& path) {
+  std::error_code ec;
+  const fs::file_status status = fs::status(path, ec);
+  MediaCheck check;
+  if (status.type() == fs::file_type::not_found) {
+    check.problem = FindingCode::kImageMissing;
+    check.detail = "no such file: " + path.string();
+    return check;
+  }
+  if (ec) {
+    check.problem = FindingCode::kImageUnreadable;
+    check.detail = path.string() + ": " + ec.message();
+    return check;
+  }
+  if (status.type() == fs::file_type::directory) {
+    check.problem = FindingCode::kNotAnImage;
+    check.detail = path.string() + " is a directory";
+    return check;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+MediaCheck check_image_file(const fs::path& path) {
+  if (auto missing = check_exists(path)) return *missing;
+  MediaCheck check;
+  check.image = vision::read_image_info(path);
+  switch (check.image.problem) {
+    case vision::ImageProblem::kNone: break;
+    case vision::ImageProblem::kUnreadable: check.problem = FindingCode::kImageUnreadable; break;
+    case vision::ImageProblem::kNotImage: check.problem = FindingCode::kNotAnImage; break;
+    case vision::ImageProblem::kTruncated:
+    case vision::ImageProblem::kCorrupt: check.problem = FindingCode::kImageCorrupt; break;
+  }
+  if (check.problem) {
+    check.detail = path.string() + ": " + check.image.detail;
+    return check;
+  }
+  const vision::ImageFormat named = vision::format_from_extension(path.extension().string());
+  if (named != vision::ImageFormat::kUnknown && named != check.image.format) {
+    check.warning = FindingCode::kImageWrongExtension;
+    check.detail = path.string() + " is a " + std::string(vision::image_format_name(check.image.format)) + " file";
+  }
+  return check;
+}
+
+MediaCheck check_media_file(const fs::path& path) {
+  if (auto missing = check_exists(path)) return *missing;
+  MediaCheck check;
+  if (::access(path.c_str(), R_OK) != 0) {
+    check.problem = FindingCode::kImageUnreadable;
+    check.detail = path.string() + " is not readable";
+  }
+  return check;
+}
+
+}  // namespace vlmforge::data

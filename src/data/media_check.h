@@ -1,0 +1,31 @@
+#pragma once
+// Where a dataset's media path points and what is there: URLs are only classified (never
+// fetched), local files are resolved against the base directory and their headers read.
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "data/finding.h"
+#include "vision/image_info.h"
+
+namespace vlmforge::data {
+
+bool is_remote(std::string_view path);  // http(s)://, s3://, gs://, ftp://, oss://
+
+// `path` as written in the row, resolved: absolute paths as is, others under `base_dir`.
+std::filesystem::path resolve_media_path(std::string_view path, const std::filesystem::path& base_dir);
+
+struct MediaCheck {
+  std::optional<FindingCode> problem;  // kImageMissing, kImageUnreadable, kNotAnImage, kImageCorrupt
+  std::optional<FindingCode> warning;  // kImageWrongExtension
+  std::string detail;
+  vision::ImageInfo image;             // dimensions when the header was read
+};
+
+// Reads the header of an image file (safe to call from several threads).
+MediaCheck check_image_file(const std::filesystem::path& path);
+// Existence and readability only (videos, audios).
+MediaCheck check_media_file(const std::filesystem::path& path);
+
+}  // namespace vlmforge::data
