@@ -1,0 +1,105 @@
+#include "vision/image_info.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "support/test_support.h"
+#include "vision/image_bytes.h"
+
+namespace vlmforge::test {
+namespace {
+
+using vision::ImageFormat;
+using vision::ImageProblem;
+
+vision::ImageInfo info_of(const std::string& bytes) {
+  return vision::read_image_info(std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
+}
+
+void expect_size(const std::string& bytes, ImageFormat format, uint32_t width, uint32_t height) {
+  const auto info = info_of(bytes);
+  ASSERT_TRUE(info.ok()) << info.detail;
+  EXPECT_EQ(info.format, format);
+  EXPECT_EQ(info.width, width);
+  EXPECT_EQ(info.height, height);
+}
+
+TEST(VisionImageInfo, ReadsEachFormatsHeader) {
+  expect_size(png_bytes(640, 480), ImageFormat::kPng, 640, 480);
+  expect_size(jpeg_bytes(1920, 1080), ImageFormat::kJpeg, 1920, 1080);
+  expect_size(gif_bytes(33, 17), ImageFormat::kGif, 33, 17);
+  expect_size(bmp_bytes(300, 200), ImageFormat::kBmp, 300, 200);
+  expect_size(bmp_bytes(300, -200), ImageFormat::kBmp, 300, 200);  // top-down rows
+  expect_size(webp_vp8x_bytes(4000, 3000), ImageFormat::kWebp, 4000, 3000);
+  expect_size(webp_vp8l_bytes(1000, 16384), ImageFormat::kWebp, 1000, 16384);
+  expect_size(webp_vp8_bytes(800, 600), ImageFormat::kWebp, 800, 600);
+}
+
+TEST(VisionImageInfo, HugeDimensionsAreReadNotAllocated) {
+  expect_size(png_bytes(100000, 100000), ImageFormat::kPng, 100000, 100000);
+  expect_size(jpeg_bytes(65535, 65535), ImageFormat::kJpeg, 65535, 65535);
+}
+
+TEST(VisionImageInfo, JpegSkipsFillBytesAndRestartMarkers) {
+  std::string bytes = jpeg_bytes(10, 20);
+  bytes.insert(2, "\xFF\xFF\xFF\xD0", 4);  // fill bytes, then a standalone RST0
+  expect_size(bytes, ImageFormat::kJpeg, 10, 20);
+}
+
+TEST(VisionImageInfo, EveryTruncationIsReportedNeverMisread) {
+  for (const std::string& full : {png_bytes(64, 32), jpeg_bytes(64, 32), gif_bytes(64, 32), bmp_bytes(64, 32),
+                                  webp_vp8x_bytes(64, 32), webp_vp8l_bytes(64, 32), webp_vp8_bytes(64, 32)}) {
+    const auto whole = info_of(full);
+    ASSERT_TRUE(whole.ok()) << whole.detail;
+    for (size_t n = 0; n + 1 < full.size(); ++n) {
+      const auto info = info_of(full.substr(0, n));
+      if (info.ok()) {  // some formats end their size fields early: then the size must be right
+        EXPECT_EQ(info.width, 64u);
+        EXPECT_EQ(info.height, 32u);
+      } else {
+        EXPECT_TRUE(info.problem == ImageProblem::kTruncated || info.problem == ImageProblem::kNotImage)
+            << "prefix " << n << ": " << info.detail;
+      }
+    }
+  }
+}
+
+TEST(VisionImageInfo, CorruptHeaders) {
+  EXPECT_EQ(info_of(png_bytes(0, 10)).problem, ImageProblem::kCorrupt);
+  std::string no_ihdr = png_bytes(10, 10);
+  no_ihdr.replace(12, 4, "IDAT");
+  EXPECT_EQ(info_of(no_ihdr).problem, ImageProblem::kCorrupt);
+  EXPECT_EQ(info_of(std::string("\xFF\xD8\xFF\xDA\x00\x02", 6)).problem, ImageProblem::kCorrupt);  // scan before SOF
+  EXPECT_EQ(info_of(std::string("\xFF\xD8\x12\x34", 4)).problem, ImageProblem::kCorrupt);          // not a marker
+  std::string bad_vp8 = webp_vp8_bytes(10, 10);
+  bad_vp8[23] = 0;
+  EXPECT_EQ(info_of(bad_vp8).problem, ImageProblem::kCorrupt);
+  EXPECT_EQ(info_of("RIFF" + le32(4) + "WEBPXXXX" + std::string(8, '\0')).problem, ImageProblem::kCorrupt);
+}
+
+TEST(VisionImageInfo, NotImages) {
+  EXPECT_EQ(info_of("").problem, ImageProblem::kNotImage);
+  EXPECT_EQ(info_of("hello, world").problem, ImageProblem::kNotImage);
+  EXPECT_EQ(info_of("{\"messages\": []}").problem, ImageProblem::kNotImage);
+}
+
+TEST(VisionImageInfo, FilesAndUnreadablePaths) {
+  TempDir dir;
+  std::ofstream(dir / "a.gif", std::ios::binary) << gif_bytes(7, 9);
+  const auto info = vision::read_image_info(dir / "a.gif");
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info.width, 7u);
+  EXPECT_EQ(vision::read_image_info(dir / "missing.png").problem, ImageProblem::kUnreadable);
+  EXPECT_EQ(vision::read_image_info(dir.path()).problem, ImageProblem::kUnreadable);  // a directory: EISDIR on read
+}
+
+TEST(VisionImageInfo, ExtensionNames) {
+  EXPECT_EQ(vision::format_from_extension(".JPG"), ImageFormat::kJpeg);
+  EXPECT_EQ(vision::format_from_extension(".jpeg"), ImageFormat::kJpeg);
+  EXPECT_EQ(vision::format_from_extension(".webp"), ImageFormat::kWebp);
+  EXPECT_EQ(vision::format_from_extension(".txt"), ImageFormat::kUnknown);
+}
+
+}  // namespace
+}  // namespace vlmforge::test

@@ -1,0 +1,68 @@
+#include "vision/smart_resize.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+#include "util/error.h"
+
+namespace vlmforge::vision {
+namespace {
+
+// Expected values computed with transformers' smart_resize formula in Python 3 (round half even).
+struct Case {
+  uint32_t h, w;
+  uint64_t min_pixels, max_pixels;
+  uint32_t out_h, out_w;
+};
+
+TEST(VisionSmartResize, MatchesTransformers) {
+  const Case cases[] = {
+      {1080, 1920, kDefaultMinPixels, kDefaultMaxPixels, 728, 1316},
+      {70, 70, kDefaultMinPixels, kDefaultMaxPixels, 56, 56},  // 2.5 rounds to 2 (half to even)
+      {42, 42, kDefaultMinPixels, kDefaultMaxPixels, 56, 56},
+      {10, 10, kDefaultMinPixels, kDefaultMaxPixels, 56, 56},
+      {100000, 100000, kDefaultMinPixels, kDefaultMaxPixels, 980, 980},
+      {28, 5600, kDefaultMinPixels, kDefaultMaxPixels, 28, 5600},
+      {1, 200, kDefaultMinPixels, kDefaultMaxPixels, 28, 812},
+      {480, 640, kDefaultMinPixels, kDefaultMaxPixels, 476, 644},
+      {224, 224, kDefaultMinPixels, kDefaultMaxPixels, 224, 224},
+      {999, 333, kDefaultMinPixels, kDefaultMaxPixels, 1008, 336},
+      {3000, 4000, 3136, 12845056, 2996, 4004},
+  };
+  for (const Case& c : cases) {
+    const auto r = smart_resize(c.h, c.w, {c.min_pixels, c.max_pixels});
+    ASSERT_TRUE(r.has_value()) << c.h << "x" << c.w;
+    EXPECT_EQ(r->height, c.out_h) << c.h << "x" << c.w;
+    EXPECT_EQ(r->width, c.out_w) << c.h << "x" << c.w;
+  }
+}
+
+TEST(VisionSmartResize, TokensAreCellsOf28) {
+  const auto r = smart_resize(1080, 1920);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->tokens(), 26u * 47u);
+}
+
+TEST(VisionSmartResize, RefusesExtremeAspectRatioAndZero) {
+  EXPECT_FALSE(smart_resize(1, 201));
+  EXPECT_FALSE(smart_resize(0, 10));
+  EXPECT_TRUE(smart_resize(1, 200));
+}
+
+TEST(VisionSmartResize, BudgetFromEnvAndFlags) {
+  ::setenv("MAX_PIXELS", "50176", 1);
+  ::unsetenv("MIN_PIXELS");
+  auto budget = pixel_budget_from_env(std::nullopt, std::nullopt);
+  EXPECT_EQ(budget.max_pixels, 50176u);
+  EXPECT_EQ(budget.min_pixels, kDefaultMinPixels);
+  budget = pixel_budget_from_env(std::nullopt, 100352);  // the flag wins over the environment
+  EXPECT_EQ(budget.max_pixels, 100352u);
+  ::setenv("MAX_PIXELS", "lots", 1);
+  EXPECT_THROW(pixel_budget_from_env(std::nullopt, std::nullopt), UsageError);
+  ::unsetenv("MAX_PIXELS");
+  EXPECT_THROW(pixel_budget_from_env(2000000, std::nullopt), UsageError);  // min above the default max
+}
+
+}  // namespace
+}  // namespace vlmforge::vision
