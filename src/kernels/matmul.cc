@@ -7,6 +7,7 @@
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/matmul.cc"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/aligned_allocator.h>
 #include <hwy/cache_control.h>
 #include <hwy/highway.h>
 
@@ -82,6 +83,84 @@ HWY_INLINE void TokenGroup(const float* x, size_t x_stride, const std::byte* w, 
   for (; row < row_end; ++row) Tile<kDType, 1, kTokens>(x, x_stride, w, row_bytes, cols, bias, out, out_stride, row);
 }
 
+// Prefill (many tokens): a blocked GEMM. Per block of kPanelDepth inputs, the activations are
+// packed transposed in tiles of two vectors of tokens (in L2, shared by all row panels), and each
+// panel of kPanelRows weight rows is converted to fp32 once (in L1) and reused by every token
+// tile. The micro-kernel broadcasts one weight and multiplies two token vectors: 2·kPanelRows
+// independent accumulators, no horizontal sums, weight conversion amortized over all tokens.
+constexpr size_t kPanelRows = 3 * kTileTokens;  // 12 with 32 registers: 24 accumulators
+constexpr size_t kPanelDepth = 512;
+
+template <size_t kRows>
+HWY_INLINE void PanelKernel(const float* panel, const float* x_tile, size_t depth, float* result) {
+  const DF df;
+  const size_t lanes = hn::Lanes(df);
+  VF acc0[kRows], acc1[kRows];
+  for (size_t r = 0; r < kRows; ++r) acc0[r] = acc1[r] = hn::Zero(df);
+  for (size_t k = 0; k < depth; ++k) {
+    const VF t0 = hn::Load(df, x_tile + k * 2 * lanes), t1 = hn::Load(df, x_tile + k * 2 * lanes + lanes);
+    for (size_t r = 0; r < kRows; ++r) {
+      const VF wv = hn::Set(df, panel[r * depth + k]);
+      acc0[r] = hn::MulAdd(wv, t0, acc0[r]);
+      acc1[r] = hn::MulAdd(wv, t1, acc1[r]);
+    }
+  }
+  for (size_t r = 0; r < kRows; ++r) {
+    hn::Store(acc0[r], df, result + r * 2 * lanes);
+    hn::Store(acc1[r], df, result + r * 2 * lanes + lanes);
+  }
+}
+
+template <DType kDType>
+void PanelGemm(const float* x, size_t tokens, size_t x_stride, const std::byte* w, size_t cols, const float* bias,
+               float* out, size_t out_stride, size_t row_begin, size_t row_end) {
+  const DF df;
+  const size_t lanes = hn::Lanes(df), tile = 2 * lanes;
+  const size_t row_bytes = cols * (kDType == DType::F32 ? 4 : 2);
+  const size_t tiles = (tokens + tile - 1) / tile;
+  auto x_packed = hwy::AllocateAligned<float>(tiles * tile * kPanelDepth);
+  auto panel = hwy::AllocateAligned<float>(kPanelRows * kPanelDepth);
+  auto result = hwy::AllocateAligned<float>(kPanelRows * tile);
+  for (size_t k0 = 0; k0 < cols; k0 += kPanelDepth) {
+    const size_t depth = std::min(kPanelDepth, cols - k0);
+    // x_packed[tile][k][token in tile], zero past the last token.
+    for (size_t tt = 0; tt < tiles; ++tt)
+      for (size_t j = 0; j < tile; ++j) {
+        const size_t t = tt * tile + j;
+        float* dst = x_packed.get() + tt * tile * depth + j;
+        if (t < tokens)
+          for (size_t k = 0; k < depth; ++k) dst[k * tile] = x[t * x_stride + k0 + k];
+        else
+          for (size_t k = 0; k < depth; ++k) dst[k * tile] = 0.0f;
+      }
+    for (size_t r0 = row_begin; r0 < row_end; r0 += kPanelRows) {
+      const size_t rows = std::min(kPanelRows, row_end - r0);
+      for (size_t r = 0; r < kPanelRows; ++r) {
+        float* dst = panel.get() + r * depth;
+        if (r >= rows) {
+          std::fill_n(dst, depth, 0.0f);
+          continue;
+        }
+        const std::byte* src = w + (r0 + r) * row_bytes;
+        size_t k = 0;
+        for (; k + lanes <= depth; k += lanes) hn::StoreU(LoadWeights<kDType>(df, src, k0 + k), df, dst + k);
+        for (; k < depth; ++k) dst[k] = load_float(kDType, src, k0 + k);
+      }
+      for (size_t tt = 0; tt < tiles; ++tt) {
+        PanelKernel<kPanelRows>(panel.get(), x_packed.get() + tt * tile * depth, depth, result.get());
+        const size_t tile_tokens = std::min(tile, tokens - tt * tile);
+        for (size_t j = 0; j < tile_tokens; ++j) {
+          float* o = out + (tt * tile + j) * out_stride + r0;
+          for (size_t r = 0; r < rows; ++r) {
+            const float v = result[r * tile + j];
+            o[r] = k0 == 0 ? v + (bias ? bias[r0 + r] : 0.0f) : o[r] + v;
+          }
+        }
+      }
+    }
+  }
+}
+
 template <DType kDType>
 void MatmulTyped(const float* x, size_t tokens, size_t x_stride, const std::byte* w, size_t cols, const float* bias,
                  float* out, size_t out_stride, size_t row_begin, size_t row_end) {
@@ -101,6 +180,7 @@ void MatmulTyped(const float* x, size_t tokens, size_t x_stride, const std::byte
     }
     return;
   }
+  if (tokens >= 32) return PanelGemm<kDType>(x, tokens, x_stride, w, cols, bias, out, out_stride, row_begin, row_end);
   size_t t = 0;
   for (; t + kTileTokens <= tokens; t += kTileTokens)
     TokenGroup<kDType, kTileTokens>(x + t * x_stride, x_stride, w, cols, bias, out + t * out_stride, out_stride,
