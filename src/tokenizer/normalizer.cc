@@ -62,6 +62,12 @@ void append_normalized(Normalization normalization, std::string_view text, std::
       pos = ascii_end;
       continue;
     }
+    // Lead bytes E5..E9 start U+5000..U+9FFF (the text is valid UTF-8): CJK ideographs, inert.
+    if (const auto lead = static_cast<uint8_t>(text[pos]); lead >= 0xE5 && lead <= 0xE9) {
+      last_char = pos;
+      pos += 3;
+      continue;
+    }
     const Utf8Step step = decode_utf8(text, pos);
     if (nfc_inert(step.codepoint)) {
       last_char = pos;

@@ -68,7 +68,8 @@ CharClass non_ascii_class(char32_t c) {
   }
 }
 
-Char classify(std::string_view text, size_t pos) {
+// Inlined: it runs for every character of the text.
+[[gnu::always_inline]] inline Char classify(std::string_view text, size_t pos) {
   if (pos >= text.size()) return {CharClass::kNone, 0};
   const auto lead = static_cast<uint8_t>(text[pos]);
   if (lead < 0x80) return {kAsciiClasses[lead], 1};
