@@ -214,7 +214,7 @@ void DatasetChecker::report(Row& row, const std::string& name, const fs::path& b
     const fs::path path = resolve_media_path(m.path, base_dir);
     const MediaCheck& check = media_cache_.at(path.string());
     if (check.problem) {
-      media_missing = media_missing || *check.problem == FindingCode::kImageMissing;
+      media_missing = media_missing || *check.problem == FindingCode::kImageMissing || *check.problem == FindingCode::kMediaMissing;
       emit(*check.problem, name, row.line, 0, check.detail);
       continue;
     }

@@ -31,6 +31,7 @@ constexpr std::array<FindingInfo, kFindingCodeCount> kInfos{{
     {"inconsistent-end-marker", kWarning, "remove end markers such as </s> or <|im_end|> from the text: the template adds them"},
     {"remote-media", kWarning, "a URL is fetched at training time; download it if the trainer has no network"},
     {"image-missing", kError, "fix the path (relative paths resolve against --base_dir or the dataset directory)"},
+    {"media-missing", kError, "fix the video / audio path (relative paths resolve against --base_dir or the dataset directory)"},
     {"image-unreadable", kError, "check the file permissions"},
     {"not-an-image", kError, "point to a JPEG, PNG, WebP, GIF or BMP file"},
     {"image-corrupt", kError, "re-export the image; its header is damaged or cut short"},

@@ -31,6 +31,7 @@ enum class FindingCode {
   kInconsistentEndMarker,
   kRemoteMedia,
   kImageMissing,
+  kMediaMissing,
   kImageUnreadable,
   kNotAnImage,
   kImageCorrupt,

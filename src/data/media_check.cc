@@ -71,7 +71,10 @@ MediaCheck check_image_file(const fs::path& path) {
 }
 
 MediaCheck check_media_file(const fs::path& path) {
-  if (auto missing = check_exists(path)) return *missing;
+  if (auto missing = check_exists(path)) {
+    if (missing->problem == FindingCode::kImageMissing) missing->problem = FindingCode::kMediaMissing;
+    return *missing;
+  }
   MediaCheck check;
   if (::access(path.c_str(), R_OK) != 0) {
     check.problem = FindingCode::kImageUnreadable;

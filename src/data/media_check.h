@@ -25,7 +25,7 @@ struct MediaCheck {
 
 // Reads the header of an image file (safe to call from several threads).
 MediaCheck check_image_file(const std::filesystem::path& path);
-// Existence and readability only (videos, audios).
+// Existence and readability only (videos, audios): kMediaMissing, kImageUnreadable.
 MediaCheck check_media_file(const std::filesystem::path& path);
 
 }  // namespace vlmforge::data

@@ -101,6 +101,13 @@ bool RecordReader::next_line(Record& record) {
     }
     const size_t end = newline != nullptr ? static_cast<size_t>(newline - buf_.data()) : buf_.size();
     if (end == pos_ && newline == nullptr) return false;  // EOF
+    if (end - pos_ > max_bytes_) {  // the whole line fit in the read-ahead: still refused
+      record.status = Record::Status::kTooLong;
+      record.line = line_++;
+      record.bytes = end - pos_;
+      pos_ = newline != nullptr ? end + 1 : end;
+      return true;
+    }
     std::string_view text(buf_.data() + pos_, end - pos_);
     if (!text.empty() && text.back() == '\r') text.remove_suffix(1);
     const uint64_t line = line_++;
@@ -195,13 +202,14 @@ bool RecordReader::next_element(Record& record) {
     } else if (c == '{' || c == '[') {
       ++depth;
     } else if (c == '}' || c == ']') {
-      if (depth == 0) break;  // the array's closing ']' (or a stray one: left for the next call)
-      --depth;
+      if (depth == 0 && c == ']') break;  // the array's closing ']': left for the next call
+      if (depth > 0) --depth;             // a stray '}' stays part of the (invalid) element
     } else if (c == ',' && depth == 0) {
       break;
     }
     ++i;
   }
+  if (record.status != Record::Status::kTooLong && i - pos_ > max_bytes_) record.status = Record::Status::kTooLong;
   if (record.status == Record::Status::kTooLong) {
     record.bytes += i - pos_;
   } else {

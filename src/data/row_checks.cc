@@ -100,7 +100,10 @@ std::vector<PathInText> find_image_paths(const std::string& text) {
 RowFacts check_row(const NormalizedRow& row, std::vector<RowProblem>& problems) {
   RowFacts facts;
   const auto& messages = row.messages;
-  if (row.format != RowFormat::kUnknown && messages.empty()) {
+  // Without a usable message list there is nothing further to check in the text.
+  for (const RowProblem& p : problems)
+    if (p.code == FindingCode::kMissingMessages) return facts;
+  if (messages.empty()) {
     problems.push_back({FindingCode::kEmptyMessages, "the row has no messages"});
     return facts;
   }

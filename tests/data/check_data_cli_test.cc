@@ -1,0 +1,96 @@
+// check-data as a command: --fix output, JSON arrays, stdin, exit codes, usage errors.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "data/check_data_fixture.h"
+#include "vision/image_bytes.h"
+
+namespace vlmforge::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+TEST(CheckDataCli, FixMovesPathsRenamesImageAndDropsMissing) {
+  TempDir dir;
+  write_file(dir / "cat.png", png_bytes(64, 64));
+  const std::string dataset =
+      R"({"messages":[{"role":"user","content":"Describe cat.png please"},{"role":"assistant","content":"a cat"}]})" "\n"
+      R"({"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}],"image":"cat.png"})" "\n"
+      R"({"messages":[{"role":"user","content":"<image>x"},{"role":"assistant","content":"y"}],"images":["gone.png"]})" "\n"
+      R"({"messages":[{"role":"user","content":"look at gone.jpg"},{"role":"assistant","content":"z"}]})" "\n"
+      "not json\n"
+      R"({"conversations":[{"from":"human","value":"q"},{"from":"gpt","value":"a"}]})" "\n";
+  const fs::path fixed = dir / "fixed.jsonl";
+  const auto out = check_dataset(dir, dataset, {"--fix", fixed.string()});
+  EXPECT_EQ(out.result.exit_code, 1);
+  EXPECT_EQ(read_file(fixed),
+            R"({"messages":[{"role":"user","content":"Describe <image> please"},{"role":"assistant","content":"a cat"}],"images":["cat.png"]})" "\n"
+            R"({"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}],"images":["cat.png"]})" "\n"
+            R"({"conversations":[{"from":"human","value":"q"},{"from":"gpt","value":"a"}]})" "\n");
+  EXPECT_EQ(out.summary["fix"]["written"], 3);
+  EXPECT_EQ(out.summary["fix"]["changed"], 2);
+  EXPECT_EQ(out.summary["fix"]["dropped"], 3);
+  // The corrected copy checks clean.
+  const auto again = parse_check_output(run_vlmforge({"check-data", "--json", fixed.string()}));
+  EXPECT_EQ(again.result.exit_code, 0) << again.result.out;
+  EXPECT_TRUE(again.findings.empty());
+  EXPECT_FALSE(fs::exists(fixed.string() + ".tmp"));
+}
+
+TEST(CheckDataCli, JsonArrayInputWithLines) {
+  TempDir dir;
+  const std::string dataset = "[\n  {\"query\": \"q\", \"response\": \"r\"},\n  {\"instruction\": \"i\",\n   \"output\": \"\"},\n  [1]\n]\n";
+  const auto out = check_dataset(dir, dataset, {}, "data.json");
+  EXPECT_EQ(out.findings, (std::vector<CodeLine>{{"empty-response", 3}, {"not-an-object", 5}}));
+  EXPECT_EQ(out.summary["formats"]["query-response"], 1);
+  EXPECT_EQ(out.summary["formats"]["alpaca"], 1);
+}
+
+TEST(CheckDataCli, StdinAndTextOutput) {
+  const auto result = run_vlmforge({"check-data", "-"}, {.stdin_text = "{\"messages\":[]}\n"});
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_NE(result.out.find("-:1: error[empty-messages]"), std::string::npos) << result.out;
+  EXPECT_NE(result.out.find("1 rows"), std::string::npos);
+}
+
+TEST(CheckDataCli, BinaryGarbageAndNulBytes) {
+  TempDir dir;
+  std::string garbage;
+  for (int i = 0; i < 4096; ++i) garbage += static_cast<char>((i * 7919) % 256);
+  const auto out = check_dataset(dir, garbage + "\n{\"a\":\"\0\"}\n" + std::string(1, '\0') + "\n");
+  EXPECT_EQ(out.result.exit_code, 1);
+  for (const auto& [code, line] : out.findings) EXPECT_TRUE(code == "invalid-json" || code == "not-an-object") << code;
+}
+
+TEST(CheckDataCli, MaxErrorsLimitsPrintingNotCounting) {
+  TempDir dir;
+  const auto out = check_dataset(dir, "1\n2\n3\n4\n", {"--max_errors", "2"});
+  EXPECT_EQ(out.findings.size(), 2u);
+  EXPECT_EQ(out.summary["errors"], 4);
+  EXPECT_EQ(out.summary["errors_not_shown"], 2);
+}
+
+TEST(CheckDataCli, UsageAndIoErrorsExitTwo) {
+  TempDir dir;
+  EXPECT_EQ(run_vlmforge({"check-data", (dir / "missing.jsonl").string()}).exit_code, 2);
+  EXPECT_EQ(run_vlmforge({"check-data", dir.path().string()}).exit_code, 2);
+  write_file(dir / "d.jsonl", "{}\n");
+  EXPECT_EQ(run_vlmforge({"check-data", (dir / "d.jsonl").string(), "--max_length", "10"}).exit_code, 2);
+  EXPECT_EQ(run_vlmforge({"check-data", (dir / "d.jsonl").string(), "--base_dir", (dir / "nope").string()}).exit_code, 2);
+  EXPECT_EQ(run_vlmforge({"check-data", (dir / "d.jsonl").string(), "--fix", (dir / "d.jsonl").string()}).exit_code, 2);
+  EXPECT_EQ(run_vlmforge({"check-data", (dir / "d.jsonl").string(), "--min_pixels", "9000000"}).exit_code, 2);
+  EXPECT_EQ(run_vlmforge({"check-data"}).exit_code, 2);
+}
+
+}  // namespace
+}  // namespace vlmforge::test

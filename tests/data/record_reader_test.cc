@@ -1,0 +1,137 @@
+#include "data/record_reader.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <random>
+
+#include "data/row_checks.h"
+#include "data/row_format.h"
+
+namespace vlmforge::data {
+namespace {
+
+// An anonymous temporary file holding `bytes` (embedded NULs included), rewound.
+struct MemFile {
+  explicit MemFile(const std::string& bytes) : file(std::tmpfile()) {
+    std::fwrite(bytes.data(), 1, bytes.size(), file);
+    std::rewind(file);
+  }
+  ~MemFile() { std::fclose(file); }
+  MemFile(const MemFile&) = delete;
+  MemFile& operator=(const MemFile&) = delete;
+  std::FILE* file;
+};
+
+struct Read {
+  Record::Status status;
+  std::string text;
+  uint64_t line, column, bytes;
+};
+
+std::vector<Read> read_all(const std::string& bytes, size_t limit = 1 << 20) {
+  MemFile mem(bytes);
+  RecordReader reader(mem.file, limit);
+  std::vector<Read> out;
+  Record r;
+  while (reader.next(r)) out.push_back({r.status, std::string(r.text), r.line, r.column, r.bytes});
+  return out;
+}
+
+TEST(DataRecordReader, JsonlLinesSkipBlanksAndCrlf) {
+  const auto rows = read_all("\xEF\xBB\xBF{\"a\":1}\r\n\n  \n{\"b\":2}");
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].text, "{\"a\":1}");
+  EXPECT_EQ(rows[0].line, 1u);
+  EXPECT_EQ(rows[1].text, "{\"b\":2}");
+  EXPECT_EQ(rows[1].line, 4u);
+}
+
+TEST(DataRecordReader, JsonArrayElementsWithTheirLines) {
+  const auto rows = read_all("\n[\n  {\"a\": \"x,]}\\\"\"},\n  {\"b\": [1,\n 2]}, 3\n]\n");
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[0].text, "{\"a\": \"x,]}\\\"\"}");
+  EXPECT_EQ(rows[0].line, 3u);
+  EXPECT_EQ(rows[0].column, 3u);
+  EXPECT_EQ(rows[1].text, "{\"b\": [1,\n 2]}");
+  EXPECT_EQ(rows[1].line, 4u);
+  EXPECT_EQ(rows[2].text, "3");
+  EXPECT_EQ(rows[2].line, 5u);
+}
+
+TEST(DataRecordReader, BrokenArrays) {
+  auto rows = read_all("[{\"a\":1}");
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[1].status, Record::Status::kBroken);
+  rows = read_all("[{\"a\":1}] trailing");
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[1].status, Record::Status::kBroken);
+  EXPECT_TRUE(read_all("[]").empty());
+  EXPECT_TRUE(read_all("").empty());
+}
+
+TEST(DataRecordReader, LongLinesAreSkippedInBoundedMemory) {
+  // 5 MB line with a 64 KiB limit: reported with its full length, the next line still read.
+  const std::string big(5 << 20, 'x');
+  const auto rows = read_all("{\"a\":1}\n" + big + "\n{\"c\":3}\n", 64 << 10);
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[1].status, Record::Status::kTooLong);
+  EXPECT_EQ(rows[1].bytes, big.size());
+  EXPECT_EQ(rows[1].line, 2u);
+  EXPECT_EQ(rows[2].text, "{\"c\":3}");
+  EXPECT_EQ(rows[2].line, 3u);
+}
+
+TEST(DataRecordReader, LongArrayElementIsSkipped) {
+  const std::string big = "\"" + std::string(3 << 20, 'y') + "\"";
+  const auto rows = read_all("[" + big + ", {\"z\":1}]", 64 << 10);
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].status, Record::Status::kTooLong);
+  EXPECT_EQ(rows[1].text, "{\"z\":1}");
+}
+
+// Seeded fuzz: random bytes and mutated rows through the reader, the JSON parser and the row
+// checks. Nothing may crash or throw anything but a parse error; output stays bounded.
+TEST(DataRowParserFuzz, RandomBytesAndMutationsNeverCrash) {
+  std::mt19937_64 rng(20261125);
+  const std::string seed_row =
+      R"({"messages":[{"role":"system","content":"s"},{"role":"user","content":"<image>see a.png"},)"
+      R"({"role":"assistant","content":"x</s>"}],"images":["a.png",{"path":"b.jpg"}],"image":"c.gif","videos":[1]})";
+  const std::string alphabet = "{}[]\",:\\ \n<>abc0123456789.-truefalsnul\xff\x00";
+  for (int iteration = 0; iteration < 3000; ++iteration) {
+    std::string bytes;
+    if (iteration % 2 == 0) {
+      bytes.resize(rng() % 300);
+      for (char& c : bytes) c = alphabet[rng() % alphabet.size()];
+    } else {
+      bytes = seed_row;
+      for (int m = 0, n = 1 + static_cast<int>(rng() % 6); m < n; ++m) {
+        const size_t at = rng() % bytes.size();
+        switch (rng() % 3) {
+          case 0: bytes[at] = alphabet[rng() % alphabet.size()]; break;
+          case 1: bytes.erase(at, 1 + rng() % 8); break;
+          default: bytes.insert(at, 1, alphabet[rng() % alphabet.size()]); break;
+        }
+        if (bytes.empty()) bytes = "{";
+      }
+    }
+    MemFile mem(bytes);
+    RecordReader reader(mem.file, 4096);
+    Record record;
+    size_t records = 0;
+    while (reader.next(record)) {
+      ASSERT_LE(record.text.size(), 4096u + 1);
+      ASSERT_LT(++records, 10000u);
+      if (record.status != Record::Status::kOk) continue;
+      nlohmann::ordered_json value = nlohmann::ordered_json::parse(record.text, nullptr, false);
+      if (value.is_discarded() || !value.is_object()) continue;
+      std::vector<RowProblem> problems;
+      const NormalizedRow row = normalize_row(value, problems);
+      (void)check_row(row, problems);
+      ASSERT_LT(problems.size(), 1000u);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace vlmforge::data
