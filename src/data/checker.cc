@@ -123,7 +123,7 @@ void DatasetChecker::analyze(Row& row) const {
     row.value = nullptr;
     return;
   }
-  row.hash = std::hash<std::string>{}(row.value.dump());
+  row.hash = std::hash<ordered_json>{}(row.value);  // structural: ignores whitespace, cheaper than dump()
   row.is_object = row.value.is_object();
   if (!row.is_object) return;
   row.normalized = normalize_row(row.value, row.problems);

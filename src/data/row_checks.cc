@@ -77,10 +77,22 @@ bool looks_like_image_path(std::string_view word) {
   return false;
 }
 
+// Fast rejection for the common case: no '.' followed by an image extension anywhere.
+bool mentions_image_extension(std::string_view text) {
+  for (size_t at = text.find('.'); at != std::string_view::npos; at = text.find('.', at + 1)) {
+    std::string ext;
+    for (size_t i = at; i < text.size() && i < at + 5; ++i) ext += static_cast<char>(text[i] | 0x20);
+    for (std::string_view e : kImageExtensions)
+      if (std::string_view(ext).starts_with(e)) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 std::vector<PathInText> find_image_paths(const std::string& text) {
   std::vector<PathInText> found;
+  if (!mentions_image_extension(text)) return found;
   constexpr std::string_view kTrim = "\"'`()[]{},;:!?";
   size_t i = 0;
   while (i < text.size()) {
