@@ -20,6 +20,7 @@ struct CheckDataArgs {
   uint64_t max_length = 0;
   std::string base_dir;
   bool json = false;
+  bool deep = false;
   std::string fix;
   size_t threads = 0;
   uint64_t max_errors = 0;
@@ -136,6 +137,7 @@ int run_check_data(const CheckDataArgs& args) {
   options.max_length = args.max_length;
   options.max_record_bytes = args.max_line_bytes;
   options.threads = args.threads;
+  options.deep = args.deep;
   if (args.max_length > 0 && args.model.empty()) throw UsageError("--max_length needs --model (to count tokens)");
 
   std::optional<data::TokenCounter> tokens;
@@ -211,6 +213,7 @@ void add_check_data_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--base_dir", args->base_dir, "Directory relative media paths resolve against (default: the dataset's)");
   cmd->add_flag("--json", args->json, "Findings as JSON lines, then one summary object");
   cmd->add_option("--fix", args->fix, "Write a corrected copy (JSONL) with the unambiguous fixes applied");
+  cmd->add_flag("--deep", args->deep, "Decode every image fully (finds data cut short after a good header)");
   cmd->add_option("--threads", args->threads, "Worker threads (default: all cores)");
   cmd->add_option("--max_errors", args->max_errors, "Print at most this many error findings (counts stay complete)");
   cmd->add_option("--max_line_bytes", args->max_line_bytes, "Refuse rows longer than this (default 64 MiB)");

@@ -156,7 +156,7 @@ void DatasetChecker::probe_images(std::vector<Row>& batch, const fs::path& base_
   }
   pool_.parallel_for(pending.size(), [&](size_t begin, size_t end) {
     for (size_t i = begin; i < end; ++i)
-      pending[i].result = pending[i].image ? check_image_file(pending[i].path) : check_media_file(pending[i].path);
+      pending[i].result = pending[i].image ? check_image_file(pending[i].path, options_.deep) : check_media_file(pending[i].path);
   });
   for (Pending& p : pending) {
     if (p.image) {

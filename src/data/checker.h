@@ -25,6 +25,7 @@ struct CheckOptions {
   uint64_t max_length = 0;  // 0: no length check (needs a TokenCounter)
   size_t max_record_bytes = 64 << 20;
   size_t threads = 0;       // 0: all hardware threads
+  bool deep = false;        // decode every image fully (vision/image_decode.h)
 };
 
 struct TokenStats {

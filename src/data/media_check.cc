@@ -4,6 +4,8 @@
 
 #include <array>
 
+#include "vision/image_decode.h"
+
 namespace vlmforge::data {
 
 namespace fs = std::filesystem;
@@ -47,7 +49,7 @@ std::optional<MediaCheck> check_exists(const fs::path& path) {
 
 }  // namespace
 
-MediaCheck check_image_file(const fs::path& path) {
+MediaCheck check_image_file(const fs::path& path, bool deep) {
   if (auto missing = check_exists(path)) return *missing;
   MediaCheck check;
   check.image = vision::read_image_info(path);
@@ -61,6 +63,13 @@ MediaCheck check_image_file(const fs::path& path) {
   if (check.problem) {
     check.detail = path.string() + ": " + check.image.detail;
     return check;
+  }
+  if (deep) {
+    if (const vision::DecodeResult decoded = vision::decode_image(path, check.image.format); !decoded.ok) {
+      check.problem = FindingCode::kImageCorrupt;
+      check.detail = path.string() + ": full decode failed: " + decoded.error;
+      return check;
+    }
   }
   const vision::ImageFormat named = vision::format_from_extension(path.extension().string());
   if (named != vision::ImageFormat::kUnknown && named != check.image.format) {

@@ -23,8 +23,9 @@ struct MediaCheck {
   vision::ImageInfo image;             // dimensions when the header was read
 };
 
-// Reads the header of an image file (safe to call from several threads).
-MediaCheck check_image_file(const std::filesystem::path& path);
+// Reads the header of an image file, and with `deep` decodes it fully (safe to call from
+// several threads).
+MediaCheck check_image_file(const std::filesystem::path& path, bool deep);
 // Existence and readability only (videos, audios): kMediaMissing, kImageUnreadable.
 MediaCheck check_media_file(const std::filesystem::path& path);
 

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "data/check_data_fixture.h"
+#include "vision/encoded_images.h"
 #include "vision/image_bytes.h"
 
 namespace vlmforge::test {
@@ -45,6 +46,19 @@ TEST(CheckDataCli, FixMovesPathsRenamesImageAndDropsMissing) {
   EXPECT_EQ(again.result.exit_code, 0) << again.result.out;
   EXPECT_TRUE(again.findings.empty());
   EXPECT_FALSE(fs::exists(fixed.string() + ".tmp"));
+}
+
+TEST(CheckDataCli, DeepDecodeFindsDataCutShort) {
+  TempDir dir;
+  const std::string png = encoded_png(64, 64);
+  write_file(dir / "good.png", png);
+  write_file(dir / "cut.png", png.substr(0, png.size() / 2));
+  const std::string dataset = R"({"messages":[{"role":"user","content":"<image>a"},{"role":"assistant","content":"b"}],"images":["good.png"]})" "\n"
+                              R"({"messages":[{"role":"user","content":"<image>c"},{"role":"assistant","content":"d"}],"images":["cut.png"]})" "\n";
+  EXPECT_TRUE(check_dataset(dir, dataset).findings.empty());
+  const auto deep = check_dataset(dir, dataset, {"--deep"});
+  EXPECT_EQ(deep.findings, (std::vector<CodeLine>{{"image-corrupt", 2}}));
+  EXPECT_EQ(deep.result.exit_code, 1);
 }
 
 TEST(CheckDataCli, JsonArrayInputWithLines) {
