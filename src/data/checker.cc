@@ -14,13 +14,25 @@ namespace {
 
 constexpr size_t kBatchRows = 2048;
 constexpr size_t kBatchBytes = 32 << 20;
-constexpr int kMaxDepth = 64;  // chat rows need ~5 levels; bounds recursion in dump() and checks
+constexpr int kMaxDepth = 64;  // chat rows need ~5 levels
 
-bool deeper_than(const ordered_json& value, int limit) {
-  if (limit == 0) return true;
-  if (!value.is_structured()) return false;
-  for (const auto& child : value) {
-    if (deeper_than(child, limit - 1)) return true;
+// Checked on the raw text, before parsing: a DOM of millions of nested arrays would take
+// gigabytes, and dump() / the row checks recurse.
+bool nesting_exceeds(std::string_view text, int limit) {
+  int depth = 0;
+  bool in_string = false, escape = false;
+  for (const char c : text) {
+    if (in_string) {
+      if (escape) escape = false;
+      else if (c == '\\') escape = true;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > limit) return true;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
   }
   return false;
 }
@@ -109,6 +121,10 @@ void DatasetChecker::process_batch(std::vector<Row>& batch, const std::string& n
 // Everything that depends on the row alone; runs on the pool's threads.
 void DatasetChecker::analyze(Row& row) const {
   if (row.status != Record::Status::kOk) return;
+  if (nesting_exceeds(row.text, kMaxDepth)) {
+    row.syntax = Finding{FindingCode::kNestingTooDeep, row.line, 0, "nesting deeper than " + std::to_string(kMaxDepth) + " levels", {}};
+    return;
+  }
   try {
     row.value = ordered_json::parse(row.text);
   } catch (const ordered_json::parse_error& e) {
@@ -116,11 +132,6 @@ void DatasetChecker::analyze(Row& row) const {
     std::string what = e.what();
     if (const size_t at = what.find(": "); at != std::string::npos) what = what.substr(at + 2);  // drop "[json.exception...]"
     row.syntax = Finding{FindingCode::kInvalidJson, line, column, what, {}};
-    return;
-  }
-  if (deeper_than(row.value, kMaxDepth)) {
-    row.syntax = Finding{FindingCode::kNestingTooDeep, row.line, 0, "nesting deeper than " + std::to_string(kMaxDepth) + " levels", {}};
-    row.value = nullptr;
     return;
   }
   row.hash = std::hash<ordered_json>{}(row.value);  // structural: ignores whitespace, cheaper than dump()
