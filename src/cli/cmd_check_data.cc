@@ -130,7 +130,8 @@ void print_summary(const data::CheckSummary& s, bool with_tokens, const CheckDat
 int run_check_data(const CheckDataArgs& args) {
   data::CheckOptions options;
   if (!args.base_dir.empty()) {
-    if (!fs::is_directory(args.base_dir)) throw UsageError("--base_dir: " + args.base_dir + " is not a directory");
+    std::error_code ec;
+    if (!fs::is_directory(args.base_dir, ec)) throw UsageError("--base_dir: " + args.base_dir + " is not a directory");
     options.base_dir = fs::absolute(args.base_dir);
   }
   options.budget = vision::pixel_budget_from_env(args.min_pixels, args.max_pixels);
@@ -174,7 +175,8 @@ int run_check_data(const CheckDataArgs& args) {
     if (name == "-") {
       input.file = stdin;
     } else {
-      if (fs::is_directory(name)) throw Error(name + " is a directory, not a dataset file");
+      std::error_code ec;  // a symlink loop or unreadable parent surfaces from fopen below
+      if (fs::is_directory(name, ec)) throw Error(name + " is a directory, not a dataset file");
       input.file = std::fopen(name.c_str(), "rb");
       if (input.file == nullptr) throw Error("cannot open " + name + ": " + errno_message(errno));
       input.owned = true;

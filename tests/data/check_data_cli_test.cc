@@ -94,6 +94,23 @@ TEST(CheckDataCli, MaxErrorsLimitsPrintingNotCounting) {
   EXPECT_EQ(out.summary["errors_not_shown"], 2);
 }
 
+TEST(CheckDataCli, SameFindingsWithOneOrManyThreads) {
+  TempDir dir;
+  write_file(dir / "a.png", png_bytes(300, 200));
+  std::string dataset;
+  for (int i = 0; i < 5000; ++i) {
+    // Numbers, not arrays: a first line starting with '[' would make the file a JSON array.
+    dataset += i % 7 == 0 ? std::to_string(i).append("\n")
+               : i % 5 == 0 ? R"({"messages":[{"role":"user","content":"<image>q"},{"role":"assistant","content":"a"}],"images":["a.png","b.png"]})" "\n"
+                            : R"({"messages":[{"role":"user","content":"q)" + std::to_string(i % 50) + R"("},{"role":"assistant","content":"a"}],"images":["a.png"]})" "\n";
+  }
+  const auto one = check_dataset(dir, dataset, {"--threads", "1"});
+  const auto many = check_dataset(dir, dataset, {"--threads", "4"});
+  EXPECT_EQ(one.result.out, many.result.out);
+  EXPECT_EQ(one.summary["rows"], 5000);
+  EXPECT_EQ(one.summary["images_checked"], 2);
+}
+
 TEST(CheckDataCli, UsageAndIoErrorsExitTwo) {
   TempDir dir;
   EXPECT_EQ(run_vlmforge({"check-data", (dir / "missing.jsonl").string()}).exit_code, 2);
@@ -104,6 +121,11 @@ TEST(CheckDataCli, UsageAndIoErrorsExitTwo) {
   EXPECT_EQ(run_vlmforge({"check-data", (dir / "d.jsonl").string(), "--fix", (dir / "d.jsonl").string()}).exit_code, 2);
   EXPECT_EQ(run_vlmforge({"check-data", (dir / "d.jsonl").string(), "--min_pixels", "9000000"}).exit_code, 2);
   EXPECT_EQ(run_vlmforge({"check-data"}).exit_code, 2);
+  fs::create_symlink(dir / "loop2.jsonl", dir / "loop1.jsonl");
+  fs::create_symlink(dir / "loop1.jsonl", dir / "loop2.jsonl");
+  const auto loop = run_vlmforge({"check-data", (dir / "loop1.jsonl").string()});
+  EXPECT_EQ(loop.exit_code, 2);
+  EXPECT_NE(loop.err.find("loop1.jsonl"), std::string::npos) << loop.err;
 }
 
 }  // namespace
