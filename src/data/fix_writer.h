@@ -3,7 +3,6 @@
 // renamed over it only when complete, so a failed run never leaves a half-written dataset.
 #include <cstdio>
 #include <filesystem>
-#include <memory>
 #include <string_view>
 
 #include <nlohmann/json.hpp>

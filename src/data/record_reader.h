@@ -31,7 +31,6 @@ class RecordReader {
   // False at the end of input. Blank JSONL lines are skipped. Throws Error on a read error.
   bool next(Record& record);
 
-  bool is_json_array() const { return array_; }
   uint64_t bytes_read() const { return consumed_total_; }
 
  private:
