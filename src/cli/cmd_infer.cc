@@ -99,7 +99,7 @@ std::pair<ordered_json, std::optional<std::string>> dataset_row(const ordered_js
 }
 
 void print_stats(const Generator& generator) {
-  const auto& t = generator.timings();
+  const auto& t = generator.total_timings();
   std::fprintf(stderr, "[stats] prefill %zu tokens %.1f tok/s, decode %zu tokens %.1f tok/s, first token %.3f s, peak memory %s\n",
                t.prefill_tokens, t.prefill_tokens / std::max(t.prefill_seconds, 1e-9), t.decode_tokens,
                t.decode_tokens / std::max(t.decode_seconds, 1e-9), t.first_token_seconds,
@@ -131,9 +131,15 @@ int run_dataset(InferSession& session, Generator& generator, const GenerationPar
     std::vector<std::vector<int32_t>> prompts;
     for (const auto& [request, labels] : batch) prompts.push_back(session.encode_chat(request));
     const auto results = generator.generate(prompts, params);
+    const auto& t = generator.timings();
+    const json timings = {{"batch_rows", batch.size()},
+                          {"batch_prefill_seconds", t.prefill_seconds},
+                          {"batch_decode_seconds", t.decode_seconds},
+                          {"batch_first_token_seconds", t.first_token_seconds}};
     for (size_t i = 0; i < batch.size(); ++i) {
       json j = result_json(session, results[i], params);
       j["line"] = batch_lines[i];
+      j["timings"] = timings;
       j["labels"] = batch[i].second ? json(*batch[i].second) : json(nullptr);
       out << j.dump() << "\n";
     }

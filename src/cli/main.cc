@@ -2,8 +2,10 @@
 #include <csignal>
 #include <cstdio>
 #include <exception>
+#include <new>
 
 #include "cli/commands.h"
+#include "util/bytes.h"
 #include "util/error.h"
 
 int main(int argc, char** argv) {
@@ -33,6 +35,10 @@ int main(int argc, char** argv) {
   } catch (const vlmforge::UsageError& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return vlmforge::cli::kExitUsage;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "error: out of memory (%s available); reduce the work size or free memory\n",
+                 vlmforge::format_bytes(vlmforge::available_memory_bytes()).c_str());
+    return vlmforge::cli::kExitFailure;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return vlmforge::cli::kExitFailure;

@@ -157,6 +157,11 @@ std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<
     timings_.decode_tokens += active.size();
   }
   timings_.decode_seconds = seconds(prefill_end, Clock::now());
+  total_.prefill_seconds += timings_.prefill_seconds;
+  total_.decode_seconds += timings_.decode_seconds;
+  total_.prefill_tokens += timings_.prefill_tokens;
+  total_.decode_tokens += timings_.decode_tokens;
+  if (calls_++ == 0) total_.first_token_seconds = timings_.first_token_seconds;
   return results;
 }
 

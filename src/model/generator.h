@@ -58,13 +58,17 @@ class Generator {
 
   std::vector<GenerationResult> generate(const std::vector<std::vector<int32_t>>& prompts,
                                          const GenerationParams& params, const TextCallback& on_text = {});
+  // The last generate() call, and all calls so far (first_token_seconds: the first call's).
   const GenerationTimings& timings() const { return timings_; }
+  const GenerationTimings& total_timings() const { return total_; }
 
  private:
   Qwen2Model& model_;
   const tokenizer::Tokenizer& tokenizer_;
   size_t max_model_len_;
   GenerationTimings timings_;
+  GenerationTimings total_;
+  size_t calls_ = 0;
 };
 
 // Natural-log softmax of one row of logits, in double.

@@ -3,10 +3,13 @@
 // limit (max_model_len), so memory follows the actual sequence length. Stored fp32 or bf16
 // (--kv_cache_dtype): bf16 halves the cache's memory and the bytes attention reads per step.
 #include <cstddef>
+#include <new>
+#include <string>
 #include <vector>
 
 #include "io/dtype.h"
 #include "kernels/convert.h"
+#include "util/bytes.h"
 #include "util/error.h"
 
 namespace vlmforge {
@@ -29,9 +32,17 @@ class KvCache {
     if (length_ + count > max_tokens_)
       throw Error("sequence of " + std::to_string(length_ + count) + " tokens exceeds max_model_len " +
                   std::to_string(max_tokens_) + " (raise --max_model_len or shorten the prompt)");
-    for (size_t l = 0; l < keys_.size(); ++l) {
-      keys_[l].resize((length_ + count) * kv_dim_ * element_bytes());
-      values_[l].resize((length_ + count) * kv_dim_ * element_bytes());
+    const size_t per_layer = (length_ + count) * kv_dim_ * element_bytes();
+    try {
+      for (size_t l = 0; l < keys_.size(); ++l) {
+        keys_[l].resize(per_layer);
+        values_[l].resize(per_layer);
+      }
+    } catch (const std::bad_alloc&) {
+      throw Error("out of memory growing the KV cache to " + std::to_string(length_ + count) + " tokens: it needs " +
+                  format_bytes(2 * keys_.size() * per_layer) + " for this sequence, " +
+                  format_bytes(available_memory_bytes()) +
+                  " are available; use --kv_cache_dtype bfloat16, a smaller --max_model_len or --max_batch_size");
     }
   }
   void commit(size_t count) { length_ += count; }

@@ -5,6 +5,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 
 #include "util/error.h"
 
@@ -63,6 +64,16 @@ std::string format_bytes(uint64_t bytes) {
   else
     std::snprintf(buf, sizeof buf, "%.2f %s", value, kNames[unit]);
   return buf;
+}
+
+uint64_t available_memory_bytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  uint64_t kib = 0;
+  std::string unit;
+  while (meminfo >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib * 1024;
+  return 0;
 }
 
 }  // namespace vlmforge

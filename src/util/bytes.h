@@ -13,4 +13,7 @@ uint64_t parse_byte_size(std::string_view text, std::string_view what = "size");
 // "1.50 GiB", "812.0 MiB", "96 B".
 std::string format_bytes(uint64_t bytes);
 
+// Memory the system can still give this process (MemAvailable), for out-of-memory messages.
+uint64_t available_memory_bytes();
+
 }  // namespace vlmforge

@@ -106,7 +106,10 @@ TEST_F(InferCli, ValDatasetWritesOneResultPerRowWithLabels) {
   EXPECT_EQ(results[1]["labels"], "4");
   EXPECT_TRUE(results[2]["labels"].is_null());
   EXPECT_EQ(results[2]["line"], 4);
+  EXPECT_EQ(results[0]["timings"]["batch_rows"], 2);
+  EXPECT_EQ(results[2]["timings"]["batch_rows"], 1);
   for (const auto& res : results) {
+    EXPECT_GT(res["timings"]["batch_decode_seconds"].get<double>(), 0.0);
     EXPECT_EQ(res["logprobs"]["content"].size(), res["completion_tokens"].get<size_t>());
     EXPECT_EQ(res["logprobs"]["content"][0]["top_logprobs"].size(), 2u);
   }
