@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -22,6 +23,9 @@ namespace vlmforge {
 namespace fs = std::filesystem;
 
 namespace {
+
+// How many tensors the kernel reads ahead of the merge (page cache, not this process's memory).
+constexpr size_t kReadAheadTensors = 2;
 
 // Each block's fp32 working copy is at most this large; memory does not grow with the model.
 constexpr uint64_t kBlockFloats = (16u << 20) / sizeof(float);
@@ -197,6 +201,51 @@ class ScratchBuffer {
   size_t capacity_ = 0;
 };
 
+// Asks the kernel to read tensors ahead (MADV_WILLNEED) on its own thread: the call submits the
+// reads synchronously, which would otherwise stall the merge for as long as it takes.
+class Prefetcher {
+ public:
+  Prefetcher() : thread_([this] { loop(); }) {}
+  ~Prefetcher() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    changed_.notify_all();
+    thread_.join();
+  }
+  Prefetcher(const Prefetcher&) = delete;
+  Prefetcher& operator=(const Prefetcher&) = delete;
+
+  void request(const TensorRef* tensor) {
+    {
+      std::lock_guard lock(mutex_);
+      queue_.push_back(tensor);
+    }
+    changed_.notify_all();
+  }
+
+ private:
+  void loop() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      changed_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (stopping_) return;
+      const TensorRef* next = queue_.front();
+      queue_.pop_front();
+      lock.unlock();
+      next->prefetch();
+      lock.lock();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::deque<const TensorRef*> queue_;
+  bool stopping_ = false;
+  std::thread thread_;  // last: started after the state above exists
+};
+
 class TensorMerger {
  public:
   TensorMerger(ThreadPool& pool, ProgressBar& progress) : pool_(pool), progress_(progress) {}
@@ -209,7 +258,6 @@ class TensorMerger {
         source = t.updates[i].replacement;
         first_update = i + 1;
       }
-    source->prefetch();
     if (first_update == t.updates.size() && source->info->dtype == t.output.dtype) {
       background_.wait();
       writer.copy_from(source->file->mapped(), source->file->file_offset(*source->info), source->info->nbytes());
@@ -389,6 +437,8 @@ MergeStats execute_merge(const Checkpoint& base, const MergePlan& plan, const Me
   TemporaryDirectory temp(output.parent_path() / ("." + output.filename().string() + ".tmp-" + std::to_string(getpid())));
 
   ThreadPool pool(options.threads);
+  Prefetcher prefetcher;
+  for (size_t i = 0; i < std::min(kReadAheadTensors, plan.tensors.size()); ++i) prefetcher.request(plan.tensors[i].base);
   ProgressBar progress("merge", plan.total_bytes, options.progress);
   TensorMerger merger(pool, progress);
   std::map<std::string, std::string> weight_map;
@@ -404,7 +454,7 @@ MergeStats execute_merge(const Checkpoint& base, const MergePlan& plan, const Me
         // Start reading the next tensor from disk while this one is computed.
         const size_t i = plan.shards[s][k];
         if (interrupted()) throw Error("interrupted: the partial output was removed");
-        if (i + 1 < plan.tensors.size()) plan.tensors[i + 1].base->prefetch();
+        if (i + kReadAheadTensors < plan.tensors.size()) prefetcher.request(plan.tensors[i + kReadAheadTensors].base);
         merger.write(plan.tensors[i], writer);
       }
       merger.flush();
