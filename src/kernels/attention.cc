@@ -11,23 +11,13 @@
 #include <hwy/contrib/math/math-inl.h>
 #include <hwy/highway.h>
 
+#include "kernels/load_f32-inl.h"
+
 HWY_BEFORE_NAMESPACE();
 namespace vlmforge::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
-
-template <DType kDType>
-HWY_INLINE VF LoadRow(DF df, const std::byte* row, size_t i) {
-  if constexpr (kDType == DType::F32) {
-    return hn::LoadU(df, reinterpret_cast<const float*>(row) + i);
-  } else {
-    const hn::RebindToUnsigned<DF> du32;
-    const hn::Rebind<uint16_t, DF> du16;
-    const auto bits = hn::PromoteTo(du32, hn::LoadU(du16, reinterpret_cast<const uint16_t*>(row) + i));
-    return hn::BitCast(df, hn::ShiftLeft<16>(bits));
-  }
-}
 
 // In place x ← exp(x − max) / Σ exp(x − max).
 void Softmax(float* x, size_t n) {
@@ -62,7 +52,7 @@ void AttendTyped(const float* q, size_t group, size_t head_dim, const KvRows& kv
     for (size_t g = 0; g < group; ++g) {
       const float* qg = q + g * head_dim;
       VF acc = hn::Zero(df);
-      for (size_t i = 0; i < vec_end; i += lanes) acc = hn::MulAdd(hn::LoadU(df, qg + i), LoadRow<kDType>(df, key, i), acc);
+      for (size_t i = 0; i < vec_end; i += lanes) acc = hn::MulAdd(hn::LoadU(df, qg + i), LoadAsF32<kDType>(df, key, i), acc);
       float dot = hn::GetLane(hn::SumOfLanes(df, acc));
       for (size_t i = vec_end; i < head_dim; ++i) dot += qg[i] * load_float(kDType, key, i);
       scores[g * length + p] = dot * scale;
@@ -74,7 +64,7 @@ void AttendTyped(const float* q, size_t group, size_t head_dim, const KvRows& kv
   for (size_t p = 0; p < length; ++p) {
     const std::byte* value = kv.values + (p * kv.stride + kv.offset) * esize;
     for (size_t i = 0; i < vec_end; i += lanes) {
-      const VF v = LoadRow<kDType>(df, value, i);
+      const VF v = LoadAsF32<kDType>(df, value, i);
       for (size_t g = 0; g < group; ++g) {
         float* o = out + g * head_dim + i;
         hn::StoreU(hn::MulAdd(hn::Set(df, scores[g * length + p]), v, hn::LoadU(df, o)), df, o);

@@ -11,27 +11,13 @@
 #include <hwy/cache_control.h>
 #include <hwy/highway.h>
 
+#include "kernels/load_f32-inl.h"
+
 HWY_BEFORE_NAMESPACE();
 namespace vlmforge::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
-
-// Loads lanes(DF) weights starting at element `i` as fp32.
-template <DType kDType>
-HWY_INLINE VF LoadWeights(DF df, const std::byte* row, size_t i) {
-  if constexpr (kDType == DType::F32) {
-    return hn::LoadU(df, reinterpret_cast<const float*>(row) + i);
-  } else if constexpr (kDType == DType::BF16) {
-    const hn::RebindToUnsigned<DF> du32;
-    const hn::Rebind<uint16_t, DF> du16;
-    const auto bits = hn::PromoteTo(du32, hn::LoadU(du16, reinterpret_cast<const uint16_t*>(row) + i));
-    return hn::BitCast(df, hn::ShiftLeft<16>(bits));
-  } else {
-    const hn::Rebind<hwy::float16_t, DF> dh;
-    return hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(row) + i));
-  }
-}
 
 // kRows weight rows × kTokens tokens of dot products over the full input length.
 template <DType kDType, size_t kRows, size_t kTokens>
@@ -53,7 +39,7 @@ HWY_INLINE void Tile(const float* x, size_t x_stride, const std::byte* w, size_t
     VF xv[kTokens];
     for (size_t t = 0; t < kTokens; ++t) xv[t] = hn::LoadU(df, x + t * x_stride + i);
     for (size_t r = 0; r < kRows; ++r) {
-      const VF wv = LoadWeights<kDType>(df, w + (row + r) * row_bytes, i);
+      const VF wv = LoadAsF32<kDType>(df, w + (row + r) * row_bytes, i);
       for (size_t t = 0; t < kTokens; ++t) acc[r][t] = hn::MulAdd(wv, xv[t], acc[r][t]);
     }
   }
@@ -143,7 +129,7 @@ void PanelGemm(const float* x, size_t tokens, size_t x_stride, const std::byte* 
         }
         const std::byte* src = w + (r0 + r) * row_bytes;
         size_t k = 0;
-        for (; k + lanes <= depth; k += lanes) hn::StoreU(LoadWeights<kDType>(df, src, k0 + k), df, dst + k);
+        for (; k + lanes <= depth; k += lanes) hn::StoreU(LoadAsF32<kDType>(df, src, k0 + k), df, dst + k);
         for (; k < depth; ++k) dst[k] = load_float(kDType, src, k0 + k);
       }
       for (size_t tt = 0; tt < tiles; ++tt) {
