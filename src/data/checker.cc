@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "data/record_reader.h"
+#include "io/json_file.h"
 #include "data/row_checks.h"
 
 namespace vlmforge::data {
@@ -35,20 +36,6 @@ bool nesting_exceeds(std::string_view text, int limit) {
     }
   }
   return false;
-}
-
-// Line and column of byte `offset` of a record that starts at (line, column).
-std::pair<uint64_t, uint64_t> position_in(std::string_view text, size_t offset, uint64_t line, uint64_t column) {
-  offset = std::min(offset, text.size());
-  for (size_t i = 0; i < offset; ++i) {
-    if (text[i] == '\n') {
-      ++line;
-      column = 1;
-    } else {
-      ++column;
-    }
-  }
-  return {line, column};
 }
 
 }  // namespace
@@ -133,7 +120,7 @@ void DatasetChecker::analyze(Row& row) const {
   try {
     row.value = ordered_json::parse(row.text);
   } catch (const ordered_json::parse_error& e) {
-    const auto [line, column] = position_in(row.text, e.byte > 0 ? e.byte - 1 : 0, row.line, row.column);
+    const auto [line, column] = text_position(row.text, e.byte > 0 ? e.byte - 1 : 0, row.line, row.column);
     std::string what = e.what();
     if (const size_t at = what.find(": "); at != std::string::npos) what = what.substr(at + 2);  // drop "[json.exception...]"
     row.syntax = Finding{FindingCode::kInvalidJson, line, column, what, {}};

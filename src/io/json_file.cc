@@ -7,9 +7,8 @@
 
 namespace vlmforge {
 
-std::string line_column(std::string_view text, size_t offset) {
+std::pair<uint64_t, uint64_t> text_position(std::string_view text, size_t offset, uint64_t line, uint64_t column) {
   offset = std::min(offset, text.size());
-  size_t line = 1, column = 1;
   for (size_t i = 0; i < offset; ++i) {
     if (text[i] == '\n') {
       ++line;
@@ -18,6 +17,11 @@ std::string line_column(std::string_view text, size_t offset) {
       ++column;
     }
   }
+  return {line, column};
+}
+
+std::string line_column(std::string_view text, size_t offset) {
+  const auto [line, column] = text_position(text, offset);
   return std::to_string(line) + ":" + std::to_string(column);
 }
 

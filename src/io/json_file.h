@@ -2,11 +2,16 @@
 // Reading JSON documents with errors that name the file, line and column.
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <cstdint>
 #include <string>
+#include <utility>
 #include <string_view>
 
 namespace vlmforge {
 
+// Line and column of byte `offset` of `text`, when `text` starts at (line, column); 1-based.
+std::pair<uint64_t, uint64_t> text_position(std::string_view text, size_t offset, uint64_t line = 1,
+                                            uint64_t column = 1);
 // "line:column" (1-based) of byte `offset` in `text`, for error messages.
 std::string line_column(std::string_view text, size_t offset);
 

@@ -76,5 +76,11 @@ void from_f32(DType dtype, const float* src, std::byte* dst, size_t count) {
   }
 }
 
+std::vector<float> tensor_to_f32(const TensorRef& tensor) {
+  std::vector<float> out(tensor.info->num_elements());
+  to_f32(tensor.info->dtype, tensor.data().data(), out.data(), out.size());
+  return out;
+}
+
 }  // namespace vlmforge::kernels
 #endif  // HWY_ONCE

@@ -3,12 +3,18 @@
 // SIMD (Highway, runtime dispatch) for BF16 and F32; F16 uses the exact scalar conversion.
 #include <cstddef>
 
+#include <vector>
+
 #include "io/dtype.h"
+#include "io/safetensors.h"
 
 namespace vlmforge::kernels {
 
 void to_f32(DType dtype, const std::byte* src, float* dst, size_t count);
 // Round-to-nearest-even, NaN preserved.
 void from_f32(DType dtype, const float* src, std::byte* dst, size_t count);
+
+// A whole BF16/F16/F32 tensor as fp32 values.
+std::vector<float> tensor_to_f32(const TensorRef& tensor);
 
 }  // namespace vlmforge::kernels

@@ -147,26 +147,10 @@ void PanelGemm(const float* x, size_t tokens, size_t x_stride, const std::byte* 
   }
 }
 
+// Every token against weight rows [row_begin, row_end), in groups of kTileTokens tokens.
 template <DType kDType>
-void MatmulTyped(const float* x, size_t tokens, size_t x_stride, const std::byte* w, size_t cols, const float* bias,
-                 float* out, size_t out_stride, size_t row_begin, size_t row_end) {
-  // Batched decode: all token groups per 4-row tile, so each weight row is read from memory once
-  // and reused from L1 (the few tokens' activations stay in cache). Prefill keeps tokens outer:
-  // there the activations are the large operand.
-  if (tokens > kTileTokens && tokens <= 2 * kTileTokens) {
-    for (size_t row = row_begin; row < row_end; row += 4) {
-      const size_t tile_end = std::min(row + 4, row_end);
-      size_t t = 0;
-      for (; t + kTileTokens <= tokens; t += kTileTokens)
-        TokenGroup<kDType, kTileTokens>(x + t * x_stride, x_stride, w, cols, bias, out + t * out_stride, out_stride,
-                                        row, tile_end);
-      for (; t < tokens; ++t)
-        TokenGroup<kDType, 1>(x + t * x_stride, x_stride, w, cols, bias, out + t * out_stride, out_stride, row,
-                              tile_end);
-    }
-    return;
-  }
-  if (tokens >= 32) return PanelGemm<kDType>(x, tokens, x_stride, w, cols, bias, out, out_stride, row_begin, row_end);
+HWY_INLINE void AllTokens(const float* x, size_t tokens, size_t x_stride, const std::byte* w, size_t cols,
+                          const float* bias, float* out, size_t out_stride, size_t row_begin, size_t row_end) {
   size_t t = 0;
   for (; t + kTileTokens <= tokens; t += kTileTokens)
     TokenGroup<kDType, kTileTokens>(x + t * x_stride, x_stride, w, cols, bias, out + t * out_stride, out_stride,
@@ -174,6 +158,21 @@ void MatmulTyped(const float* x, size_t tokens, size_t x_stride, const std::byte
   for (; t < tokens; ++t)
     TokenGroup<kDType, 1>(x + t * x_stride, x_stride, w, cols, bias, out + t * out_stride, out_stride, row_begin,
                           row_end);
+}
+
+template <DType kDType>
+void MatmulTyped(const float* x, size_t tokens, size_t x_stride, const std::byte* w, size_t cols, const float* bias,
+                 float* out, size_t out_stride, size_t row_begin, size_t row_end) {
+  // Batched decode: all token groups per 4-row tile, so each weight row is read from memory once
+  // and reused from L1 (the few tokens' activations stay in cache). Prefill keeps tokens outer:
+  // there the activations are the large operand.
+  if (tokens > kTileTokens && tokens <= 2 * kTileTokens) {
+    for (size_t row = row_begin; row < row_end; row += 4)
+      AllTokens<kDType>(x, tokens, x_stride, w, cols, bias, out, out_stride, row, std::min(row + 4, row_end));
+    return;
+  }
+  if (tokens >= 32) return PanelGemm<kDType>(x, tokens, x_stride, w, cols, bias, out, out_stride, row_begin, row_end);
+  AllTokens<kDType>(x, tokens, x_stride, w, cols, bias, out, out_stride, row_begin, row_end);
 }
 
 void MatmulRows(const float* x, size_t tokens, size_t x_stride, DType dtype, const std::byte* w, size_t cols,

@@ -30,9 +30,9 @@ constexpr size_t kReadAheadTensors = 2;
 // Each block's fp32 working copy is at most this large; memory does not grow with the model.
 constexpr uint64_t kBlockFloats = (16u << 20) / sizeof(float);
 
-std::vector<float> tensor_to_f32(const TensorRef& t) {
-  std::vector<float> out(t.info->num_elements());
-  kernels::to_f32(t.info->dtype, t.data().data(), out.data(), out.size());
+// An adapter tensor as fp32; its pages are dropped afterwards (it is read only this once).
+std::vector<float> adapter_to_f32(const TensorRef& t) {
+  std::vector<float> out = kernels::tensor_to_f32(t);
   t.release();
   return out;
 }
@@ -64,13 +64,13 @@ Step make_step(const TensorUpdate& u, size_t rows, size_t cols) {
   s.scale = static_cast<float>(m.scaling);
   if (u.kind == TensorUpdate::Kind::kLoraBias) {
     s.kind = Step::Kind::kAddRowVector;
-    s.right = tensor_to_f32(*m.b_bias);
+    s.right = adapter_to_f32(*m.b_bias);
     return s;
   }
   s.kind = Step::Kind::kLowRank;
   s.rank = static_cast<size_t>(m.rank);
-  std::vector<float> a = tensor_to_f32(*m.a);  // [rank, a_cols]
-  std::vector<float> b = tensor_to_f32(*m.b);  // [b_rows, rank]
+  std::vector<float> a = adapter_to_f32(*m.a);  // [rank, a_cols]
+  std::vector<float> b = adapter_to_f32(*m.b);  // [b_rows, rank]
   if (u.transposed) {
     // stored delta = (B·A)ᵀ = Aᵀ·Bᵀ: left = Aᵀ [rows, rank], right = Bᵀ [rank, cols].
     s.left = transpose(a, s.rank, rows);
@@ -82,7 +82,7 @@ Step make_step(const TensorUpdate& u, size_t rows, size_t cols) {
   if (u.kind == TensorUpdate::Kind::kDora) {
     s.dora = true;
     s.column_norm = u.transposed;
-    s.magnitude = tensor_to_f32(*m.magnitude);
+    s.magnitude = adapter_to_f32(*m.magnitude);
   }
   return s;
 }

@@ -2,7 +2,6 @@
 
 #include <cmath>
 
-#include "io/convert.h"
 #include "kernels/attention.h"
 #include "kernels/convert.h"
 #include "kernels/ops.h"
@@ -14,12 +13,6 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kSupported = "Qwen2ForCausalLM (Qwen2, Qwen2.5, Qwen2.5-Coder/Math; model_type qwen2)";
-
-std::vector<float> to_f32_vector(const TensorRef& t) {
-  std::vector<float> out(t.info->num_elements());
-  for (size_t i = 0; i < out.size(); ++i) out[i] = load_float(t.info->dtype, t.data().data(), i);
-  return out;
-}
 
 class WeightLoader {
  public:
@@ -52,7 +45,7 @@ class WeightLoader {
   }
   // A bias also receives the lora_B biases of its layer's adapters.
   std::vector<float> vector(const std::string& name, uint64_t n) const {
-    std::vector<float> v = to_f32_vector(get(prefix_ + name, {n}));
+    std::vector<float> v = kernels::tensor_to_f32(get(prefix_ + name, {n}));
     const std::string weight = name.size() > 5 && name.ends_with(".bias") ? name.substr(0, name.size() - 5) + ".weight" : "";
     if (const LinearAdapters* layer = lora_ && !weight.empty() ? lora_->find(prefix_ + weight) : nullptr)
       for (size_t i = 0; i < layer->bias_delta.size(); ++i) v[i] += layer->bias_delta[i];

@@ -2,7 +2,6 @@
 
 #include <cmath>
 
-#include "io/convert.h"
 #include "kernels/convert.h"
 #include "kernels/low_rank.h"
 #include "util/error.h"
@@ -11,12 +10,6 @@ namespace vlmforge {
 namespace fs = std::filesystem;
 
 namespace {
-
-std::vector<float> to_f32(const TensorRef& t) {
-  std::vector<float> out(t.info->num_elements());
-  kernels::to_f32(t.info->dtype, t.data().data(), out.data(), out.size());
-  return out;
-}
 
 // m / ‖W_i + Σ s·B_i·A‖ for every row i of the base weight.
 std::vector<float> dora_factor(const TensorRef& weight, const LinearAdapters& layer, const std::vector<float>& magnitude) {
@@ -54,13 +47,13 @@ RuntimeLora::RuntimeLora(const Checkpoint& base, const std::vector<fs::path>& ad
       LinearAdapters& layer = layers_[weight->name()];
       if (!layer.dora_factor.empty() || (m.magnitude && !layer.loras.empty()))
         throw Error(where + ": module '" + m.module + "' has DoRA together with another adapter; merge them instead");
-      layer.loras.push_back({to_f32(*m.a), to_f32(*m.b), static_cast<size_t>(m.rank), static_cast<float>(m.scaling)});
+      layer.loras.push_back({kernels::tensor_to_f32(*m.a), kernels::tensor_to_f32(*m.b), static_cast<size_t>(m.rank), static_cast<float>(m.scaling)});
       if (m.b_bias) {
-        const std::vector<float> bias = to_f32(*m.b_bias);
+        const std::vector<float> bias = kernels::tensor_to_f32(*m.b_bias);
         layer.bias_delta.resize(bias.size(), 0.0f);
         for (size_t i = 0; i < bias.size(); ++i) layer.bias_delta[i] += static_cast<float>(m.scaling) * bias[i];
       }
-      if (m.magnitude) layer.dora_factor = dora_factor(*weight, layer, to_f32(*m.magnitude));
+      if (m.magnitude) layer.dora_factor = dora_factor(*weight, layer, kernels::tensor_to_f32(*m.magnitude));
     }
     for (const auto& r : adapter.replacements()) {
       const TensorRef* target = resolve_base_tensor(base, r.name);
