@@ -17,27 +17,6 @@ constexpr size_t kBatchRows = 2048;
 constexpr size_t kBatchBytes = 32 << 20;
 constexpr int kMaxDepth = 64;  // chat rows need ~5 levels
 
-// Checked on the raw text, before parsing: a DOM of millions of nested arrays would take
-// gigabytes, and dump() / the row checks recurse.
-bool nesting_exceeds(std::string_view text, int limit) {
-  int depth = 0;
-  bool in_string = false, escape = false;
-  for (const char c : text) {
-    if (in_string) {
-      if (escape) escape = false;
-      else if (c == '\\') escape = true;
-      else if (c == '"') in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > limit) return true;
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
-  }
-  return false;
-}
-
 }  // namespace
 
 struct DatasetChecker::Row {
@@ -113,7 +92,7 @@ void DatasetChecker::process_batch(std::vector<Row>& batch, const std::string& n
 // Everything that depends on the row alone; runs on the pool's threads.
 void DatasetChecker::analyze(Row& row) const {
   if (row.status != Record::Status::kOk) return;
-  if (nesting_exceeds(row.text, kMaxDepth)) {
+  if (json_nesting_exceeds(row.text, kMaxDepth)) {
     row.syntax = Finding{FindingCode::kNestingTooDeep, row.line, 0, "nesting deeper than " + std::to_string(kMaxDepth) + " levels", {}};
     return;
   }
