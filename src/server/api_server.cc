@@ -85,6 +85,18 @@ bool peer_closed(int fd) {
   return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
 }
 
+}  // namespace
+
+// httplib's stop() also cuts every streaming response short (its chunked writer ends once the
+// listening socket is invalidated). Shutting the socket down instead makes accept() fail, so the
+// listen loop ends and then waits for its connection threads, whose streams run to completion.
+class DrainingHttpServer : public httplib::Server {
+ public:
+  void stop_listening() { ::shutdown(svr_sock_, SHUT_RDWR); }
+};
+
+namespace {
+
 // One streamed response: what has been sent so far.
 struct StreamState {
   std::shared_ptr<Job> job;
@@ -98,7 +110,7 @@ struct StreamState {
 }  // namespace
 
 ApiServer::ApiServer(const cli::InferSession& session, Scheduler& scheduler, ServerOptions options)
-    : session_(session), scheduler_(scheduler), options_(std::move(options)), http_(std::make_unique<httplib::Server>()),
+    : session_(session), scheduler_(scheduler), options_(std::move(options)), http_(std::make_unique<DrainingHttpServer>()),
       started_(unix_now()) {
   // Every connection holds a thread while it waits for its answer: room for the whole batch, the
   // queue, and a few more to answer 429s and metrics under load.
@@ -174,7 +186,7 @@ int ApiServer::bind() {
 
 void ApiServer::serve() { http_->listen_after_bind(); }
 
-void ApiServer::stop() { http_->stop(); }
+void ApiServer::stop() { http_->stop_listening(); }
 
 void ApiServer::record(const std::string& path, int status) {
   // Unknown paths are folded together so clients cannot grow the metric set.

@@ -25,6 +25,8 @@ struct Response;
 
 namespace vlmforge::server {
 
+class DrainingHttpServer;
+
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8000;  // 0: any free port
@@ -53,7 +55,8 @@ class ApiServer {
   int bind();
   // Serves until stop(); returns once the requests in flight have been answered.
   void serve();
-  // Closes the listening socket (thread-safe, callable from a signal watcher).
+  // Stops accepting connections; serve() returns once the responses in flight, streams
+  // included, are complete (thread-safe, callable from a signal watcher).
   void stop();
 
  private:
@@ -66,7 +69,7 @@ class ApiServer {
   Scheduler& scheduler_;
   ServerOptions options_;
   VisionPromptHook vision_hook_;
-  std::unique_ptr<httplib::Server> http_;
+  std::unique_ptr<DrainingHttpServer> http_;
   int64_t started_ = 0;
 
   mutable std::mutex metrics_mutex_;
