@@ -21,4 +21,12 @@ cp "$corpus/model/model.safetensors" "$corpus/seeds/"
 for f in ../shared/golden/lora/*/adapter_model.safetensors; do [ -f "$f" ] && cp "$f" "$corpus/seeds/$(basename "$(dirname "$f")").safetensors"; done
 build-fuzz/fuzz/fuzz_safetensors_header "$corpus/seeds" -seed=1 -runs=1000000 -max_len=8192 -rss_limit_mb=2048 \
   -artifact_prefix=build-fuzz/ 2>&1 | tail -n 3
+
+echo "== fuzz: deploy request parser (bounded, seeded)"
+cmake --build build-fuzz -j"$(nproc)" --target fuzz_deploy_request >/dev/null
+mkdir -p "$corpus/requests"
+printf '%s' '0{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"}}]}],"stream":true,"stream_options":{"include_usage":true},"logprobs":true,"top_logprobs":2,"stop":["a"]}' > "$corpus/requests/chat"
+printf '%s' '1{"model":"m","prompt":[1,2,3],"logprobs":2,"max_tokens":5,"temperature":0.5,"top_p":0.9,"seed":3}' > "$corpus/requests/completion"
+build-fuzz/fuzz/fuzz_deploy_request "$corpus/requests" -seed=1 -runs=300000 -max_len=4096 -rss_limit_mb=2048 \
+  -artifact_prefix=build-fuzz/ 2>&1 | tail -n 3
 echo "fuzz: passed"
