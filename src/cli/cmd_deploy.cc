@@ -48,6 +48,11 @@ int run(const DeployArgs& a) {
   }
 
   InferSession session(a.model, a.threads, {a.adapters.begin(), a.adapters.end()});
+  // Caught here rather than as a failed generation on every request.
+  if (session.tokenizer.vocab_size() > session.model->vocab_size())
+    throw Error(a.model + ": tokenizer.json has " + std::to_string(session.tokenizer.vocab_size()) +
+                " tokens but the model's vocab_size is " + std::to_string(session.model->vocab_size()) +
+                "; use the tokenizer the model was trained with");
   session.model->set_kv_cache_dtype(a.kv_cache_dtype == "bfloat16" ? DType::BF16 : DType::F32);
   const size_t max_model_len = a.max_model_len ? a.max_model_len : session.model->config().max_position_embeddings;
 

@@ -29,6 +29,10 @@ std::vector<std::pair<int32_t, double>> top_k_entries(std::span<const double> va
   return out;
 }
 
+std::string_view generated_token_bytes(const tokenizer::Tokenizer& tokenizer, int32_t id) {
+  return id >= 0 && static_cast<size_t>(id) < tokenizer.vocab_size() ? tokenizer.token_bytes(id) : std::string_view();
+}
+
 namespace {
 
 std::vector<int32_t> checked_prompt(std::vector<int32_t> prompt, size_t max_model_len) {
@@ -44,6 +48,7 @@ std::vector<int32_t> checked_prompt(std::vector<int32_t> prompt, size_t max_mode
 SequenceState::SequenceState(const Qwen2Model& model, const tokenizer::Tokenizer& tokenizer,
                              std::vector<int32_t> prompt, size_t max_model_len, const GenerationParams& params)
     : params_(params),
+      tokenizer_(tokenizer),
       cache_(model.make_cache(max_model_len)),
       history_(checked_prompt(std::move(prompt), max_model_len)),
       sampler_(params.sampling),
@@ -107,7 +112,8 @@ bool SequenceState::accept(std::span<float> logits, const std::function<void(std
     push_text(detokenizer_.finish(), true, on_text);
     return done_ = true;
   }
-  if (push_text(detokenizer_.push(token), false, on_text)) {
+  const bool known = static_cast<size_t>(token) < tokenizer_.vocab_size();  // see generated_token_bytes
+  if (push_text(known ? detokenizer_.push(token) : std::string(), false, on_text)) {
     result_.finish_reason = "stop";
     return done_ = true;
   }

@@ -73,6 +73,7 @@ class SequenceState {
   void emit(std::string_view text, const std::function<void(std::string_view)>& on_text);
 
   const GenerationParams& params_;
+  const tokenizer::Tokenizer& tokenizer_;
   KvCache cache_;
   std::vector<int32_t> history_;  // prompt + generated, for the repetition penalty
   Sampler sampler_;
@@ -83,6 +84,11 @@ class SequenceState {
   bool done_ = false;
   GenerationResult result_;
 };
+
+// The bytes of a generated id. A model's vocabulary is padded past the tokenizer's (Qwen2.5:
+// 151,936 rows, 151,665 tokens); such ids decode to nothing, as Hugging Face tokenizers skip ids
+// they do not know.
+std::string_view generated_token_bytes(const tokenizer::Tokenizer& tokenizer, int32_t id);
 
 // Natural-log softmax of one row of logits, in double.
 std::vector<double> log_softmax(std::span<const float> logits);

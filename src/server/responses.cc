@@ -19,11 +19,11 @@ json completion_logprobs(const tokenizer::Tokenizer& tokenizer, std::span<const 
                          size_t text_offset) {
   json tokens = json::array(), token_logprobs = json::array(), top = json::array(), offsets = json::array();
   for (const auto& lp : logprobs) {
-    const std::string text = cli::display_text(tokenizer.token_bytes(lp.id));
+    const std::string text = cli::display_text(generated_token_bytes(tokenizer, lp.id));
     tokens.push_back(text);
     token_logprobs.push_back(lp.logprob);
     json alternatives = json::object();
-    for (const auto& [id, logprob] : lp.top) alternatives[cli::display_text(tokenizer.token_bytes(id))] = logprob;
+    for (const auto& [id, logprob] : lp.top) alternatives[cli::display_text(generated_token_bytes(tokenizer, id))] = logprob;
     top.push_back(alternatives);
     offsets.push_back(text_offset);
     text_offset += text.size();

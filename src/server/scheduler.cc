@@ -34,6 +34,7 @@ struct Scheduler::Running {
   std::shared_ptr<Job> job;
   std::unique_ptr<SequenceState> state;
   size_t published_text = 0, published_tokens = 0;
+  bool failed = false;
 };
 
 Scheduler::Scheduler(Qwen2Model& model, const tokenizer::Tokenizer& tokenizer, SchedulerOptions options)
@@ -195,7 +196,13 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running, std::vector
       stepped = 1;
       const size_t vocab = model_.vocab_size();
       for (size_t i = 0; i < running.size(); ++i) {
-        running[i]->state->accept(std::span(logits).subspan(i * vocab, vocab));
+        try {
+          running[i]->state->accept(std::span(logits).subspan(i * vocab, vocab));
+        } catch (const std::exception& e) {  // this sequence only; the batch goes on
+          fail(running[i]->job, std::string("generation failed: ") + e.what());
+          running[i]->failed = true;
+          continue;
+        }
         ++generated;
         publish(*running[i]);
       }
@@ -205,6 +212,7 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running, std::vector
       running.clear();
     }
     std::erase_if(running, [&](const std::unique_ptr<Running>& r) {
+      if (r->failed) return true;
       if (!r->state->done()) return false;
       ++finished;
       return true;

@@ -155,5 +155,23 @@ TEST_F(DeployScheduler, AFailingSequenceIsReportedAndTheOthersContinue) {
   EXPECT_EQ(scheduler.stats().failed, 1u);
 }
 
+TEST_F(DeployScheduler, PaddingIdsBeyondTheTokenizerDecodeToNothing) {
+  // Qwen's embedding has 151,936 rows for 151,669 tokenizer ids; a sampled padding id must not
+  // end the request with an error (Hugging Face tokenizers skip unknown ids when decoding).
+  const GenerationParams p = params(3, 0, 0);
+  SequenceState seq(*model_, *tokenizer_, {9707, 11}, 64, p);
+  ASSERT_GT(model_->vocab_size(), tokenizer_->vocab_size());
+  std::vector<float> logits(model_->vocab_size(), 0.0f);
+  const int32_t padding = static_cast<int32_t>(tokenizer_->vocab_size()) + 5;
+  logits[static_cast<size_t>(padding)] = 10;
+  EXPECT_FALSE(seq.accept(logits));
+  std::fill(logits.begin(), logits.end(), 0.0f);
+  logits[1879] = 10;  // " world"
+  EXPECT_FALSE(seq.accept(logits));
+  EXPECT_EQ(seq.result().tokens, (std::vector<int32_t>{padding, 1879}));
+  EXPECT_EQ(seq.result().text, " world");
+  EXPECT_EQ(generated_token_bytes(*tokenizer_, padding), "");
+}
+
 }  // namespace
 }  // namespace vlmforge::test
