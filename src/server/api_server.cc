@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 
 #include "io/json_file.h"
 #include "tokenizer/chat_template.h"
@@ -115,6 +116,7 @@ ApiServer::ApiServer(const cli::InferSession& session, Scheduler& scheduler, Ser
   // Every connection holds a thread while it waits for its answer: room for the whole batch, the
   // queue, and a few more to answer 429s and metrics under load.
   const size_t threads = scheduler_.options().max_batch_size + scheduler_.options().max_queue + 8;
+  // httplib's interface: it takes ownership of the queue and deletes it when listening ends.
   http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   http_->set_payload_max_length(options_.max_body_bytes);
   http_->set_keep_alive_max_count(1000);
