@@ -53,24 +53,29 @@ SequenceState::SequenceState(const Qwen2Model& model, const tokenizer::Tokenizer
       history_(checked_prompt(std::move(prompt), max_model_len)),
       sampler_(params.sampling),
       detokenizer_(tokenizer, true) {
+  if (params.prefill_chunk == 0) throw Error("prefill_chunk must be at least 1 token");
   for (const auto& w : params.stop_words) longest_stop_ = std::max(longest_stop_, w.size());
   result_.prompt_tokens = history_.size();
 }
 
 bool SequenceState::prefill(Qwen2Model& model, const std::function<void(std::string_view)>& on_text) {
-  std::vector<float> logits;
-  const std::span<const int32_t> prompt(history_);
-  for (size_t pos = 0; pos < prompt.size(); pos += params_.prefill_chunk) {
-    const size_t n = std::min(params_.prefill_chunk, prompt.size() - pos);
-    const SequenceChunk chunk{&cache_, prompt.subspan(pos, n), false};
-    logits = model.forward(std::span(&chunk, 1));
-  }
+  while (prefilling()) prefill_next_chunk(model, on_text);
+  return done_;
+}
+
+void SequenceState::prefill_next_chunk(Qwen2Model& model, const std::function<void(std::string_view)>& on_text) {
+  if (!prefilling()) throw Error("prefill_next_chunk: the prompt is already prefilled");
+  const size_t n = std::min(params_.prefill_chunk, result_.prompt_tokens - prefilled_);
+  const SequenceChunk chunk{&cache_, std::span<const int32_t>(history_).subspan(prefilled_, n), false};
+  std::vector<float> logits = model.forward(std::span(&chunk, 1));
+  prefilled_ += n;
+  if (prefilling()) return;
   if (params_.max_new_tokens == 0) {
     done_ = true;
     result_.finish_reason = "length";
-    return true;
+    return;
   }
-  return accept(logits, on_text);
+  accept(logits, on_text);
 }
 
 void SequenceState::emit(std::string_view text, const std::function<void(std::string_view)>& on_text) {

@@ -55,6 +55,11 @@ class SequenceState {
   // Runs the prompt through the model in chunks of params.prefill_chunk and accepts the first
   // token (unless max_new_tokens is 0). Returns whether the sequence is finished.
   bool prefill(Qwen2Model& model, const std::function<void(std::string_view)>& on_text = {});
+  // One chunk of that prefill, so a server can interleave a long prompt with others' decode steps
+  // (same chunks, same numbers). After the last chunk the first token is accepted as in prefill().
+  void prefill_next_chunk(Qwen2Model& model, const std::function<void(std::string_view)>& on_text = {});
+  // Whether prompt tokens remain to be run.
+  bool prefilling() const { return prefilled_ < result_.prompt_tokens; }
   // Samples from this sequence's row of logits and records the token; text that became final
   // (complete UTF-8, past any possible stop word) goes to on_text. Returns whether it finished.
   bool accept(std::span<float> logits, const std::function<void(std::string_view)>& on_text = {});
@@ -80,6 +85,7 @@ class SequenceState {
   tokenizer::IncrementalDetokenizer detokenizer_;
   size_t longest_stop_ = 0;
   std::string held_back_;  // text not yet emitted: it might be the start of a stop word
+  size_t prefilled_ = 0;   // prompt tokens already in the cache
   int32_t next_ = -1;      // sampled, not yet fed to the model
   bool done_ = false;
   GenerationResult result_;

@@ -152,7 +152,6 @@ void Scheduler::loop() {
 
 void Scheduler::step(std::vector<std::unique_ptr<Running>>& running, std::vector<std::shared_ptr<Job>> joiners) {
   uint64_t prompt_tokens = 0, generated = 0, finished = 0, cancelled = 0, stepped = 0;
-  // Joiners: prefill each prompt alone (as Generator does), which also samples its first token.
   for (auto& job : joiners) {
     if (job->cancelled()) {
       ++cancelled;
@@ -162,16 +161,11 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running, std::vector
     r->job = job;
     try {
       r->state = std::make_unique<SequenceState>(model_, tokenizer_, job->prompt_, options_.max_model_len, job->params_);
-      r->state->prefill(model_);
     } catch (const std::exception& e) {
       fail(job, e.what());
       continue;
     }
-    prompt_tokens += job->prompt_.size();
-    generated += r->state->result().tokens.size();
-    publish(*r);
-    if (r->state->done()) ++finished;
-    else running.push_back(std::move(r));
+    running.push_back(std::move(r));
   }
   {
     std::lock_guard lock(mutex_);
@@ -188,35 +182,63 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running, std::vector
     return true;
   });
 
-  if (!running.empty()) {
+  // Prompts in prefill advance one chunk each (run alone, as Generator runs them, so the numbers
+  // are the same); a long prompt thus delays the others' decode steps by a chunk at a time, not
+  // by its whole length. The last chunk samples the first token.
+  for (auto& r : running) {
+    if (!r->state->prefilling()) continue;
+    const size_t before = r->state->cache().length();
+    try {
+      r->state->prefill_next_chunk(model_);
+    } catch (const std::exception& e) {
+      fail(r->job, e.what());
+      r->failed = true;
+      continue;
+    }
+    prompt_tokens += r->state->cache().length() - before;
+    if (!r->state->prefilling()) {
+      generated += r->state->result().tokens.size();
+      publish(*r);
+    }
+  }
+  auto leave_when_over = [&](const std::unique_ptr<Running>& r) {
+    if (r->failed) return true;
+    if (!r->state->done()) return false;
+    ++finished;
+    return true;
+  };
+  std::erase_if(running, leave_when_over);
+
+  // One decode forward for every sequence past its prompt.
+  std::vector<Running*> decoding;
+  for (auto& r : running)
+    if (!r->state->prefilling()) decoding.push_back(r.get());
+  if (!decoding.empty()) {
     std::vector<SequenceChunk> chunks;
-    for (auto& r : running) chunks.push_back({&r->state->cache(), r->state->next_token(), false});
+    for (Running* r : decoding) chunks.push_back({&r->state->cache(), r->state->next_token(), false});
     try {
       std::vector<float> logits = model_.forward(chunks);
       stepped = 1;
       const size_t vocab = model_.vocab_size();
-      for (size_t i = 0; i < running.size(); ++i) {
+      for (size_t i = 0; i < decoding.size(); ++i) {
         try {
-          running[i]->state->accept(std::span(logits).subspan(i * vocab, vocab));
+          decoding[i]->state->accept(std::span(logits).subspan(i * vocab, vocab));
         } catch (const std::exception& e) {  // this sequence only; the batch goes on
-          fail(running[i]->job, std::string("generation failed: ") + e.what());
-          running[i]->failed = true;
+          fail(decoding[i]->job, std::string("generation failed: ") + e.what());
+          decoding[i]->failed = true;
           continue;
         }
         ++generated;
-        publish(*running[i]);
+        publish(*decoding[i]);
       }
     } catch (const std::exception& e) {
       // A failed step (e.g. out of memory growing a KV cache) leaves the caches inconsistent.
-      for (auto& r : running) fail(r->job, std::string("generation failed: ") + e.what());
-      running.clear();
+      for (Running* r : decoding) {
+        fail(r->job, std::string("generation failed: ") + e.what());
+        r->failed = true;
+      }
     }
-    std::erase_if(running, [&](const std::unique_ptr<Running>& r) {
-      if (r->failed) return true;
-      if (!r->state->done()) return false;
-      ++finished;
-      return true;
-    });
+    std::erase_if(running, leave_when_over);
   }
 
   uint64_t kv_bytes = 0;

@@ -1,8 +1,9 @@
 #pragma once
 // Continuous batching: one thread owns the model. Between decode steps, waiting requests join the
-// running batch (up to max_batch_size): each joiner's prompt is prefilled, then one forward runs
-// the decode token of every active sequence, so each weight matrix is read once per step for all
-// of them. Finished or cancelled sequences leave at once and their KV caches are freed.
+// running batch (up to max_batch_size). Each step runs one prefill chunk of every prompt still in
+// prefill, then one forward with the decode token of every sequence past its prompt, so each
+// weight matrix is read once per step for all of them. Finished or cancelled sequences leave at
+// once and their KV caches are freed.
 #include <atomic>
 #include <chrono>
 #include <condition_variable>

@@ -95,6 +95,27 @@ TEST_F(DeployScheduler, JoiningSequencesGetWhatEachPromptGetsAlone) {
   EXPECT_EQ(stats.kv_cache_bytes, 0u);
 }
 
+TEST_F(DeployScheduler, ALongPromptIsPrefilledAChunkPerStepWhileOthersDecode) {
+  Scheduler scheduler(*model_, *tokenizer_, {2, 4, 256});
+  auto decoding = scheduler.submit({9707, 11}, params(200, 0, 0));
+  wait_until([&] { return !decoding->result().tokens.empty(); });
+  std::vector<int32_t> long_prompt;
+  for (int i = 0; i < 40; ++i) long_prompt.push_back(100 + 37 * i);
+  GenerationParams chunked = params(5, 0.7f, 11);
+  chunked.prefill_chunk = 4;  // 10 chunks
+  const size_t before = decoding->result().tokens.size();
+  auto joiner = scheduler.submit(long_prompt, chunked);
+  wait_until([&] { return !joiner->result().tokens.empty(); });
+  // One decode step of the other sequence per prefill chunk (the last one's step included).
+  EXPECT_GE(decoding->result().tokens.size(), before + 9);
+  const GenerationResult got = finish(*joiner);
+  scheduler.cancel(decoding);
+  scheduler.drain();
+  const GenerationResult want = Generator(*model_, *tokenizer_, 256).generate({long_prompt}, chunked)[0];
+  EXPECT_EQ(got.tokens, want.tokens);
+  EXPECT_EQ(got.text, want.text);
+}
+
 TEST_F(DeployScheduler, StreamedUpdatesConcatenateToTheResult) {
   Scheduler scheduler(*model_, *tokenizer_, {2, 4, 128});
   auto job = scheduler.submit({9707, 11, 1879}, params(30, 0.9f, 5));
