@@ -104,7 +104,10 @@ void check_known_keys(const json& body, const std::set<std::string>& known) {
           "tools", "tool_choice", "functions", "function_call", "parallel_tool_calls", "audio", "modalities",
           "prediction", "reasoning_effort", "service_tier", "store", "metadata", "web_search_options",
           "best_of", "echo", "suffix", "guided_json", "min_tokens", "ignore_eos"};
-      if (unsupported.count(key) && !value.is_null())
+      // Their default values change nothing, and some clients always send them.
+      static const json neutral = {{"echo", false}, {"best_of", 1}, {"suffix", ""}, {"min_tokens", 0},
+                                   {"ignore_eos", false}, {"store", false}};
+      if (unsupported.count(key) && !value.is_null() && !(neutral.contains(key) && neutral[key] == value))
         throw bad(key, "'" + key + "' is not supported by this server");
       if (!unsupported.count(key)) throw bad(key, "unrecognized request argument supplied: '" + key + "'");
     }

@@ -158,6 +158,10 @@ TEST(DeployProtocol, CompletionPromptForms) {
     EXPECT_EQ(e.param(), "prompt") << bad.dump();
   }
   EXPECT_EQ(rejection({{"model", "m"}, {"prompt", "x"}, {"echo", true}}, Endpoint::kCompletions).param(), "echo");
+  EXPECT_EQ(rejection({{"model", "m"}, {"prompt", "x"}, {"best_of", 2}}, Endpoint::kCompletions).param(), "best_of");
+  // Unsupported features at their neutral values are accepted (some clients always send them).
+  EXPECT_NO_THROW(server::parse_request(
+      Endpoint::kCompletions, {{"model", "m"}, {"prompt", "x"}, {"echo", false}, {"best_of", 1}, {"suffix", nullptr}}, {}));
   EXPECT_EQ(rejection({{"model", "m"}, {"prompt", "x"}, {"logprobs", 6}}, Endpoint::kCompletions).param(), "logprobs");
   // Chat-only fields are unknown to completions.
   EXPECT_EQ(rejection({{"model", "m"}, {"prompt", "x"}, {"top_logprobs", 1}}, Endpoint::kCompletions).param(), "top_logprobs");
