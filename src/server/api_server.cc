@@ -118,6 +118,12 @@ ApiServer::ApiServer(const cli::InferSession& session, Scheduler& scheduler, Ser
   const size_t threads = scheduler_.options().max_batch_size + scheduler_.options().max_queue + 8;
   // httplib's interface: it takes ownership of the queue and deletes it when listening ends.
   http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  // httplib's default also sets SO_REUSEPORT, which lets a second server bind the same port and
+  // silently share its traffic; a port in use must be an error instead.
+  http_->set_socket_options([](socket_t sock) {
+    const int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
   http_->set_payload_max_length(options_.max_body_bytes);
   http_->set_keep_alive_max_count(1000);
 

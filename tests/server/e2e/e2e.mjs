@@ -14,7 +14,8 @@ const KEY = 'test-key';
 const NAME = 'tiny';
 
 function startServer(extra) {
-  const child = spawn(VLMFORGE, ['deploy', '--model', MODEL_DIR, '--port', '0', '--served_model_name', NAME,
+  const portArgs = extra.includes('--port') ? [] : ['--port', '0'];
+  const child = spawn(VLMFORGE, ['deploy', '--model', MODEL_DIR, ...portArgs, '--served_model_name', NAME,
     '--max_model_len', '512', '--threads', '2', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d) => { stderr += d; });
@@ -220,6 +221,14 @@ await test('a client that disconnects has its sequence cancelled and its KV cach
   assert.equal(await metric(base, 'vlmforge_sequences_total{outcome="cancelled"}'), before + 2);
   assert.equal(await metric(base, 'vlmforge_running_batch_size'), 0);
   assert.equal(await metric(base, 'vlmforge_memory_bytes{device="cpu",kind="kv_cache"}'), 0);
+});
+
+await test('a port in use is an error (exit 1), not a second server sharing it', async () => {
+  const second = startServer(['--port', String(port)]);
+  second.port.catch(() => {});
+  const exit = await second.exited;
+  assert.equal(exit.code, 1);
+  assert.match(exit.stderr, /cannot listen on 127\.0\.0\.1:\d+/);
 });
 
 // A second server: one sequence at a time and one waiting, so a third request is refused.
