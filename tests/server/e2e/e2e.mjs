@@ -1,5 +1,5 @@
 // End-to-end test of `vlmforge deploy` through the official openai npm client: plain, streaming,
-// logprobs, images (refused by a text-only model), errors, cancellation on disconnect, 429 on a
+// logprobs, runtime LoRA, images (refused by a text-only model), errors, cancellation on disconnect, 429 on a
 // full queue, and SIGTERM finishing the request in flight. Run by run_e2e.sh (ctest deploy_e2e_openai).
 import { spawn, execFileSync } from 'node:child_process';
 import assert from 'node:assert/strict';
@@ -56,9 +56,9 @@ async function expectError(promise, status, check = () => {}) {
   assert.fail(`expected HTTP ${status}`);
 }
 
-function infer(query, maxTokens) {
+function infer(query, maxTokens, extra = []) {
   const out = execFileSync(VLMFORGE, ['infer', '--model', MODEL_DIR, '--query', query, '--temperature', '0',
-    '--max_new_tokens', String(maxTokens), '--max_model_len', '512', '--json'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    '--max_new_tokens', String(maxTokens), '--max_model_len', '512', '--json', ...extra], { stdio: ['ignore', 'pipe', 'ignore'] });
   return JSON.parse(out.toString());
 }
 
@@ -229,6 +229,24 @@ await test('a port in use is an error (exit 1), not a second server sharing it',
   const exit = await second.exited;
   assert.equal(exit.code, 1);
   assert.match(exit.stderr, /cannot listen on 127\.0\.0\.1:\d+/);
+});
+
+await test('--adapters: runtime LoRA answers and logprobs equal infer --adapters; logprobs differ from the base', async () => {
+  const adapter = fs.mkdtempSync(path.join(os.tmpdir(), 'deploy-lora-'));
+  execFileSync(VLMFORGE, ['generate', 'adapter', '--model', MODEL_DIR, '--output_dir', path.join(adapter, 'a'), '--r', '8',
+    '--lora_alpha', '64'], { stdio: 'ignore' });
+  const lora = startServer(['--adapters', path.join(adapter, 'a')]);
+  const c = new OpenAI({ baseURL: `http://127.0.0.1:${await lora.port}/v1`, apiKey: 'none', maxRetries: 0 });
+  const r = await c.chat.completions.create({ model: NAME, messages: user('Tell me a story'), temperature: 0, max_tokens: 24, logprobs: true });
+  const withAdapter = infer('Tell me a story', 24, ['--adapters', path.join(adapter, 'a'), '--logprobs']);
+  const base = infer('Tell me a story', 24, ['--logprobs']);
+  const lps = (content) => content.map((t) => t.logprob);
+  assert.equal(r.choices[0].message.content, withAdapter.response);
+  assert.deepEqual(lps(r.choices[0].logprobs.content), lps(withAdapter.logprobs.content));
+  assert.notDeepEqual(lps(r.choices[0].logprobs.content), lps(base.logprobs.content));  // the adapter is applied
+  lora.child.kill('SIGTERM');
+  assert.equal((await lora.exited).code, 0);
+  fs.rmSync(adapter, { recursive: true });
 });
 
 // A second server: one sequence at a time and one waiting, so a third request is refused.
