@@ -259,7 +259,7 @@ await test('a full queue answers 429 with Retry-After', async () => {
   while (await metric(sbase, 'vlmforge_running_batch_size') < 1) await new Promise((r) => setTimeout(r, 10));
   const second = long();
   while (await metric(sbase, 'vlmforge_queue_depth') < 1) await new Promise((r) => setTimeout(r, 10));
-  await expectError(long(), 429, (e) => assert.equal(e.headers.get('retry-after'), '1'));
+  await expectError(long(), 429, (e) => assert.equal(e.headers['retry-after'], '1'));
   assert.equal((await first).choices[0].finish_reason, 'length');
   assert.equal((await second).choices[0].finish_reason, 'length');
   small.child.kill('SIGTERM');
