@@ -1,5 +1,6 @@
 #include "data/record_reader.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -112,9 +113,7 @@ bool RecordReader::next_line(Record& record) {
     if (!text.empty() && text.back() == '\r') text.remove_suffix(1);
     const uint64_t line = line_++;
     pos_ = newline != nullptr ? end + 1 : end;
-    bool blank = true;
-    for (char c : text) blank = blank && is_blank(c);
-    if (blank) continue;
+    if (std::find_if_not(text.begin(), text.end(), is_blank) == text.end()) continue;  // stops at the first byte of a row
     record.text = text;
     record.line = line;
     record.bytes = text.size();

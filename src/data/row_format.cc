@@ -47,11 +47,14 @@ Message message(std::string_view role, std::optional<dom::element> content) {
 
 Message text_message(std::string_view role, std::string text) { return Message{role, std::move(text), "string", {}}; }
 
-// A present, non-null member (swift treats null like absent).
+// A present, non-null member (swift treats null like absent). Of repeated keys the last counts,
+// as in Python's json module that swift reads with (simdjson's at_key would return the first).
 std::optional<dom::element> find(dom::object row, std::string_view key) {
-  dom::element value;
-  if (row.at_key(key).get(value) != simdjson::SUCCESS || value.is_null()) return std::nullopt;
-  return value;
+  std::optional<dom::element> found;
+  for (const dom::key_value_pair field : row)
+    if (field.key == key) found = field.value;
+  if (found && found->is_null()) return std::nullopt;
+  return found;
 }
 
 constexpr std::array<std::string_view, 6> kRoles{"system", "user", "assistant", "tool", "tool_call", "tool_response"};
