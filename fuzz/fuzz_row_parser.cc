@@ -1,7 +1,8 @@
 // libFuzzer target for check-data's row parser: any byte string is read as a dataset (JSONL or a
 // JSON array) and every row goes through the simdjson parser, the nlohmann fallback and the row
 // checks. Nothing may throw or crash; rows stay within the reader's limit; simdjson and nlohmann
-// agree on which rows are JSON; a row and its re-serialization hash alike.
+// agree on which rows are JSON (rows nested too deep aside); a row and its re-serialization hash
+// alike unless it repeats keys (nlohmann keeps one of them).
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -48,6 +49,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (++records > size + 2 || record.text.size() > kLimit + 1) std::abort();
       if (record.status != Record::Status::kOk) continue;
       const ParsedRow row = parser.parse(record.text, record.line, record.column);
+      if (row.syntax && row.syntax->code == FindingCode::kNestingTooDeep) continue;  // valid JSON or not
       const bool json = nlohmann::json::accept(record.text);
       if (!row.syntax != json) std::abort();
       if (row.syntax && (row.syntax->line < record.line || row.syntax->message.empty())) std::abort();

@@ -1,12 +1,17 @@
 #include "data/duplicate_index.h"
 
+#include <bit>
+
 #include "util/error.h"
 
 namespace vlmforge::data {
 
 namespace {
-// The row hash is already mixed; its high bits pick the home slot (the table size is a power of two).
-size_t home(uint64_t hash, size_t mask) { return static_cast<size_t>(hash >> 16) & mask; }
+// Fibonacci hashing: the top bits of hash * 2^64/phi pick the home slot, so even hashes that
+// differ only in a few bits spread over the table (the table size is a power of two).
+size_t home(uint64_t hash, size_t mask) {
+  return static_cast<size_t>((hash * 0x9e3779b97f4a7c15ULL) >> (64 - std::countr_one(mask)));
+}
 }  // namespace
 
 void DuplicateIndex::grow() {

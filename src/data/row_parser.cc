@@ -1,5 +1,6 @@
 #include "data/row_parser.h"
 
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -39,6 +40,10 @@ bool nesting_exceeds(std::string_view text, int limit) {
   return false;
 }
 
+Finding too_deep(uint64_t line) {
+  return Finding{FindingCode::kNestingTooDeep, line, 0, "nesting deeper than " + std::to_string(RowParser::kMaxDepth) + " levels", {}};
+}
+
 uint64_t mix(uint64_t h, uint64_t v) {  // splitmix64's finalizer over the running state
   uint64_t x = h ^ (v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2));
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
@@ -46,23 +51,27 @@ uint64_t mix(uint64_t h, uint64_t v) {  // splitmix64's finalizer over the runni
   return x ^ (x >> 31);
 }
 
-uint64_t hash_into(uint64_t h, dom::element value) {
+// Also finds the nesting depth: simdjson's own limit lets one more level through when the
+// innermost container is empty.
+uint64_t hash_into(uint64_t h, dom::element value, int level, int& depth) {
   const auto type = value.type();
   h = mix(h, static_cast<uint64_t>(type));
   switch (type) {
     case dom::element_type::OBJECT: {
+      depth = std::max(depth, level + 1);
       const dom::object object = value.get_object().value_unsafe();
       h = mix(h, object.size());
       for (const dom::key_value_pair field : object) {
         h = mix(h, std::hash<std::string_view>{}(field.key));
-        h = hash_into(h, field.value);
+        h = hash_into(h, field.value, level + 1, depth);
       }
       return h;
     }
     case dom::element_type::ARRAY: {
+      depth = std::max(depth, level + 1);
       const dom::array array = value.get_array().value_unsafe();
       h = mix(h, array.size());
-      for (const dom::element item : array) h = hash_into(h, item);
+      for (const dom::element item : array) h = hash_into(h, item, level + 1, depth);
       return h;
     }
     case dom::element_type::STRING: {
@@ -85,7 +94,10 @@ uint64_t hash_into(uint64_t h, dom::element value) {
 
 }  // namespace
 
-uint64_t structural_hash(dom::element value) { return hash_into(0, value); }
+uint64_t structural_hash(dom::element value, int& depth) {
+  depth = 0;
+  return hash_into(0, value, 0, depth);
+}
 
 // max_depth counts the document itself as one level, so kMaxDepth levels of nesting need one more.
 RowParser::RowParser() {
@@ -112,7 +124,7 @@ ParsedRow RowParser::parse(std::string_view text, uint64_t line, uint64_t column
   std::string reserialized;  // keeps the reparsed text alive while root points into the parser
   if (error != simdjson::SUCCESS) {
     if (nesting_exceeds(text, kMaxDepth)) {
-      out.syntax = Finding{FindingCode::kNestingTooDeep, line, 0, "nesting deeper than " + std::to_string(kMaxDepth) + " levels", {}};
+      out.syntax = too_deep(line);
       return out;
     }
     nlohmann::ordered_json value;
@@ -139,10 +151,15 @@ ParsedRow RowParser::parse(std::string_view text, uint64_t line, uint64_t column
       return out;
     }
   }
+  int depth = 0;
+  out.hash = structural_hash(root, depth);
+  if (depth > kMaxDepth) {
+    out.syntax = too_deep(line);
+    return out;
+  }
   out.type_name = json_type_name(root);
   dom::object object;
   if (root.get_object().get(object) != simdjson::SUCCESS) return out;
-  out.hash = structural_hash(root);
   out.normalized = normalize_row(object, out.problems);
   out.facts = check_row(out.normalized, out.problems);
   return out;

@@ -42,7 +42,8 @@ class RowParser {
 };
 
 // The structural hash behind duplicate-row: type, length and content of every value, key order
-// included; whitespace and escapes spelled differently do not change it.
-uint64_t structural_hash(simdjson::dom::element value);
+// included; whitespace and escapes spelled differently do not change it. `depth` receives the
+// nesting depth of containers (0 for a scalar).
+uint64_t structural_hash(simdjson::dom::element value, int& depth);
 
 }  // namespace vlmforge::data

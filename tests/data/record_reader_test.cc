@@ -126,6 +126,7 @@ TEST(DataRowParserFuzz, RandomBytesAndMutationsNeverCrash) {
       ASSERT_LT(++records, 10000u);
       if (record.status != Record::Status::kOk) continue;
       const ParsedRow row = parser.parse(record.text, record.line, record.column);
+      if (row.syntax && row.syntax->code == FindingCode::kNestingTooDeep) continue;
       ASSERT_EQ(!row.syntax, nlohmann::json::accept(record.text)) << record.text;
       ASSERT_LT(row.problems.size(), 1000u);
     }
