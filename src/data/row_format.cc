@@ -47,13 +47,17 @@ Message message(std::string_view role, std::optional<dom::element> content) {
 
 Message text_message(std::string_view role, std::string text) { return Message{role, std::move(text), "string", {}}; }
 
-// A present, non-null member (swift treats null like absent). Of repeated keys the last counts,
-// as in Python's json module that swift reads with (simdjson's at_key would return the first).
-std::optional<dom::element> find(dom::object row, std::string_view key) {
-  std::optional<dom::element> found;
-  for (const dom::key_value_pair field : row)
-    if (field.key == key) found = field.value;
-  if (found && found->is_null()) return std::nullopt;
+// The present, non-null members named in `keys`, in one pass over the object (swift treats null
+// like absent). Of repeated keys the last counts, as in Python's json module that swift reads
+// with (simdjson's at_key would return the first).
+template <size_t N>
+std::array<std::optional<dom::element>, N> find_all(dom::object object, const std::array<std::string_view, N>& keys) {
+  std::array<std::optional<dom::element>, N> found;
+  for (const dom::key_value_pair field : object)
+    for (size_t k = 0; k < N; ++k)
+      if (field.key == keys[k]) found[k] = field.value;
+  for (auto& value : found)
+    if (value && value->is_null()) value.reset();
   return found;
 }
 
@@ -82,8 +86,9 @@ void add_media(dom::element value, MediaKind kind, std::string_view key, Normali
     dom::object object;
     std::optional<dom::element> path, bytes;
     if (entry.get_object().get(object) == simdjson::SUCCESS) {
-      path = find(object, "path");
-      bytes = find(object, "bytes");
+      const auto members = find_all<2>(object, {"path", "bytes"});
+      path = members[0];
+      bytes = members[1];
     }
     if (entry.is_string()) {
       ref.path = entry.get_string().value_unsafe();
@@ -123,7 +128,8 @@ void normalize_messages(dom::array list, bool sharegpt, NormalizedRow& out, std:
       problems.push_back({FindingCode::kUnknownRole, "message " + std::to_string(index) + " is not an object"});
       continue;
     }
-    const std::optional<dom::element> role = find(object, role_key);
+    const auto members = find_all<2>(object, {role_key, content_key});
+    const std::optional<dom::element>& role = members[0];
     if (!role || !role->is_string()) {
       problems.push_back({FindingCode::kUnknownRole, "message " + std::to_string(index) + " has no \"" + std::string(role_key) + "\""});
       continue;
@@ -136,21 +142,29 @@ void normalize_messages(dom::array list, bool sharegpt, NormalizedRow& out, std:
       continue;
     }
     // A present null content stays "missing", as an absent one.
-    out.messages.push_back(message(mapped, find(object, content_key)));
+    out.messages.push_back(message(mapped, members[1]));
   }
 }
 
 }  // namespace
 
-NormalizedRow normalize_row(dom::object row, std::vector<RowProblem>& problems) {
+// The members normalize_row reads, looked up together.
+enum RowKey { kMessagesKey, kConversationsKey, kQueryKey, kResponseKey, kHistoryKey, kSystemKey, kInstructionKey,
+              kInputKey, kOutputKey, kImagesKey, kImageKey, kVideosKey, kAudiosKey, kRowKeyCount };
+constexpr std::array<std::string_view, kRowKeyCount> kRowKeys{"messages", "conversations", "query", "response", "history",
+                                                              "system", "instruction", "input", "output", "images", "image",
+                                                              "videos", "audios"};
+
+NormalizedRow normalize_row(dom::object object, std::vector<RowProblem>& problems) {
+  const auto row = find_all(object, kRowKeys);
   NormalizedRow out;
-  if (find(row, "messages")) {
+  if (row[kMessagesKey]) {
     out.format = RowFormat::kMessages;
-  } else if (find(row, "conversations")) {
+  } else if (row[kConversationsKey]) {
     out.format = RowFormat::kSharegpt;
-  } else if (find(row, "query") || find(row, "response")) {
+  } else if (row[kQueryKey] || row[kResponseKey]) {
     out.format = RowFormat::kQueryResponse;
-  } else if (find(row, "instruction") || find(row, "output")) {
+  } else if (row[kInstructionKey] || row[kOutputKey]) {
     out.format = RowFormat::kAlpaca;
   }
   switch (out.format) {
@@ -158,7 +172,7 @@ NormalizedRow normalize_row(dom::object row, std::vector<RowProblem>& problems) 
     case RowFormat::kSharegpt: {
       const bool sharegpt = out.format == RowFormat::kSharegpt;
       dom::array list;
-      if (find(row, sharegpt ? "conversations" : "messages")->get_array().get(list) != simdjson::SUCCESS) {
+      if (row[sharegpt ? kConversationsKey : kMessagesKey]->get_array().get(list) != simdjson::SUCCESS) {
         problems.push_back({FindingCode::kMissingMessages,
                             std::string(sharegpt ? "\"conversations\"" : "\"messages\"") + " is not a list"});
         break;
@@ -167,8 +181,8 @@ NormalizedRow normalize_row(dom::object row, std::vector<RowProblem>& problems) 
       break;
     }
     case RowFormat::kQueryResponse: {
-      if (const auto system = find(row, "system")) out.messages.push_back(message("system", system));
-      if (const auto history = find(row, "history")) {
+      if (const auto system = row[kSystemKey]) out.messages.push_back(message("system", system));
+      if (const auto history = row[kHistoryKey]) {
         dom::array pairs;
         if (history->get_array().get(pairs) != simdjson::SUCCESS) {
           problems.push_back({FindingCode::kMissingMessages, "\"history\" is not a list of [query, response] pairs"});
@@ -184,14 +198,14 @@ NormalizedRow normalize_row(dom::object row, std::vector<RowProblem>& problems) 
           }
         }
       }
-      if (const auto query = find(row, "query")) out.messages.push_back(message("user", query));
-      if (const auto response = find(row, "response")) out.messages.push_back(message("assistant", response));
+      if (const auto query = row[kQueryKey]) out.messages.push_back(message("user", query));
+      if (const auto response = row[kResponseKey]) out.messages.push_back(message("assistant", response));
       break;
     }
     case RowFormat::kAlpaca: {
-      if (const auto system = find(row, "system")) out.messages.push_back(message("system", system));
-      const auto instruction = find(row, "instruction");
-      const auto input = find(row, "input");
+      if (const auto system = row[kSystemKey]) out.messages.push_back(message("system", system));
+      const auto instruction = row[kInstructionKey];
+      const auto input = row[kInputKey];
       // swift joins instruction and input with a newline into the user turn.
       if (instruction && input && instruction->is_string() && input->is_string()) {
         const std::string_view a = instruction->get_string().value_unsafe();
@@ -200,7 +214,7 @@ NormalizedRow normalize_row(dom::object row, std::vector<RowProblem>& problems) 
       } else if (instruction || input) {
         out.messages.push_back(message("user", instruction ? instruction : input));
       }
-      if (const auto output = find(row, "output")) out.messages.push_back(message("assistant", output));
+      if (const auto output = row[kOutputKey]) out.messages.push_back(message("assistant", output));
       break;
     }
     case RowFormat::kUnknown:
@@ -208,13 +222,13 @@ NormalizedRow normalize_row(dom::object row, std::vector<RowProblem>& problems) 
                           "no \"messages\", \"conversations\", \"query\"/\"response\" or \"instruction\"/\"output\""});
       break;
   }
-  if (const auto images = find(row, "images")) add_media(*images, MediaKind::kImage, "images", out, problems);
-  if (const auto image = find(row, "image")) {
+  if (const auto images = row[kImagesKey]) add_media(*images, MediaKind::kImage, "images", out, problems);
+  if (const auto image = row[kImageKey]) {
     out.singular_image_key = true;
     add_media(*image, MediaKind::kImage, "image", out, problems);
   }
-  if (const auto videos = find(row, "videos")) add_media(*videos, MediaKind::kVideo, "videos", out, problems);
-  if (const auto audios = find(row, "audios")) add_media(*audios, MediaKind::kAudio, "audios", out, problems);
+  if (const auto videos = row[kVideosKey]) add_media(*videos, MediaKind::kVideo, "videos", out, problems);
+  if (const auto audios = row[kAudiosKey]) add_media(*audios, MediaKind::kAudio, "audios", out, problems);
   return out;
 }
 
