@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <future>
 
 #include "data/record_reader.h"
 #include "util/error.h"
@@ -46,29 +47,35 @@ void DatasetChecker::check(std::FILE* file, const std::string& name, const fs::p
   files_.push_back(name);
   const fs::path base_dir = options_.base_dir.value_or(dataset_dir);
   RecordReader reader(file, options_.max_record_bytes);
-  std::vector<Row> batch;
-  size_t batch_bytes = 0;
-  Record record;
-  bool more = true;
-  while (more) {
-    more = reader.next(record);
-    if (more) {
-      Row row;
+  // Appends the next rows to `batch`; false once the input is done.
+  auto read_batch = [&reader](std::vector<Row>& batch) {
+    size_t bytes = 0;
+    Record record;
+    while (batch.size() < kBatchRows && bytes < kBatchBytes) {
+      if (!reader.next(record)) return false;
+      Row& row = batch.emplace_back();
       row.status = record.status;
       row.text.assign(record.text);
       row.line = record.line;
       row.column = record.column;
       row.bytes = record.bytes;
       row.framing_error = record.error;
-      batch_bytes += row.text.size();
-      batch.push_back(std::move(row));
-      if (record.status == Record::Status::kBroken) more = false;
+      bytes += row.text.size();
+      if (record.status == Record::Status::kBroken) return false;
     }
-    if (!batch.empty() && (!more || batch.size() >= kBatchRows || batch_bytes >= kBatchBytes)) {
-      process_batch(batch, name, base_dir);
-      batch.clear();
-      batch_bytes = 0;
-    }
+    return true;
+  };
+  std::vector<Row> batch, ahead;
+  bool more = read_batch(batch);
+  while (!batch.empty()) {
+    // With more than one thread, the next batch is read while this one is checked; findings
+    // still come out in row order, as batches are reported one after the other.
+    std::future<bool> reading;
+    if (more && pool_.size() > 1) reading = std::async(std::launch::async, read_batch, std::ref(ahead));
+    process_batch(batch, name, base_dir);
+    batch.clear();
+    if (more) more = reading.valid() ? reading.get() : read_batch(ahead);
+    std::swap(batch, ahead);
   }
   summary_.bytes += reader.bytes_read();
 }
