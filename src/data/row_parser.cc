@@ -120,9 +120,7 @@ simdjson::error_code RowParser::load(std::string_view text, dom::element& root) 
 ParsedRow RowParser::parse(std::string_view text, uint64_t line, uint64_t column) {
   ParsedRow out;
   dom::element root;
-  simdjson::error_code error = load(text, root);
-  std::string reserialized;  // keeps the reparsed text alive while root points into the parser
-  if (error != simdjson::SUCCESS) {
+  if (simdjson::error_code error = load(text, root); error != simdjson::SUCCESS) {
     if (nesting_exceeds(text, kMaxDepth)) {
       out.syntax = too_deep(line);
       return out;
@@ -142,11 +140,9 @@ ParsedRow RowParser::parse(std::string_view text, uint64_t line, uint64_t column
       out.syntax = Finding{FindingCode::kInvalidJson, line, column, what, {}};
       return out;
     }
-    // nlohmann accepts what simdjson refuses only for integers beyond 64 bits: its serialization
-    // writes them as doubles, which simdjson reads.
-    reserialized = value.dump();
-    error = load(reserialized, root);
-    if (error != simdjson::SUCCESS) {
+    // nlohmann accepts what simdjson refuses only for integers beyond 64 bits (the fuzz target
+    // checks that): its serialization writes them as doubles, which simdjson reads.
+    if (error = load(value.dump(), root); error != simdjson::SUCCESS) {
       out.syntax = Finding{FindingCode::kInvalidJson, line, column, simdjson::error_message(error), {}};
       return out;
     }
