@@ -62,7 +62,7 @@ TEST(DataRowParser, SyntaxErrorsHaveNlohmannsPosition) {
 
 TEST(DataRowParser, BadBytesAreInvalidJson) {
   RowParser parser;
-  for (const std::string text : {std::string("{\"a\":\"\xff\"}"), std::string("{\"a\":\"\xc3\"}"), std::string("{\"a\":\"x\0y\"}", 11),
+  for (const std::string& text : {std::string("{\"a\":\"\xff\"}"), std::string("{\"a\":\"\xc3\"}"), std::string("{\"a\":\"x\0y\"}", 11),
                                  std::string("\0\0\0", 3), std::string(R"({"a":"\udc00"})"), std::string(R"({"a":"\ud800"})"),
                                  std::string("{\"a\":1e400}"), std::string("{\"a\":1} x"), std::string("{\"a\" 1}")}) {
     const ParsedRow row = parser.parse(text, 1, 1);
