@@ -44,14 +44,22 @@ struct Active {
   std::string held_back;  // text not yet streamed: it might be the start of a stop word
   int32_t next = -1;      // sampled, not yet fed to the model
   bool done = false;
+  int64_t position_delta = 0;
 };
 
 }  // namespace
 
 std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<int32_t>>& prompts,
                                                   const GenerationParams& params, const TextCallback& on_text) {
+  std::vector<PromptInput> inputs(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) inputs[i].tokens = prompts[i];
+  return generate(inputs, params, on_text);
+}
+
+std::vector<GenerationResult> Generator::generate(const std::vector<PromptInput>& inputs, const GenerationParams& params,
+                                                  const TextCallback& on_text) {
   timings_ = {};
-  std::vector<GenerationResult> results(prompts.size());
+  std::vector<GenerationResult> results(inputs.size());
   std::vector<std::unique_ptr<Active>> seqs;
   size_t longest_stop = 0;
   for (const auto& w : params.stop_words) longest_stop = std::max(longest_stop, w.size());
@@ -109,8 +117,11 @@ std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<
   };
 
   const auto start = Clock::now();
-  for (size_t s = 0; s < prompts.size(); ++s) {
-    const auto& prompt = prompts[s];
+  const int32_t image_token = model_.config().image_token_id;
+  const size_t hidden = static_cast<size_t>(model_.config().hidden_size);
+  for (size_t s = 0; s < inputs.size(); ++s) {
+    const PromptInput& input = inputs[s];
+    const auto& prompt = input.tokens;
     if (prompt.empty()) throw Error("empty prompt (no tokens) for sequence " + std::to_string(s));
     if (prompt.size() >= max_model_len_)
       throw Error("prompt of " + std::to_string(prompt.size()) + " tokens does not fit max_model_len " +
@@ -118,10 +129,21 @@ std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<
     seqs.push_back(std::make_unique<Active>(Active{model_.make_cache(max_model_len_), prompt, Sampler(params.sampling),
                                                    tokenizer::IncrementalDetokenizer(tokenizer_, true), "", -1, false}));
     results[s].prompt_tokens = prompt.size();
+    seqs[s]->position_delta = input.position_delta;
     std::vector<float> logits;
+    size_t image_rows = 0;  // image embedding rows used by earlier chunks
     for (size_t pos = 0; pos < prompt.size(); pos += params.prefill_chunk) {
       const size_t n = std::min(params.prefill_chunk, prompt.size() - pos);
-      const SequenceChunk chunk{&seqs[s]->cache, std::span(prompt).subspan(pos, n), false};
+      SequenceChunk chunk{&seqs[s]->cache, std::span(prompt).subspan(pos, n), false};
+      if (!input.image_embeds.empty()) {
+        const size_t rows = static_cast<size_t>(std::count(chunk.tokens.begin(), chunk.tokens.end(), image_token));
+        if ((image_rows + rows) * hidden > input.image_embeds.size())
+          throw Error("prompt " + std::to_string(s) + " has more <|image_pad|> tokens than image embeddings");
+        chunk.image_embeds = std::span(input.image_embeds).subspan(image_rows * hidden, rows * hidden);
+        image_rows += rows;
+      }
+      if (!input.positions.empty()) chunk.positions = std::span(input.positions).subspan(pos, n);
+      chunk.position_delta = input.position_delta;
       logits = model_.forward(std::span(&chunk, 1));
     }
     timings_.prefill_tokens += prompt.size();
@@ -149,7 +171,11 @@ std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<
       }
       break;
     }
-    for (size_t s : active) chunks.push_back({&seqs[s]->cache, std::span(&seqs[s]->next, 1), false});
+    for (size_t s : active) {
+      SequenceChunk chunk{&seqs[s]->cache, std::span(&seqs[s]->next, 1), false};
+      chunk.position_delta = seqs[s]->position_delta;
+      chunks.push_back(chunk);
+    }
     std::vector<float> logits = model_.forward(chunks);
     const size_t vocab = model_.vocab_size();
     for (size_t i = 0; i < active.size(); ++i)

@@ -2,6 +2,7 @@
 // Text generation over a Qwen2Model: chunked prefill per sequence, then batched decode steps in
 // which every active sequence advances by one token and each weight matrix is read once for all
 // of them. Stops on eos/stop ids, stop words, max_new_tokens or max_model_len.
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -48,6 +49,15 @@ struct GenerationTimings {
   size_t decode_tokens = 0;
 };
 
+// A prompt's tokens with, for Qwen2.5-VL, the image embeddings replacing its <|image_pad|> tokens
+// and its M-RoPE positions (see mrope_positions).
+struct PromptInput {
+  std::vector<int32_t> tokens;
+  std::vector<float> image_embeds;
+  std::vector<std::array<int64_t, 3>> positions;  // empty: text positions
+  int64_t position_delta = 0;                     // generated tokens: cache slot + delta
+};
+
 // Called with (sequence index, newly completed text) as tokens arrive; may be empty.
 using TextCallback = std::function<void(size_t, std::string_view)>;
 
@@ -58,6 +68,8 @@ class Generator {
 
   std::vector<GenerationResult> generate(const std::vector<std::vector<int32_t>>& prompts,
                                          const GenerationParams& params, const TextCallback& on_text = {});
+  std::vector<GenerationResult> generate(const std::vector<PromptInput>& prompts, const GenerationParams& params,
+                                         const TextCallback& on_text = {});
   // The last generate() call, and all calls so far (first_token_seconds: the first call's).
   const GenerationTimings& timings() const { return timings_; }
   const GenerationTimings& total_timings() const { return total_; }
