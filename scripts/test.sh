@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets everything up (scripts/setup.sh), runs the whole test suite (ctest), then a bounded,
-# seeded libFuzzer session on the safetensors header parser. Exit status is non-zero on failure.
+# seeded libFuzzer session on the safetensors header parser and on image decoding. Exit status is non-zero on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -20,5 +20,26 @@ mkdir -p "$corpus/seeds"
 cp "$corpus/model/model.safetensors" "$corpus/seeds/"
 for f in ../shared/golden/lora/*/adapter_model.safetensors; do [ -f "$f" ] && cp "$f" "$corpus/seeds/$(basename "$(dirname "$f")").safetensors"; done
 build-fuzz/fuzz/fuzz_safetensors_header "$corpus/seeds" -seed=1 -runs=1000000 -max_len=8192 -rss_limit_mb=2048 \
+  -artifact_prefix=build-fuzz/ 2>&1 | tail -n 3
+
+echo "== fuzz: image decoding (bounded, seeded)"
+cmake --build build-fuzz -j"$(nproc)" --target fuzz_image_decode >/dev/null
+mkdir -p "$corpus/images"
+# Seeds: a PNG (zlib), a 24-bit BMP and a 1x1 GIF, written with the Python standard library.
+python3 - "$corpus/images" <<'PY'
+import struct, sys, zlib
+out = sys.argv[1]
+def chunk(t, d): return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+raw = b"".join(b"\0" + bytes((x * 9 + y) % 256 for x in range(3 * 5)) for y in range(4))
+open(f"{out}/a.png", "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 5, 4, 8, 2, 0, 0, 0))
+                                 + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+pixels = bytes(range(48))
+open(f"{out}/a.bmp", "wb").write(b"BM" + struct.pack("<IIIIiiHHIIiiII", 54 + len(pixels), 0, 54, 40, 4, 4, 1, 24, 0,
+                                                     len(pixels), 0, 0, 0, 0) + pixels)
+open(f"{out}/a.gif", "wb").write(b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0) + bytes.fromhex("000000ffffff")
+                                + bytes.fromhex("21f9040100000000") + b"," + struct.pack("<HHHHB", 0, 0, 1, 1, 0)
+                                + bytes.fromhex("0202440100") + b";")
+PY
+build-fuzz/fuzz/fuzz_image_decode "$corpus/images" -seed=1 -runs=300000 -max_len=16384 -rss_limit_mb=2048 \
   -artifact_prefix=build-fuzz/ 2>&1 | tail -n 3
 echo "fuzz: passed"
