@@ -291,8 +291,9 @@ RgbImage decode_bmp(std::span<const uint8_t> bytes) {
   const bool top_down = height < 0;
   if (top_down) height = -height;
   if (width <= 0 || height <= 0) throw Error("invalid BMP dimensions");
-  // BI_BITFIELDS with the standard 8-bit masks is plain BGRX.
-  const bool bitfields_bgrx = compression == 3 && bits == 32 && dib >= 52 && bytes.size() >= 66 &&
+  // BI_BITFIELDS with the standard 8-bit masks (at offset 54, after a 40-byte header or inside a
+  // larger one) is plain BGRX.
+  const bool bitfields_bgrx = compression == 3 && bits == 32 && dib >= 40 && bytes.size() >= 66 &&
                               le32(h + 54) == 0xFF0000 && le32(h + 58) == 0xFF00 && le32(h + 62) == 0xFF;
   if (compression != 0 && !bitfields_bgrx)
     throw Error("BMP compression " + std::to_string(compression) + " (RLE or bit fields) is not supported");

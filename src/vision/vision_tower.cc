@@ -1,6 +1,7 @@
 #include "vision/vision_tower.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 
 #include "kernels/attention.h"
@@ -13,6 +14,7 @@ namespace vlmforge::vision {
 namespace {
 
 constexpr float kNormEps = 1e-6f;  // Qwen2RMSNorm(eps=1e-6) in every vision block and the merger
+constexpr size_t kQueryTile = 16;   // attention queries sharing one pass over a segment's keys
 
 }  // namespace
 
@@ -50,15 +52,18 @@ VisionActivations vision_activations(const VisionConfig& c, size_t rows) {
           .mlp_gate = rows * c.intermediate_size,
           .mlp_up = rows * c.intermediate_size,
           .rope = rows * head_dim,  // cos and sin, head_dim / 2 each
-          .scores_per_lane = rows,
+          .scores_per_lane = kQueryTile * (rows + 2 * head_dim),  // a query tile, its output and its scores
           .merged_hidden = rows / unit * d * unit,
           .output = rows / unit * c.out_hidden_size * 2};  // the merger's output and the reordered copy
 }
 
 uint64_t VisionActivations::bytes(size_t lanes) const {
-  const size_t floats = patches + hidden + normed + qkv + attention + mlp_gate + mlp_up + rope + scores_per_lane * lanes +
-                        merged_hidden + output;
-  return uint64_t{floats} * sizeof(float);
+  // encode() holds the patches, the hidden state and the rotary tables throughout; the block
+  // buffers are freed before the merger's are allocated (the patch embedding's output is freed
+  // before the block buffers exist and is smaller than them).
+  const size_t blocks = normed + qkv + attention + mlp_gate + mlp_up + scores_per_lane * lanes;
+  const size_t merger = normed + merged_hidden + output;
+  return uint64_t{patches + hidden + rope + std::max(blocks, merger)} * sizeof(float);
 }
 
 uint64_t vision_activation_bytes(const VisionConfig& c, uint64_t max_pixels, size_t threads) {
@@ -133,10 +138,15 @@ VisionTower::VisionTower(const Checkpoint& ckpt, const ModelConfig& model_config
 
 void VisionTower::project(const float* x, size_t rows, const kernels::WeightMatrix& w, const std::vector<float>* bias,
                           float* out) {
+  // An image has thousands of patch rows; the GEMM packs all the rows it is given per 512-input
+  // block, so blocks of kRowBlock rows keep that packing in L2 (a whole image's would stream
+  // from memory once per weight panel). Weights are re-read once per block, a small cost.
+  constexpr size_t kRowBlock = 256;
   const size_t groups = (w.rows + 3) / 4;  // the kernel's tile height
   pool_.parallel_for(groups, [&](size_t begin, size_t end) {
-    kernels::matmul_rows(x, rows, w.cols, w, bias ? bias->data() : nullptr, out, w.rows, begin * 4,
-                         std::min(end * 4, w.rows));
+    for (size_t r0 = 0; r0 < rows; r0 += kRowBlock)
+      kernels::matmul_rows(x + r0 * w.cols, std::min(kRowBlock, rows - r0), w.cols, w, bias ? bias->data() : nullptr,
+                           out + r0 * w.rows, w.rows, begin * 4, std::min(end * 4, w.rows));
   });
 }
 
@@ -149,9 +159,9 @@ std::vector<float> VisionTower::encode(const ImagePatches& patches) {
     throw Error("image patches of " + std::to_string(patches.row_size) + " values on a " + std::to_string(patches.grid_t) +
                 "x" + std::to_string(patches.grid_h) + "x" + std::to_string(patches.grid_w) +
                 " grid do not fit this vision tower (" + std::to_string(patch_embed_.cols) + " values per patch)");
+  // Allocated in the phases vision_activations() counts.
   const VisionActivations sizes = vision_activations(c, n);
-  std::vector<float> embedded(sizes.hidden), x(sizes.hidden), normed(sizes.normed), qkv(sizes.qkv), attn(sizes.attention);
-  std::vector<float> gate(sizes.mlp_gate), up(sizes.mlp_up), cos(sizes.rope / 2), sin(sizes.rope / 2);
+  std::vector<float> embedded(sizes.hidden), x(sizes.hidden), cos(sizes.rope / 2), sin(sizes.rope / 2);
   auto for_rows = [&](size_t count, auto&& body) {
     pool_.parallel_for(count, [&](size_t begin, size_t end) {
       for (size_t r = begin; r < end; ++r) body(r);
@@ -176,6 +186,7 @@ std::vector<float> VisionTower::encode(const ImagePatches& patches) {
     }
   });
   embedded = {};
+  std::vector<float> normed(sizes.normed), qkv(sizes.qkv), attn(sizes.attention), gate(sizes.mlp_gate), up(sizes.mlp_up);
 
   // Attention segments: windows, or the whole image in the full-attention blocks.
   const std::vector<size_t> full{0, n};
@@ -198,19 +209,28 @@ std::vector<float> VisionTower::encode(const ImagePatches& patches) {
                             sin.data() + r * head_dim / 2);
       }
     });
-    // Row r's segment, found by binary search in the boundaries.
-    const size_t items = n * heads;
+    // Items: (segment, head, tile of up to kQueryTile query rows). A tile's queries go through
+    // attend() as one "group", so each key and value row is loaded once per tile, not per query.
+    std::vector<std::array<size_t, 3>> items;  // first query row, query count, head
+    for (size_t s = 0; s + 1 < bounds.size(); ++s)
+      for (size_t h = 0; h < heads; ++h)
+        for (size_t r = bounds[s]; r < bounds[s + 1]; r += kQueryTile) items.push_back({r, std::min(kQueryTile, bounds[s + 1] - r), h});
     pool_.parallel_for(lanes, [&](size_t lane_begin, size_t lane_end) {
-      for (size_t lane = lane_begin; lane < lane_end; ++lane)
-        for (size_t item = lane; item < items; item += lanes) {
-          const size_t r = item / heads, h = item % heads;
-          const auto seg = std::upper_bound(bounds.begin(), bounds.end(), r) - 1;
+      for (size_t lane = lane_begin; lane < lane_end; ++lane) {
+        float* q_tile = scores[lane].data();
+        float* out_tile = q_tile + kQueryTile * head_dim;
+        float* tile_scores = out_tile + kQueryTile * head_dim;
+        for (size_t i = lane; i < items.size(); i += lanes) {
+          const auto [first, count, h] = items[i];
+          const auto seg = std::upper_bound(bounds.begin(), bounds.end(), first) - 1;
           const size_t start = *seg, length = *(seg + 1) - start;
+          for (size_t j = 0; j < count; ++j) std::copy_n(qkv.data() + (first + j) * 3 * d + h * head_dim, head_dim, q_tile + j * head_dim);
           const auto* base = reinterpret_cast<const std::byte*>(qkv.data() + start * 3 * d);
           const kernels::KvRows kv{DType::F32, base + d * sizeof(float), base + 2 * d * sizeof(float), 3 * d, h * head_dim};
-          kernels::attend(qkv.data() + r * 3 * d + h * head_dim, 1, head_dim, kv, length, scale, scores[lane].data(),
-                          attn.data() + r * d + h * head_dim);
+          kernels::attend(q_tile, count, head_dim, kv, length, scale, tile_scores, out_tile);
+          for (size_t j = 0; j < count; ++j) std::copy_n(out_tile + j * head_dim, head_dim, attn.data() + (first + j) * d + h * head_dim);
         }
+      }
     });
     project(attn.data(), n, block.proj, &block.proj_bias, normed.data());
     for_rows(n, [&](size_t r) {
@@ -223,7 +243,7 @@ std::vector<float> VisionTower::encode(const ImagePatches& patches) {
     project(gate.data(), n, block.down, &block.down_bias, normed.data());
     for_rows(n, [&](size_t r) { kernels::add_in_place(x.data() + r * d, normed.data() + r * d, d); });
   }
-  qkv = {}, gate = {}, up = {};
+  qkv = {}, attn = {}, gate = {}, up = {}, scores = {};
 
   // PatchMerger: ln_q per patch, the group's rows side by side, Linear → GELU (erf) → Linear.
   for_rows(n, [&](size_t r) { kernels::rms_norm(x.data() + r * d, merger_norm_.data(), kNormEps, normed.data() + r * d, d); });

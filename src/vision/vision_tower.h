@@ -23,7 +23,8 @@ struct WindowLayout {
 };
 WindowLayout window_layout(uint32_t grid_h, uint32_t grid_w, const VisionConfig& config);
 
-// The fp32 buffers encode() allocates for an image of `rows` patch rows, with `lanes` threads.
+// The fp32 buffers (in floats) encode() allocates for an image of `rows` patch rows; bytes() is
+// their peak total with `lanes` threads.
 struct VisionActivations {
   size_t patches, hidden, normed, qkv, attention, mlp_gate, mlp_up, rope, scores_per_lane, merged_hidden, output;
   uint64_t bytes(size_t lanes) const;

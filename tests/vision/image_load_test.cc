@@ -173,6 +173,15 @@ TEST(VisionImageLoad, BmpTrueColourAndPalette) {
   bmp8 += std::string("\x10\x20\x30\0\x40\x50\x60\0", 8);  // BGRX entries
   bmp8 += std::string("\x01\x00\x01\0", 4);
   EXPECT_EQ(rgb(vision::decode_rgb(as_bytes(bmp8), "p.bmp")), (std::vector<uint8_t>{96, 80, 64, 48, 32, 16, 96, 80, 64}));
+  // 2x1 32-bit BI_BITFIELDS with the standard masks after a 40-byte header: BGRX, the X byte ignored.
+  std::string bmp32 = "BM" + le32(0) + le32(0) + le32(66) + le32(40) + le32(2) + le32(1) + le16(1) + le16(32) + le32(3) +
+                      le32(8) + le32(0) + le32(0) + le32(0) + le32(0) + le32(0xFF0000) + le32(0xFF00) + le32(0xFF);
+  bmp32 += std::string("\x01\x02\x03\xff\x04\x05\x06\x00", 8);
+  EXPECT_EQ(rgb(vision::decode_rgb(as_bytes(bmp32), "b.bmp")), (std::vector<uint8_t>{3, 2, 1, 6, 5, 4}));
+  // RLE is refused by name.
+  std::string rle = bmp8;
+  rle[30] = 1;
+  EXPECT_THROW(vision::decode_rgb(as_bytes(rle), "rle.bmp"), Error);
 }
 
 std::string error_of(const std::string& bytes, const std::string& name) {
