@@ -3,6 +3,7 @@
 // libjpeg's headers need <cstdio> first.
 #include <cstdio>
 #include <csetjmp>
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
@@ -58,6 +59,7 @@ RgbImage decode_jpeg(std::span<const uint8_t> bytes, int& orientation) {
   jpeg_decompress_struct cinfo{};
   JpegError error{};
   RgbImage image;
+  std::vector<uint8_t> cmyk_row;
   bool cmyk = false;
   cinfo.err = jpeg_std_error(&error.manager);
   error.manager.error_exit = jpeg_error_exit;
@@ -75,21 +77,29 @@ RgbImage decode_jpeg(std::span<const uint8_t> bytes, int& orientation) {
       orientation = exif_orientation({m->data + 6, m->data_length - 6});
       break;
     }
-  cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
-  if (!cmyk) {
-    // libjpeg's defaults (islow DCT, fancy upsampling) are what PIL decodes with; grayscale
-    // becomes RGB by replication, as convert("RGB") does.
-    cinfo.out_color_space = JCS_RGB;
-    jpeg_start_decompress(&cinfo);
-    image = blank(cinfo.output_width, cinfo.output_height);
-    while (cinfo.output_scanline < cinfo.output_height) {
-      JSAMPROW row = image.pixels.data() + size_t{cinfo.output_scanline} * image.width * 3;
-      jpeg_read_scanlines(&cinfo, &row, 1);
-    }
-    jpeg_finish_decompress(&cinfo);
+  // libjpeg's defaults (islow DCT, fancy upsampling) are what PIL decodes with; grayscale
+  // becomes RGB by replication, as convert("RGB") does. Four-component (CMYK / YCCK) files are
+  // decoded to CMYK and converted below.
+  cmyk = cinfo.num_components == 4;
+  cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
+  jpeg_start_decompress(&cinfo);
+  image = blank(cinfo.output_width, cinfo.output_height);
+  cmyk_row.resize(cmyk ? size_t{cinfo.output_width} * 4 : 0);
+  while (cinfo.output_scanline < cinfo.output_height) {
+    uint8_t* rgb = image.pixels.data() + size_t{cinfo.output_scanline} * image.width * 3;
+    JSAMPROW row = cmyk ? cmyk_row.data() : rgb;
+    jpeg_read_scanlines(&cinfo, &row, 1);
+    // PIL reads every CMYK JPEG as inverted ("CMYK;I", Adobe's convention), then cmyk2rgb:
+    // channel = k' - k'·c'/255 (rounded) with c' = 255 - c and k' = 255 - (255 - k) = k.
+    for (size_t x = 0; cmyk && x < image.width; ++x)
+      for (int c = 0; c < 3; ++c) {
+        const int k = cmyk_row[4 * x + 3], ink = 255 - cmyk_row[4 * x + c];
+        const int t = ink * k + 128;
+        rgb[3 * x + c] = static_cast<uint8_t>(std::clamp(k - (((t >> 8) + t) >> 8), 0, 255));
+      }
   }
+  jpeg_finish_decompress(&cinfo);
   jpeg_destroy_decompress(&cinfo);
-  if (cmyk) throw Error("CMYK JPEG images are not supported; convert the image to RGB");
   if (error.manager.num_warnings > 0) throw Error(error.message);
   return image;
 }

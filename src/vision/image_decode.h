@@ -29,8 +29,8 @@ struct RgbImage {
 };
 
 // Decodes an image file's bytes; `name` is used in error messages. Throws Error for unknown
-// formats, corrupt or truncated data, unsupported variants (CMYK JPEG, RLE BMP, ...) and images
-// over kMaxImagePixels.
+// formats, corrupt or truncated data, unsupported variants (RLE or 16-bit BMP, animated WebP) and
+// images over kMaxImagePixels.
 RgbImage decode_rgb(std::span<const uint8_t> bytes, const std::string& name);
 RgbImage load_rgb(const std::filesystem::path& path);
 

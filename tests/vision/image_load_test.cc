@@ -3,6 +3,8 @@
 #include <gif_lib.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "util/error.h"
@@ -113,6 +115,61 @@ TEST(VisionImageLoad, JpegExifOrientationIsApplied) {
       const RgbImage expected = vision::apply_orientation(plain, orientation);
       EXPECT_EQ(turned.width, expected.width) << orientation;
       EXPECT_EQ(turned.pixels, expected.pixels) << orientation;
+    }
+}
+
+// A 4-component JPEG as libjpeg writes CMYK (no Adobe transform).
+std::string cmyk_jpeg(int width, int height, std::vector<uint8_t>& raw_out) {
+  jpeg_compress_struct cinfo{};
+  jpeg_error_mgr error{};
+  cinfo.err = jpeg_std_error(&error);
+  jpeg_create_compress(&cinfo);
+  unsigned char* buffer = nullptr;
+  unsigned long size = 0;
+  jpeg_mem_dest(&cinfo, &buffer, &size);
+  cinfo.image_width = width, cinfo.image_height = height, cinfo.input_components = 4, cinfo.in_color_space = JCS_CMYK;
+  jpeg_set_defaults(&cinfo);
+  jpeg_start_compress(&cinfo, TRUE);
+  std::vector<uint8_t> pixels(size_t(width) * height * 4);
+  for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<uint8_t>(i * 53 % 256);
+  while (cinfo.next_scanline < cinfo.image_height) {
+    JSAMPROW row = pixels.data() + size_t(cinfo.next_scanline) * width * 4;
+    jpeg_write_scanlines(&cinfo, &row, 1);
+  }
+  jpeg_finish_compress(&cinfo);
+  jpeg_destroy_compress(&cinfo);
+  std::string out(reinterpret_cast<char*>(buffer), size);
+  std::free(buffer);
+  // The decoded CMYK values, straight from libjpeg.
+  jpeg_decompress_struct d{};
+  jpeg_error_mgr derror{};
+  d.err = jpeg_std_error(&derror);
+  jpeg_create_decompress(&d);
+  jpeg_mem_src(&d, reinterpret_cast<const unsigned char*>(out.data()), out.size());
+  jpeg_read_header(&d, TRUE);
+  d.out_color_space = JCS_CMYK;
+  jpeg_start_decompress(&d);
+  raw_out.resize(size_t(width) * height * 4);
+  while (d.output_scanline < d.output_height) {
+    JSAMPROW row = raw_out.data() + size_t(d.output_scanline) * width * 4;
+    jpeg_read_scanlines(&d, &row, 1);
+  }
+  jpeg_finish_decompress(&d);
+  jpeg_destroy_decompress(&d);
+  return out;
+}
+
+TEST(VisionImageLoad, CmykJpegConvertsAsPil) {
+  std::vector<uint8_t> raw;
+  const std::string file = cmyk_jpeg(9, 7, raw);
+  const RgbImage image = vision::decode_rgb(as_bytes(file), "cmyk.jpg");
+  ASSERT_EQ(image.pixels.size(), size_t{9} * 7 * 3);
+  // PIL: components inverted (CMYK;I), then R = (255 - K) - C·(255 - K)/255 rounded, on the inverted values.
+  for (size_t p = 0; p < size_t{9} * 7; ++p)
+    for (int c = 0; c < 3; ++c) {
+      const double cyan = 255 - raw[4 * p + c], nk = 255 - (255 - raw[4 * p + 3]);
+      const double expected = std::clamp(nk - std::round(cyan * nk / 255.0), 0.0, 255.0);
+      ASSERT_EQ(image.pixels[3 * p + c], expected) << p << "," << c;
     }
 }
 
