@@ -179,7 +179,24 @@ RgbImage decode_png(std::span<const uint8_t> bytes, int& orientation) {
 
 // ---- WebP (libwebp) ----
 
-RgbImage decode_webp(std::span<const uint8_t> bytes) {
+// The EXIF chunk of an extended (VP8X) WebP file, walked chunk by chunk ("RIFF" size "WEBP",
+// then FourCC + little-endian size + data padded to even). Empty when there is none.
+std::span<const uint8_t> webp_exif(std::span<const uint8_t> bytes) {
+  for (size_t at = 12; at + 8 <= bytes.size();) {
+    const uint32_t size = bytes[at + 4] | bytes[at + 5] << 8 | bytes[at + 6] << 16 | uint32_t{bytes[at + 7]} << 24;
+    if (size > bytes.size() - at - 8) break;
+    if (std::memcmp(bytes.data() + at, "EXIF", 4) == 0) {
+      std::span<const uint8_t> exif = bytes.subspan(at + 8, size);
+      // Some writers keep JPEG's "Exif\0\0" prefix.
+      if (exif.size() >= 6 && std::memcmp(exif.data(), "Exif\0\0", 6) == 0) exif = exif.subspan(6);
+      return exif;
+    }
+    at += 8 + size + (size & 1);
+  }
+  return {};
+}
+
+RgbImage decode_webp(std::span<const uint8_t> bytes, int& orientation) {
   WebPBitstreamFeatures features;
   if (WebPGetFeatures(bytes.data(), bytes.size(), &features) != VP8_STATUS_OK)
     throw Error("libwebp could not read the bitstream header");
@@ -189,6 +206,7 @@ RgbImage decode_webp(std::span<const uint8_t> bytes) {
   if (WebPDecodeRGBInto(bytes.data(), bytes.size(), image.pixels.data(), image.pixels.size(),
                         static_cast<int>(image.width * 3)) == nullptr)
     throw Error("libwebp could not decode the image data");
+  orientation = exif_orientation(webp_exif(bytes));
   return image;
 }
 
@@ -344,7 +362,7 @@ RgbImage decode_pixels(ImageFormat format, std::span<const uint8_t> bytes, int& 
   switch (format) {
     case ImageFormat::kJpeg: return decode_jpeg(bytes, orientation);
     case ImageFormat::kPng: return decode_png(bytes, orientation);
-    case ImageFormat::kWebp: return decode_webp(bytes);
+    case ImageFormat::kWebp: return decode_webp(bytes, orientation);
     case ImageFormat::kGif: return decode_gif(bytes);
     case ImageFormat::kBmp: return decode_bmp(bytes);
     case ImageFormat::kUnknown: break;

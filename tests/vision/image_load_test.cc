@@ -173,6 +173,22 @@ TEST(VisionImageLoad, CmykJpegConvertsAsPil) {
     }
 }
 
+TEST(VisionImageLoad, WebpExifOrientationIsApplied) {
+  // An extended WebP: VP8X (EXIF flag) + the lossless bitstream + an EXIF chunk with orientation 8.
+  const std::string simple = encoded_webp(6, 4);
+  const std::string bitstream = simple.substr(12);  // the VP8L chunk
+  const std::string tiff = std::string("II*\0", 4) + le32(8) + le16(1) + le16(0x0112) + le16(3) + le32(1) + le16(8) +
+                           le16(0) + le32(0);
+  const std::string vp8x = std::string("VP8X") + le32(10) + std::string("\x08\0\0\0", 4) + le16(5) + '\0' + le16(3) + '\0';
+  const std::string exif = std::string("EXIF") + le32(static_cast<uint32_t>(tiff.size())) + tiff;
+  const std::string body = "WEBP" + vp8x + bitstream + exif;
+  const std::string file = "RIFF" + le32(static_cast<uint32_t>(body.size())) + body;
+  const RgbImage plain = vision::decode_rgb(as_bytes(simple), "a.webp");
+  const RgbImage turned = vision::decode_rgb(as_bytes(file), "b.webp");
+  EXPECT_EQ(turned.width, 4u);
+  EXPECT_EQ(turned.pixels, vision::apply_orientation(plain, 8).pixels);
+}
+
 int gif_write_memory(GifFileType* gif, const GifByteType* data, int count) {
   static_cast<std::string*>(gif->UserData)->append(reinterpret_cast<const char*>(data), static_cast<size_t>(count));
   return count;
