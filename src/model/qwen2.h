@@ -47,6 +47,7 @@ class Qwen2Model {
 
   const ModelConfig& config() const { return config_; }
   const Checkpoint& checkpoint() const { return checkpoint_; }
+  const RuntimeLora* lora() const { return lora_.get(); }  // the adapters given, or null
   size_t vocab_size() const { return static_cast<size_t>(config_.vocab_size); }
   KvCache make_cache(size_t max_tokens) const;
   // Storage of the caches make_cache returns: DType::F32 (default) or DType::BF16.

@@ -74,7 +74,8 @@ uint64_t vision_activation_bytes(const VisionConfig& c, uint64_t max_pixels, siz
   return vision_activations(c, rows).bytes(threads == 0 ? 1 : threads);
 }
 
-VisionTower::VisionTower(const Checkpoint& ckpt, const ModelConfig& model_config, size_t threads) : pool_(threads) {
+VisionTower::VisionTower(const Checkpoint& ckpt, const ModelConfig& model_config, size_t threads, const RuntimeLora* lora)
+    : pool_(threads) {
   if (!model_config.vision) throw Error(ckpt.root().string() + ": config.json has no vision_config");
   config_ = *model_config.vision;
   const VisionConfig& c = config_;
@@ -83,7 +84,8 @@ VisionTower::VisionTower(const Checkpoint& ckpt, const ModelConfig& model_config
                 std::to_string(c.num_heads) + " must give a head size divisible by 4");
   const std::string prefix = ckpt.find("visual.patch_embed.proj.weight") ? "visual." : "model.visual.";
   auto get = [&](const std::string& name, const std::vector<uint64_t>& shape) -> const TensorRef& {
-    const TensorRef* t = ckpt.find(prefix + name);
+    const TensorRef* t = lora ? lora->replacement(prefix + name) : nullptr;  // modules_to_save
+    if (!t) t = ckpt.find(prefix + name);
     if (!t) throw Error(ckpt.root().string() + ": model is missing tensor '" + prefix + name + "'");
     if (t->info->shape != shape) {
       std::string want;
@@ -98,9 +100,20 @@ VisionTower::VisionTower(const Checkpoint& ckpt, const ModelConfig& model_config
   };
   auto matrix = [&](const std::string& name, uint64_t rows, uint64_t cols) {
     const TensorRef& t = get(name, {rows, cols});
+    if (const LinearAdapters* layer = lora ? lora->find(prefix + name) : nullptr) lora_by_weight_[t.data().data()] = layer;
     return kernels::WeightMatrix{t.info->dtype, t.data().data(), rows, cols};
   };
-  auto vector = [&](const std::string& name, uint64_t n) { return kernels::tensor_to_f32(get(name, {n})); };
+  // A bias also receives the lora_B biases of its layer's adapters.
+  auto vector = [&](const std::string& name, uint64_t n) {
+    std::vector<float> v = kernels::tensor_to_f32(get(name, {n}));
+    const std::string weight = name.ends_with(".bias") ? name.substr(0, name.size() - 5) + ".weight" : "";
+    if (const LinearAdapters* layer = lora && !weight.empty() ? lora->find(prefix + weight) : nullptr)
+      for (size_t i = 0; i < layer->bias_delta.size(); ++i) v[i] += layer->bias_delta[i];
+    return v;
+  };
+  if (lora && lora->find(prefix + "patch_embed.proj.weight"))
+    throw Error(ckpt.root().string() + ": a LoRA adapter targets the vision patch embedding (a Conv3d); merge it with "
+                "`vlmforge merge-lora` instead of applying it at runtime");
   const uint64_t d = c.hidden_size, inter = c.intermediate_size;
   const uint64_t k = uint64_t(c.in_channels) * c.temporal_patch_size * c.patch_size * c.patch_size;
   // Conv3d with kernel = stride = (temporal, patch, patch) and no bias is one matmul per patch row.
@@ -138,6 +151,28 @@ VisionTower::VisionTower(const Checkpoint& ckpt, const ModelConfig& model_config
 
 void VisionTower::project(const float* x, size_t rows, const kernels::WeightMatrix& w, const std::vector<float>* bias,
                           float* out) {
+  const auto it = lora_by_weight_.find(w.data);
+  if (it == lora_by_weight_.end()) return gemm(x, rows, w, bias ? bias->data() : nullptr, out);
+  // y = x·Wᵀ + Σ s·(x·Aᵀ)·Bᵀ, DoRA rows scaled, then the bias (which DoRA leaves unscaled).
+  const LinearAdapters& layer = *it->second;
+  gemm(x, rows, w, nullptr, out);
+  std::vector<float> projected, delta(rows * w.rows);
+  for (const LinearLora& l : layer.loras) {
+    projected.resize(rows * l.rank);
+    gemm(x, rows, {DType::F32, reinterpret_cast<const std::byte*>(l.a.data()), l.rank, w.cols}, nullptr, projected.data());
+    gemm(projected.data(), rows, {DType::F32, reinterpret_cast<const std::byte*>(l.b.data()), w.rows, l.rank}, nullptr,
+         delta.data());
+    for (size_t i = 0; i < delta.size(); ++i) out[i] += l.scale * delta[i];
+  }
+  for (size_t t = 0; t < rows; ++t)
+    for (size_t o = 0; o < w.rows; ++o) {
+      float& y = out[t * w.rows + o];
+      if (!layer.dora_factor.empty()) y *= layer.dora_factor[o];
+      if (bias) y += (*bias)[o];
+    }
+}
+
+void VisionTower::gemm(const float* x, size_t rows, const kernels::WeightMatrix& w, const float* bias, float* out) {
   // An image has thousands of patch rows; the GEMM packs all the rows it is given per 512-input
   // block, so blocks of kRowBlock rows keep that packing in L2 (a whole image's would stream
   // from memory once per weight panel). Weights are re-read once per block, a small cost.
@@ -145,8 +180,8 @@ void VisionTower::project(const float* x, size_t rows, const kernels::WeightMatr
   const size_t groups = (w.rows + 3) / 4;  // the kernel's tile height
   pool_.parallel_for(groups, [&](size_t begin, size_t end) {
     for (size_t r0 = 0; r0 < rows; r0 += kRowBlock)
-      kernels::matmul_rows(x + r0 * w.cols, std::min(kRowBlock, rows - r0), w.cols, w, bias ? bias->data() : nullptr,
-                           out + r0 * w.rows, w.rows, begin * 4, std::min(end * 4, w.rows));
+      kernels::matmul_rows(x + r0 * w.cols, std::min(kRowBlock, rows - r0), w.cols, w, bias, out + r0 * w.rows, w.rows,
+                           begin * 4, std::min(end * 4, w.rows));
   });
 }
 

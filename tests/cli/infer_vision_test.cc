@@ -84,6 +84,40 @@ TEST_F(InferVision, TransformersWeightLayoutRuns) {
   EXPECT_EQ(json::parse(r.out)["completion_tokens"], 2);
 }
 
+TEST_F(InferVision, VisionLoraUnmergedMatchesTheMergedModel) {
+  // Adapters on the vision attention only (qkv, proj): the language model is untouched, so any
+  // change in the logprobs comes from the vision tower.
+  TempDir work;
+  const std::string adapter = (work / "lora").string(), merged = (work / "merged").string();
+  auto ok = [](const CommandResult& r) {
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return r.exit_code == 0;
+  };
+  ASSERT_TRUE(ok(run_vlmforge({"generate", "adapter", "--model", model(), "--output_dir", adapter, "--include_vision",
+                               "--target_modules", "qkv,proj", "--dtype", "float32", "--r", "4"})));
+  ASSERT_TRUE(ok(run_vlmforge({"merge-lora", "--model", model(), "--adapters", adapter, "--output_dir", merged})));
+  fs::copy_file(*dir_ / "legacy" / "tokenizer.json", fs::path(merged) / "tokenizer.json", fs::copy_options::skip_existing);
+  auto logprobs = [&](const std::vector<std::string>& model_args) {
+    std::vector<std::string> args{"infer", "--query", "<image>Describe.", "--images", file("wide.png"), "--temperature", "0",
+                                  "--max_new_tokens", "4", "--logprobs", "--json"};
+    args.insert(args.end(), model_args.begin(), model_args.end());
+    const auto r = run_vlmforge(args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    std::vector<double> out;
+    if (r.exit_code != 0) return out;
+    const json parsed = json::parse(r.out);
+    for (const auto& t : parsed["logprobs"]["content"]) out.push_back(t["logprob"].get<double>());
+    return out;
+  };
+  const auto base = logprobs({"--model", model()});
+  const auto unmerged = logprobs({"--model", model(), "--adapters", adapter});
+  const auto from_merged = logprobs({"--model", merged});
+  ASSERT_EQ(unmerged.size(), 4u);
+  ASSERT_EQ(from_merged.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) EXPECT_NEAR(unmerged[i], from_merged[i], 1e-4) << i;
+  EXPECT_NE(base, unmerged);
+}
+
 TEST_F(InferVision, DatasetRowsWithImagesSameResultsWithOrWithoutOverlap) {
   TempDir data;
   fs::create_directories(data / "imgs");
