@@ -378,7 +378,7 @@ void add_infer_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--images", a->images, "Image files for --query (Qwen2.5-VL), comma-separated; <image> tags in the "
                                         "query place them, else they go before the text")
       ->delimiter(',');
-  cmd->add_option("--max_pixels", a->max_pixels, "Image pixel budget upper bound (default: MAX_PIXELS env or 1003520)");
+  cmd->add_option("--max_pixels", a->max_pixels, "Image pixel budget upper bound (default: MAX_PIXELS env or 12845056)");
   cmd->add_option("--min_pixels", a->min_pixels, "Image pixel budget lower bound (default: MIN_PIXELS env or 3136)");
   cmd->add_option("--image_cache_mb", a->image_cache_mb, "Memory for cached vision embeddings (LRU by image content)")
       ->capture_default_str();
