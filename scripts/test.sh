@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sets everything up (scripts/setup.sh), runs the whole test suite (ctest), then a bounded,
 # seeded libFuzzer session on the safetensors header parser. Exit status is non-zero on failure.
-# The same for check-data's row parser (reader, simdjson, nlohmann fallback, row checks).
-# And for deploy's request parser (OpenAI JSON bodies, image data: URLs).
+# The same for check-data's row parser (reader, simdjson, nlohmann fallback, row checks), image decoding,
+# and deploy's request parser (OpenAI JSON bodies, image data: URLs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -41,5 +41,25 @@ mkdir -p "$corpus/requests"
 printf '%s' '0{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"}}]}],"stream":true,"stream_options":{"include_usage":true},"logprobs":true,"top_logprobs":2,"stop":["a"]}' > "$corpus/requests/chat"
 printf '%s' '1{"model":"m","prompt":[1,2,3],"logprobs":2,"max_tokens":5,"temperature":0.5,"top_p":0.9,"seed":3}' > "$corpus/requests/completion"
 build-fuzz/fuzz/fuzz_deploy_request "$corpus/requests" -seed=1 -runs=300000 -max_len=4096 -rss_limit_mb=2048 \
+  -artifact_prefix=build-fuzz/ 2>&1 | tail -n 3
+echo "== fuzz: image decoding (bounded, seeded)"
+cmake --build build-fuzz -j"$(nproc)" --target fuzz_image_decode >/dev/null
+mkdir -p "$corpus/images"
+# Seeds: a PNG (zlib), a 24-bit BMP and a 1x1 GIF, written with the Python standard library.
+python3 - "$corpus/images" <<'PY'
+import struct, sys, zlib
+out = sys.argv[1]
+def chunk(t, d): return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+raw = b"".join(b"\0" + bytes((x * 9 + y) % 256 for x in range(3 * 5)) for y in range(4))
+open(f"{out}/a.png", "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 5, 4, 8, 2, 0, 0, 0))
+                                 + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+pixels = bytes(range(48))
+open(f"{out}/a.bmp", "wb").write(b"BM" + struct.pack("<IIIIiiHHIIiiII", 54 + len(pixels), 0, 54, 40, 4, 4, 1, 24, 0,
+                                                     len(pixels), 0, 0, 0, 0) + pixels)
+open(f"{out}/a.gif", "wb").write(b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0) + bytes.fromhex("000000ffffff")
+                                + bytes.fromhex("21f9040100000000") + b"," + struct.pack("<HHHHB", 0, 0, 1, 1, 0)
+                                + bytes.fromhex("0202440100") + b";")
+PY
+build-fuzz/fuzz/fuzz_image_decode "$corpus/images" -seed=1 -runs=300000 -max_len=16384 -rss_limit_mb=2048 \
   -artifact_prefix=build-fuzz/ 2>&1 | tail -n 3
 echo "fuzz: passed"

@@ -209,7 +209,7 @@ void add_check_data_command(CLI::App& app, int& exit_code) {
       "Exit codes: 0 clean (warnings allowed), 1 error-level findings, 2 usage or I/O error.");
   cmd->add_option("files", args->files, "Dataset files (.jsonl, .json array, - for stdin)")->required();
   cmd->add_option("--model", args->model, "Model directory (tokenizer.json, config.json) for token counts");
-  cmd->add_option("--max_pixels", args->max_pixels, "Image pixel budget upper bound (default MAX_PIXELS env or 1003520)");
+  cmd->add_option("--max_pixels", args->max_pixels, "Image pixel budget upper bound (default MAX_PIXELS env or 12845056)");
   cmd->add_option("--min_pixels", args->min_pixels, "Image pixel budget lower bound (default MIN_PIXELS env or 3136)");
   cmd->add_option("--max_length", args->max_length, "Report rows longer than this many tokens (text + image; needs --model)");
   cmd->add_option("--base_dir", args->base_dir, "Directory relative media paths resolve against (default: the dataset's)");

@@ -26,6 +26,7 @@ struct CheckpointArgs {
   std::string dtype = "bfloat16";
   int num_layers = 0;
   int vision_depth = 0;
+  int vocab_size = 0;
   uint64_t seed = 0;
   std::string max_shard_size = "4GB";
   std::string layout = "legacy";
@@ -62,6 +63,8 @@ void add_generate_command(CLI::App& app, int& exit_code) {
   checkpoint->add_option("--dtype", ck->dtype, "bfloat16, float16 or float32")->capture_default_str();
   checkpoint->add_option("--num_layers", ck->num_layers, "Keep only this many decoder layers (smaller files, same shapes)");
   checkpoint->add_option("--vision_depth", ck->vision_depth, "Keep only this many vision blocks");
+  checkpoint->add_option("--vocab_size", ck->vocab_size,
+                         "Vocabulary rows (e.g. 151936 so that a tiny preset runs with the real tokenizer)");
   checkpoint->add_option("--seed", ck->seed, "Random seed")->capture_default_str();
   checkpoint->add_option("--max_shard_size", ck->max_shard_size, "Shard size (published checkpoints: ~4GB)")
       ->capture_default_str();
@@ -75,6 +78,7 @@ void add_generate_command(CLI::App& app, int& exit_code) {
   checkpoint->callback([ck, &exit_code] {
     ModelConfig config = preset_config(ck->preset);
     if (ck->num_layers > 0) config.num_hidden_layers = config.max_window_layers = ck->num_layers;
+    if (ck->vocab_size > 0) config.vocab_size = ck->vocab_size;
     if (ck->vision_depth > 0 && config.vision) {
       config.vision->depth = ck->vision_depth;
       std::erase_if(config.vision->fullatt_block_indexes, [&](int i) { return i >= ck->vision_depth; });

@@ -2,8 +2,10 @@
 // per stdin line, interactive, or over a swift-format dataset (--val_dataset), batched.
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <future>
 #include <iostream>
 
 #include "cli/commands.h"
@@ -41,6 +43,10 @@ struct InferArgs {
   size_t threads = 0;
   std::string kv_cache_dtype = "float32";
   bool json = false;
+  std::vector<std::string> images;
+  std::optional<uint64_t> min_pixels, max_pixels;
+  size_t image_cache_mb = 512;
+  std::string overlap_images = "true";
 };
 
 bool truthy(const std::string& s) { return s == "true" || s == "True" || s == "1"; }
@@ -98,11 +104,19 @@ std::pair<ordered_json, std::optional<std::string>> dataset_row(const ordered_js
   throw Error(where + ": row has neither \"messages\" nor \"query\"");
 }
 
-void print_stats(const Generator& generator) {
+void print_stats(const InferSession& session, const Generator& generator) {
   const auto& t = generator.total_timings();
-  std::fprintf(stderr, "[stats] prefill %zu tokens %.1f tok/s, decode %zu tokens %.1f tok/s, first token %.3f s, peak memory %s\n",
-               t.prefill_tokens, t.prefill_tokens / std::max(t.prefill_seconds, 1e-9), t.decode_tokens,
-               t.decode_tokens / std::max(t.decode_seconds, 1e-9), t.first_token_seconds,
+  if (session.images) {
+    const vision::ImageTimings i = session.images->timings();
+    std::fprintf(stderr,
+                 "[stats] images %zu encoded, %zu from the cache: read %.3f s, decode %.3f s, preprocess %.3f s, "
+                 "vision encode %.3f s, cache lookups %.6f s\n",
+                 i.misses, i.hits, i.read_seconds, i.decode_seconds, i.preprocess_seconds, i.encode_seconds,
+                 i.lookup_seconds);
+  }
+  std::fprintf(stderr, "[stats] prefill %zu tokens %.1f tok/s (%.3f s), decode %zu tokens %.1f tok/s (%.3f s), first token %.3f s, peak memory %s\n",
+               t.prefill_tokens, t.prefill_tokens / std::max(t.prefill_seconds, 1e-9), t.prefill_seconds, t.decode_tokens,
+               t.decode_tokens / std::max(t.decode_seconds, 1e-9), t.decode_seconds, t.first_token_seconds,
                format_bytes(peak_rss_bytes()).c_str());
 }
 
@@ -115,6 +129,35 @@ json result_json(const InferSession& session, const GenerationResult& r, const G
   return j;
 }
 
+using Clock = std::chrono::steady_clock;
+
+// Rows of one --val_dataset batch.
+struct DatasetBatch {
+  std::vector<std::pair<ordered_json, std::optional<std::string>>> rows;
+  std::vector<size_t> lines;
+};
+
+// The batch's prompts with their images decoded, preprocessed and encoded, and how long that took.
+struct PreparedBatch {
+  std::vector<PromptInput> inputs;
+  double seconds = 0;
+};
+
+PreparedBatch prepare_batch(const InferSession& session, const DatasetBatch& batch, const fs::path& base_dir,
+                            const std::string& dataset) {
+  const auto start = Clock::now();
+  PreparedBatch out;
+  for (size_t i = 0; i < batch.rows.size(); ++i) {
+    try {
+      out.inputs.push_back(session.prepare(batch.rows[i].first, base_dir));
+    } catch (const Error& e) {
+      throw Error(dataset + ":" + std::to_string(batch.lines[i]) + ": " + e.what());
+    }
+  }
+  out.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  return out;
+}
+
 int run_dataset(InferSession& session, Generator& generator, const GenerationParams& params, const InferArgs& a) {
   std::ifstream in(a.val_dataset);
   if (!in) throw Error(a.val_dataset + ": cannot open");
@@ -123,46 +166,64 @@ int run_dataset(InferSession& session, Generator& generator, const GenerationPar
   const std::string temp = result_path + ".tmp";
   std::ofstream out(temp);
   if (!out) throw Error(result_path + ": cannot create");
-  std::vector<std::pair<ordered_json, std::optional<std::string>>> batch;
-  std::vector<size_t> batch_lines;
+  // Relative image paths resolve against the dataset's directory, as check-data resolves them.
+  const fs::path base_dir = fs::absolute(a.val_dataset).parent_path();
   size_t line_number = 0, rows = 0;
-  auto flush = [&] {
-    if (batch.empty()) return;
-    std::vector<std::vector<int32_t>> prompts;
-    for (const auto& [request, labels] : batch) prompts.push_back(session.encode_chat(request));
-    const auto results = generator.generate(prompts, params);
+  auto read_batch = [&] {
+    DatasetBatch batch;
+    for (std::string line; batch.rows.size() < a.max_batch_size && std::getline(in, line);) {
+      ++line_number;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      const std::string where = a.val_dataset + ":" + std::to_string(line_number);
+      ordered_json row;
+      try {
+        row = ordered_json::parse(line);
+      } catch (const nlohmann::json::exception& e) {
+        throw Error(where + ": invalid JSON: " + e.what());
+      }
+      batch.rows.push_back(dataset_row(row, where));
+      batch.lines.push_back(line_number);
+    }
+    return batch;
+  };
+  // With --overlap_images the next batch's images are decoded, preprocessed and encoded on a
+  // background thread while the current batch generates.
+  const bool overlap = truthy(a.overlap_images) && session.images != nullptr;
+  auto start_prepare = [&](DatasetBatch batch) {  // a copy: the caller's batch moves on
+    return std::async(overlap ? std::launch::async : std::launch::deferred,
+                      [&session, batch = std::move(batch), &base_dir, &a] {
+                        return prepare_batch(session, batch, base_dir, a.val_dataset);
+                      });
+  };
+  DatasetBatch current = read_batch();
+  std::future<PreparedBatch> current_inputs = start_prepare(current);
+  while (!current.rows.empty()) {
+    DatasetBatch next = read_batch();
+    const auto wait_start = Clock::now();
+    PreparedBatch prepared = current_inputs.get();
+    const double waited = std::chrono::duration<double>(Clock::now() - wait_start).count();
+    std::future<PreparedBatch> next_inputs;
+    if (!next.rows.empty()) next_inputs = start_prepare(next);
+    const auto results = generator.generate(prepared.inputs, params);
     const auto& t = generator.timings();
-    const json timings = {{"batch_rows", batch.size()},
+    const json timings = {{"batch_rows", current.rows.size()},
+                          {"batch_prepare_seconds", prepared.seconds},
+                          {"batch_prepare_wait_seconds", waited},
                           {"batch_prefill_seconds", t.prefill_seconds},
                           {"batch_decode_seconds", t.decode_seconds},
                           {"batch_first_token_seconds", t.first_token_seconds}};
-    for (size_t i = 0; i < batch.size(); ++i) {
+    for (size_t i = 0; i < current.rows.size(); ++i) {
       json j = result_json(session, results[i], params);
-      j["line"] = batch_lines[i];
+      j["line"] = current.lines[i];
       j["timings"] = timings;
-      j["labels"] = batch[i].second ? json(*batch[i].second) : json(nullptr);
+      j["labels"] = current.rows[i].second ? json(*current.rows[i].second) : json(nullptr);
       out << j.dump() << "\n";
     }
-    rows += batch.size();
+    rows += current.rows.size();
     std::fprintf(stderr, "\r%zu rows done", rows);
-    batch.clear();
-    batch_lines.clear();
-  };
-  for (std::string line; std::getline(in, line);) {
-    ++line_number;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = a.val_dataset + ":" + std::to_string(line_number);
-    ordered_json row;
-    try {
-      row = ordered_json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(where + ": invalid JSON: " + e.what());
-    }
-    batch.push_back(dataset_row(row, where));
-    batch_lines.push_back(line_number);
-    if (batch.size() >= a.max_batch_size) flush();
+    current = std::move(next);
+    current_inputs = std::move(next_inputs);
   }
-  flush();
   out.close();
   if (!out) throw Error(result_path + ": write failed");
   fs::rename(temp, result_path);
@@ -172,9 +233,10 @@ int run_dataset(InferSession& session, Generator& generator, const GenerationPar
 
 int run_interactive(InferSession& session, Generator& generator, GenerationParams params, const InferArgs& a) {
   catch_interrupts();
-  ordered_json messages = ordered_json::array();
+  ordered_json messages = ordered_json::array(), images = ordered_json::array();
   if (!a.system.empty()) messages.push_back({{"role", "system"}, {"content", a.system}});
-  std::fprintf(stderr, "vlmforge chat: /clear starts over, /exit (or Ctrl-D) quits, Ctrl-C stops an answer.\n");
+  std::fprintf(stderr, "vlmforge chat: /clear starts over, /exit (or Ctrl-D) quits, Ctrl-C stops an answer.%s\n",
+               session.images ? " Put <image> in a message to be asked for an image path." : "");
   params.should_stop = [] { return interrupted(); };
   for (;;) {
     std::fprintf(stdout, "<<< ");
@@ -184,15 +246,35 @@ int run_interactive(InferSession& session, Generator& generator, GenerationParam
     if (line == "/exit" || line == "/quit") break;
     if (line == "/clear") {
       messages.erase(messages.begin() + (a.system.empty() ? 0 : 1), messages.end());
+      images = ordered_json::array();
       continue;
     }
     if (line.empty()) continue;
+    // As swift's chat: each <image> tag asks for the image's path.
+    const size_t first_new_image = images.size();
+    for (size_t pos = line.find("<image>"); session.images && pos != std::string::npos; pos = line.find("<image>", pos + 7)) {
+      std::fprintf(stdout, "Input an image path <<< ");
+      std::fflush(stdout);
+      std::string path;
+      if (!std::getline(std::cin, path)) return kExitOk;
+      images.push_back(path);
+    }
     messages.push_back({{"role", "user"}, {"content", line}});
     clear_interrupt();
-    const auto results = generator.generate({session.encode_chat(messages)}, params, [](size_t, std::string_view text) {
-      std::fwrite(text.data(), 1, text.size(), stdout);
-      std::fflush(stdout);
-    });
+    std::vector<GenerationResult> results;
+    try {
+      results = generator.generate({session.prepare({{"messages", messages}, {"images", images}})}, params,
+                                   [](size_t, std::string_view text) {
+                                     std::fwrite(text.data(), 1, text.size(), stdout);
+                                     std::fflush(stdout);
+                                   });
+    } catch (const Error& e) {
+      // A bad image or an over-long prompt ends the turn, not the chat.
+      std::fprintf(stderr, "error: %s\n", e.what());
+      messages.erase(messages.end() - 1);
+      images.erase(images.begin() + static_cast<std::ptrdiff_t>(first_new_image), images.end());
+      continue;
+    }
     std::fputc('\n', stdout);
     messages.push_back({{"role", "assistant"}, {"content", results[0].text}});
   }
@@ -203,7 +285,11 @@ int run(const InferArgs& a) {
   if (a.infer_backend != "native" && a.infer_backend != "pt")
     throw UsageError("--infer_backend: vlmforge runs its own native engine ('native'); got '" + a.infer_backend + "'");
   if (a.max_batch_size == 0) throw UsageError("--max_batch_size must be at least 1");
-  InferSession session(a.model, a.threads, {a.adapters.begin(), a.adapters.end()});
+  if (!a.images.empty() && a.query.empty()) throw UsageError("--images goes with --query (or use <image> tags in --val_dataset rows or the chat)");
+  VisionOptions vision_options;
+  vision_options.budget = vision::pixel_budget_from_env(a.min_pixels, a.max_pixels);
+  vision_options.cache_bytes = uint64_t{a.image_cache_mb} << 20;
+  InferSession session(a.model, a.threads, {a.adapters.begin(), a.adapters.end()}, vision_options);
   session.model->set_kv_cache_dtype(a.kv_cache_dtype == "bfloat16" ? DType::BF16 : DType::F32);
   const size_t max_model_len = a.max_model_len ? a.max_model_len : session.model->config().max_position_embeddings;
   Generator generator(*session.model, session.tokenizer, max_model_len);
@@ -211,7 +297,7 @@ int run(const InferArgs& a) {
 
   if (!a.val_dataset.empty()) {
     const int code = run_dataset(session, generator, params, a);
-    print_stats(generator);
+    print_stats(session, generator);
     return code;
   }
   const bool stream = truthy(a.stream) && !a.json;
@@ -220,11 +306,13 @@ int run(const InferArgs& a) {
     std::fflush(stdout);
   };
   if (!a.query.empty()) {
-    const auto results = generator.generate({session.encode_chat(user_request(a.system, a.query))}, params,
+    ordered_json request = {{"messages", user_request(a.system, a.query)}};
+    if (!a.images.empty()) request["images"] = a.images;
+    const auto results = generator.generate({session.prepare(request)}, params,
                                             stream ? TextCallback(stream_out) : TextCallback());
     if (a.json) std::printf("%s\n", result_json(session, results[0], params).dump().c_str());
     else std::printf(stream ? "\n" : "%s\n", results[0].text.c_str());
-    print_stats(generator);
+    print_stats(session, generator);
     return kExitOk;
   }
   if (isatty(STDIN_FILENO)) return run_interactive(session, generator, params, a);
@@ -233,8 +321,8 @@ int run(const InferArgs& a) {
   std::vector<std::string> lines;
   auto flush = [&] {
     if (lines.empty()) return;
-    std::vector<std::vector<int32_t>> prompts;
-    for (const auto& l : lines) prompts.push_back(session.encode_chat(user_request(a.system, l)));
+    std::vector<PromptInput> prompts;
+    for (const auto& l : lines) prompts.push_back(session.prepare(user_request(a.system, l)));
     for (const auto& r : generator.generate(prompts, params)) {
       if (a.json) std::printf("%s\n", result_json(session, r, params).dump().c_str());
       else std::printf("%s\n", json(r.text).dump().c_str());
@@ -248,7 +336,7 @@ int run(const InferArgs& a) {
     if (lines.size() >= a.max_batch_size) flush();
   }
   flush();
-  print_stats(generator);
+  print_stats(session, generator);
   return kExitOk;
 }
 
@@ -257,9 +345,11 @@ int run(const InferArgs& a) {
 void add_infer_command(CLI::App& app, int& exit_code) {
   auto a = std::make_shared<InferArgs>();
   CLI::App* cmd = app.add_subcommand(
-      "infer", "Generate with a Qwen2 / Qwen2.5 model on the CPU (flags as `swift infer`).\n"
+      "infer", "Generate with a Qwen2 / Qwen2.5 / Qwen2.5-VL model on the CPU (flags as `swift infer`).\n"
                "--query: one answer. No --query: interactive chat on a terminal, or one prompt per stdin line.\n"
                "--val_dataset: swift-format JSONL rows in, one JSON line per row out (--result_path).\n"
+               "Images (Qwen2.5-VL): --images with --query, <image> tags + \"images\" in dataset rows, <image> in the chat;\n"
+               "sized by --max_pixels/--min_pixels or the MAX_PIXELS/MIN_PIXELS environment, as swift.\n"
                "Sampling defaults come from generation_config.json; --temperature 0 is greedy.");
   cmd->add_option("--model", a->model, "Model directory (config.json, *.safetensors, tokenizer.json)")->required();
   cmd->add_option("--adapters,--lora", a->adapters, "PEFT LoRA adapters applied unmerged (same outputs as the merged model)");
@@ -285,6 +375,16 @@ void add_infer_command(CLI::App& app, int& exit_code) {
       ->check(CLI::IsMember({"float32", "bfloat16"}))
       ->capture_default_str();
   cmd->add_flag("--json", a->json, "JSON output");
+  cmd->add_option("--images", a->images, "Image files for --query (Qwen2.5-VL), comma-separated; <image> tags in the "
+                                        "query place them, else they go before the text")
+      ->delimiter(',');
+  cmd->add_option("--max_pixels", a->max_pixels, "Image pixel budget upper bound (default: MAX_PIXELS env or 12845056)");
+  cmd->add_option("--min_pixels", a->min_pixels, "Image pixel budget lower bound (default: MIN_PIXELS env or 3136)");
+  cmd->add_option("--image_cache_mb", a->image_cache_mb, "Memory for cached vision embeddings (LRU by image content)")
+      ->capture_default_str();
+  cmd->add_option("--overlap_images", a->overlap_images,
+                  "--val_dataset: encode the next batch's images while the current batch generates (true/false)")
+      ->capture_default_str();
   cmd->callback([a, &exit_code] { exit_code = run(*a); });
 }
 

@@ -2,7 +2,9 @@
 
 #include <sys/resource.h>
 
+#include "data/media_check.h"
 #include "io/json_file.h"
+#include "model/mrope.h"
 #include "tokenizer/utf8.h"
 #include "util/error.h"
 
@@ -21,7 +23,8 @@ void add_ids(const json& value, std::vector<int32_t>& out) {
 
 }  // namespace
 
-InferSession::InferSession(const fs::path& model_dir, size_t threads, const std::vector<fs::path>& adapter_dirs)
+InferSession::InferSession(const fs::path& model_dir, size_t threads, const std::vector<fs::path>& adapter_dirs,
+                           const VisionOptions& vision_options)
     : model(std::make_unique<Qwen2Model>(model_dir, threads, adapter_dirs)),
       tokenizer([&] {
         if (!fs::exists(model_dir / "tokenizer.json"))
@@ -44,6 +47,14 @@ InferSession::InferSession(const fs::path& model_dir, size_t threads, const std:
   }
   for (const char* special : {"<|im_end|>", "<|endoftext|>"})
     if (const auto id = tokenizer.token_id(special)) defaults.stop_ids.push_back(*id);
+  if (model->config().is_vision_language()) {
+    if (model->config().vision->out_hidden_size != model->config().hidden_size)
+      throw Error(model_dir.string() + "/config.json: vision_config.out_hidden_size " +
+                  std::to_string(model->config().vision->out_hidden_size) + " differs from hidden_size " +
+                  std::to_string(model->config().hidden_size));
+    vision_tower = std::make_unique<vision::VisionTower>(model->checkpoint(), model->config(), threads, model->lora());
+    images = std::make_unique<vision::ImageEncoder>(*vision_tower, vision_options.budget, vision_options.cache_bytes);
+  }
 }
 
 std::vector<int32_t> InferSession::encode_chat(const nlohmann::ordered_json& request) const {
@@ -51,6 +62,79 @@ std::vector<int32_t> InferSession::encode_chat(const nlohmann::ordered_json& req
   options.add_generation_prompt = true;
   const std::string prompt = tokenizer::render_chat(chat_kind, tokenizer::parse_chat_request(request), options);
   return tokenizer.encode(prompt);
+}
+
+namespace {
+
+// The image references of a rendered request, in the order the Qwen2.5-VL template emits
+// <|image_pad|>: parts with type "image", or an "image" / "image_url" field.
+std::vector<std::string> image_references(const tokenizer::ChatRequest& chat) {
+  std::vector<std::string> out;
+  for (const auto& message : chat.messages) {
+    if (!message.is_object() || !message.contains("content") || !message["content"].is_array()) continue;
+    for (const auto& part : message["content"]) {
+      if (!part.is_object()) continue;
+      const bool typed = part.contains("type") && part["type"] == "image";
+      if (!typed && !part.contains("image") && !part.contains("image_url")) continue;
+      const nlohmann::ordered_json& ref = part.contains("image") ? part["image"] : part.contains("image_url") ? part["image_url"] : part;
+      std::string path;
+      if (ref.is_string()) path = ref.get<std::string>();
+      else if (ref.is_object() && ref.contains("url") && ref["url"].is_string()) path = ref["url"].get<std::string>();
+      else if (ref.is_object() && ref.contains("path") && ref["path"].is_string()) path = ref["path"].get<std::string>();
+      else throw Error("an image in the request has no path (expected a string, {\"path\": ...} or {\"url\": ...})");
+      out.push_back(path);
+    }
+  }
+  return out;
+}
+
+fs::path image_path(std::string reference, const fs::path& base_dir) {
+  if (reference.starts_with("file://")) reference.erase(0, 7);
+  if (data::is_remote(reference))
+    throw Error(reference + ": remote images are not downloaded; save the image and give its local path");
+  if (reference.starts_with("data:")) throw Error("inline (data: URL) images are not supported; give a file path");
+  const fs::path given(reference);
+  if (given.is_absolute() || base_dir.empty() || fs::exists(given)) return given;
+  return data::resolve_media_path(reference, base_dir);
+}
+
+}  // namespace
+
+PromptInput InferSession::prepare(const nlohmann::ordered_json& request, const fs::path& base_dir) const {
+  tokenizer::ChatOptions options;
+  options.add_generation_prompt = true;
+  const tokenizer::ChatRequest chat = tokenizer::parse_chat_request(request);
+  const std::vector<std::string> references = image_references(chat);
+  if (!references.empty() && !images)
+    throw Error("the request has " + std::to_string(references.size()) +
+                " image(s) but this is a text-only model; images need a Qwen2.5-VL model");
+  PromptInput input;
+  input.tokens = tokenizer.encode(tokenizer::render_chat(chat_kind, chat, options));
+  if (references.empty()) return input;
+  const ModelConfig& config = model->config();
+  std::vector<ImageGrid> grids;
+  std::vector<int32_t> expanded;
+  size_t next_image = 0;
+  for (const int32_t token : input.tokens) {
+    if (token != config.image_token_id) {
+      expanded.push_back(token);
+      continue;
+    }
+    if (next_image >= references.size()) throw Error("the prompt has more <|image_pad|> tokens than images");
+    const vision::EncodedImage image = images->encode(image_path(references[next_image++], base_dir));
+    grids.push_back({image.grid_t, image.grid_h, image.grid_w});
+    expanded.insert(expanded.end(), image.tokens, token);
+    input.image_embeds.insert(input.image_embeds.end(), image.embeds->begin(), image.embeds->end());
+  }
+  if (next_image != references.size())
+    throw Error("the tokenizer does not map <|image_pad|> to the model's image_token_id " +
+                std::to_string(config.image_token_id) + " (" + std::to_string(next_image) + " of " +
+                std::to_string(references.size()) + " images placed)");
+  MropePositions positions = mrope_positions(expanded, grids, config);
+  input.tokens = std::move(expanded);
+  input.positions = std::move(positions.positions);
+  input.position_delta = positions.delta;
+  return input;
 }
 
 json openai_logprobs(const tokenizer::Tokenizer& tokenizer, const std::vector<TokenLogprob>& logprobs) {

@@ -11,20 +11,33 @@
 #include "model/qwen2.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
+#include "vision/image_encoder.h"
 
 namespace vlmforge::cli {
 
+// Qwen2.5-VL image handling: the pixel budget (swift's MIN_PIXELS / MAX_PIXELS) and the image cache.
+struct VisionOptions {
+  vision::PixelBudget budget;
+  uint64_t cache_bytes = uint64_t{512} << 20;
+};
+
 struct InferSession {
   InferSession(const std::filesystem::path& model_dir, size_t threads,
-               const std::vector<std::filesystem::path>& adapter_dirs = {});
+               const std::vector<std::filesystem::path>& adapter_dirs = {}, const VisionOptions& vision = {});
 
   std::unique_ptr<Qwen2Model> model;
+  std::unique_ptr<vision::VisionTower> vision_tower;  // Qwen2.5-VL models only
+  std::unique_ptr<vision::ImageEncoder> images;
   tokenizer::Tokenizer tokenizer;
   tokenizer::ChatTemplateKind chat_kind;
   GenerationParams defaults;  // from generation_config.json, with eos / <|im_end|> stop ids
 
   // Renders messages (HF or swift form) with the generation prompt and encodes them.
   std::vector<int32_t> encode_chat(const nlohmann::ordered_json& request) const;
+  // encode_chat plus the request's images (Qwen2.5-VL): each <|image_pad|> expanded to the image's
+  // token count, the vision embeddings and the M-RoPE positions. Relative image paths that do not
+  // exist as given are looked up under `base_dir`. Safe to call while another thread generates.
+  PromptInput prepare(const nlohmann::ordered_json& request, const std::filesystem::path& base_dir = {}) const;
 };
 
 // OpenAI's logprobs.content for generated tokens.

@@ -106,6 +106,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
     vc.fullatt_block_indexes = v.value("fullatt_block_indexes", vc.fullatt_block_indexes);
     vc.tokens_per_second = v.value("tokens_per_second", vc.tokens_per_second);
     c.vision = vc;
+    c.image_token_id = first_int(f.find("image_token_id"), c.image_token_id);
+    c.vision_start_token_id = first_int(f.find("vision_start_token_id"), c.vision_start_token_id);
   }
   return c;
 }
@@ -143,9 +145,9 @@ json ModelConfig::to_json() const {
   j["rope_scaling"] = mrope_section.empty() ? json(nullptr)
                                             : json{{"type", "mrope"}, {"mrope_section", mrope_section}};
   if (vision) {
-    j["image_token_id"] = 151655;
+    j["image_token_id"] = image_token_id;
     j["video_token_id"] = 151656;
-    j["vision_start_token_id"] = 151652;
+    j["vision_start_token_id"] = vision_start_token_id;
     j["vision_end_token_id"] = 151653;
     j["vision_token_id"] = 151654;
     j["vision_config"] = {

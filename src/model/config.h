@@ -45,6 +45,8 @@ struct ModelConfig {
   std::string rope_scaling_type;        // rope_scaling.type / rope_type; "" when rope_scaling is null
   std::vector<int> mrope_section;       // Qwen2.5-VL rope_scaling.mrope_section
   std::optional<VisionConfig> vision;   // present for vision-language models
+  int image_token_id = 151655;          // <|image_pad|>
+  int vision_start_token_id = 151652;   // <|vision_start|>
 
   int head_dim() const { return hidden_size / num_attention_heads; }
   bool is_vision_language() const { return vision.has_value(); }

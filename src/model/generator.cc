@@ -15,6 +15,13 @@ double seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::d
 
 std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<int32_t>>& prompts,
                                                   const GenerationParams& params, const TextCallback& on_text) {
+  std::vector<PromptInput> inputs;
+  for (const auto& p : prompts) inputs.push_back(text_prompt(p));
+  return generate(inputs, params, on_text);
+}
+
+std::vector<GenerationResult> Generator::generate(const std::vector<PromptInput>& prompts,
+                                                  const GenerationParams& params, const TextCallback& on_text) {
   timings_ = {};
   std::vector<std::unique_ptr<SequenceState>> seqs;
   auto text_of = [&](size_t s) {
@@ -30,7 +37,7 @@ std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<
       throw Error(std::string(e.what()) + " (sequence " + std::to_string(s) + ")");
     }
     seqs[s]->prefill(model_, text_of(s));
-    timings_.prefill_tokens += prompts[s].size();
+    timings_.prefill_tokens += prompts[s].tokens.size();
     if (s == 0 && params.max_new_tokens > 0) timings_.first_token_seconds = seconds(start, Clock::now());
   }
   const auto prefill_end = Clock::now();
@@ -46,7 +53,7 @@ std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<
       for (size_t s : active) seqs[s]->abort(text_of(s));
       break;
     }
-    for (size_t s : active) chunks.push_back({&seqs[s]->cache(), seqs[s]->next_token(), false});
+    for (size_t s : active) chunks.push_back(seqs[s]->decode_chunk());
     std::vector<float> logits = model_.forward(chunks);
     const size_t vocab = model_.vocab_size();
     for (size_t i = 0; i < active.size(); ++i)

@@ -33,6 +33,8 @@ class Generator {
 
   std::vector<GenerationResult> generate(const std::vector<std::vector<int32_t>>& prompts,
                                          const GenerationParams& params, const TextCallback& on_text = {});
+  std::vector<GenerationResult> generate(const std::vector<PromptInput>& prompts, const GenerationParams& params,
+                                         const TextCallback& on_text = {});
   // The last generate() call, and all calls so far (first_token_seconds: the first call's).
   const GenerationTimings& timings() const { return timings_; }
   const GenerationTimings& total_timings() const { return total_; }

@@ -13,7 +13,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr const char* kSupported = "Qwen2ForCausalLM (Qwen2, Qwen2.5, Qwen2.5-Coder/Math; model_type qwen2)";
+constexpr const char* kSupported =
+    "Qwen2ForCausalLM (Qwen2, Qwen2.5, Qwen2.5-Coder/Math; model_type qwen2), Qwen2_5_VLForConditionalGeneration";
 
 class WeightLoader {
  public:
@@ -66,12 +67,23 @@ class WeightLoader {
 Qwen2Model::Qwen2Model(const fs::path& model_dir, size_t threads, const std::vector<fs::path>& adapter_dirs)
     : config_(ModelConfig::load(model_dir)), checkpoint_(model_dir), pool_(threads) {
   if (!adapter_dirs.empty()) lora_ = std::make_unique<RuntimeLora>(checkpoint_, adapter_dirs);
-  if (config_.model_type != "qwen2" && config_.architecture != "Qwen2ForCausalLM")
+  const bool vision_language = config_.model_type == "qwen2_5_vl" || config_.architecture == "Qwen2_5_VLForConditionalGeneration";
+  if (config_.model_type != "qwen2" && config_.architecture != "Qwen2ForCausalLM" && !vision_language)
     throw Error(model_dir.string() + ": unsupported architecture '" +
                 (config_.architecture.empty() ? config_.model_type : config_.architecture) + "'; supported: " + kSupported);
-  if (!config_.rope_scaling_type.empty() && config_.rope_scaling_type != "default")
+  // Qwen2.5-VL's rope_scaling {"type": "mrope"} (transformers rewrites it to "default") only
+  // splits the frequencies between the t/h/w positions.
+  const bool mrope = !config_.mrope_section.empty() &&
+                     (config_.rope_scaling_type == "mrope" || config_.rope_scaling_type == "default");
+  if (!config_.rope_scaling_type.empty() && config_.rope_scaling_type != "default" && !mrope)
     throw Error(model_dir.string() + "/config.json: rope_scaling type '" + config_.rope_scaling_type +
-                "' is not implemented yet (supported: none/default); remove rope_scaling to run at the native context length");
+                "' is not implemented yet (supported: none/default, mrope); remove rope_scaling to run at the native context length");
+  for (int axis = 0; axis < static_cast<int>(config_.mrope_section.size()) && mrope; ++axis)
+    rope_axis_.insert(rope_axis_.end(), static_cast<size_t>(std::max(config_.mrope_section[axis], 0)), static_cast<uint8_t>(axis % 3));
+  if (mrope && rope_axis_.size() != static_cast<size_t>(config_.head_dim() / 2))
+    throw Error(model_dir.string() + "/config.json: mrope_section sums to " + std::to_string(rope_axis_.size()) +
+                ", expected head_dim / 2 = " + std::to_string(config_.head_dim() / 2));
+  rope_axis_.resize(static_cast<size_t>(config_.head_dim() / 2), 0);
   const uint64_t hidden = config_.hidden_size, inter = config_.intermediate_size, vocab = config_.vocab_size;
   const uint64_t kv_dim = static_cast<uint64_t>(config_.num_key_value_heads) * config_.head_dim();
   const WeightLoader w(checkpoint_, checkpoint_.find("model.embed_tokens.weight") ? "model." : "model.language_model.",
@@ -197,16 +209,22 @@ std::vector<float> Qwen2Model::forward(std::span<const SequenceChunk> chunks) {
   // One row per token across all chunks.
   struct Row {
     KvCache* cache;
-    size_t position;
+    size_t position;                // cache slot
+    std::array<int64_t, 3> rope;    // rotary position per M-RoPE axis (all equal for text)
   };
   std::vector<Row> rows;
   std::vector<size_t> logit_rows;
   for (const auto& c : chunks) {
     if (c.tokens.empty()) throw Error("internal error: empty sequence chunk");
+    if (!c.positions.empty() && c.positions.size() != c.tokens.size())
+      throw Error("internal error: " + std::to_string(c.positions.size()) + " rotary positions for " +
+                  std::to_string(c.tokens.size()) + " tokens");
     c.cache->reserve_more(c.tokens.size());
     for (size_t i = 0; i < c.tokens.size(); ++i) {
       if (c.all_logits || i + 1 == c.tokens.size()) logit_rows.push_back(rows.size());
-      rows.push_back({c.cache, c.cache->length() + i});
+      const size_t slot = c.cache->length() + i;
+      const int64_t p = static_cast<int64_t>(slot) + c.position_delta;
+      rows.push_back({c.cache, slot, c.positions.empty() ? std::array<int64_t, 3>{p, p, p} : c.positions[i]});
     }
   }
   const size_t n = rows.size();
@@ -227,14 +245,29 @@ std::vector<float> Qwen2Model::forward(std::span<const SequenceChunk> chunks) {
   };
   {
     size_t r = 0;
-    for (const auto& c : chunks)
-      for (int32_t token : c.tokens) embed(token, x.data() + (r++) * hidden);
+    for (const auto& c : chunks) {
+      size_t image_row = 0;
+      for (int32_t token : c.tokens) {
+        float* out = x.data() + (r++) * hidden;
+        if (token != config_.image_token_id || c.image_embeds.empty()) {
+          embed(token, out);
+          continue;
+        }
+        if ((image_row + 1) * hidden > c.image_embeds.size())
+          throw Error("the prompt has more <|image_pad|> tokens than image embeddings (" +
+                      std::to_string(c.image_embeds.size() / hidden) + ")");
+        std::copy_n(c.image_embeds.data() + (image_row++) * hidden, hidden, out);
+      }
+      if (image_row * hidden != c.image_embeds.size())
+        throw Error("the prompt has " + std::to_string(image_row) + " <|image_pad|> tokens but " +
+                    std::to_string(c.image_embeds.size() / hidden) + " image embeddings");
+    }
   }
   // cos/sin per row for its position.
   auto &cos = buffer(s.cos, n * head_dim / 2), &sin = buffer(s.sin, n * head_dim / 2);
   for (size_t r = 0; r < n; ++r)
     for (size_t i = 0; i < head_dim / 2; ++i) {
-      const double angle = static_cast<double>(rows[r].position) * inv_freq_[i];
+      const double angle = static_cast<double>(rows[r].rope[rope_axis_[i]]) * inv_freq_[i];
       cos[r * head_dim / 2 + i] = static_cast<float>(std::cos(angle));
       sin[r * head_dim / 2 + i] = static_cast<float>(std::sin(angle));
     }

@@ -1,6 +1,7 @@
 #pragma once
 // Qwen2 / Qwen2.5 causal language model (Qwen2ForCausalLM) on the CPU: weights used in place from
 // the memory-mapped safetensors (BF16, F16 or F32), activations and accumulation in fp32.
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -28,6 +29,13 @@ struct SequenceChunk {
   KvCache* cache;
   std::span<const int32_t> tokens;
   bool all_logits = false;  // logits for every token (scoring) instead of the last only
+  // Qwen2.5-VL: embedding rows (hidden_size floats each) that replace, in order, the embeddings of
+  // the tokens equal to config().image_token_id — the vision tower's output.
+  std::span<const float> image_embeds = {};
+  // Rotary positions (t, h, w) per token, M-RoPE (get_rope_index). Empty: all three are the cache
+  // slot + position_delta (text after the images continues from the largest position + 1).
+  std::span<const std::array<int64_t, 3>> positions = {};
+  int64_t position_delta = 0;
 };
 
 class Qwen2Model {
@@ -38,6 +46,8 @@ class Qwen2Model {
              const std::vector<std::filesystem::path>& adapter_dirs = {});
 
   const ModelConfig& config() const { return config_; }
+  const Checkpoint& checkpoint() const { return checkpoint_; }
+  const RuntimeLora* lora() const { return lora_.get(); }  // the adapters given, or null
   size_t vocab_size() const { return static_cast<size_t>(config_.vocab_size); }
   KvCache make_cache(size_t max_tokens) const;
   // Storage of the caches make_cache returns: DType::F32 (default) or DType::BF16.
@@ -72,6 +82,7 @@ class Qwen2Model {
   std::vector<Qwen2Layer> layers_;
   std::vector<float> final_norm_;
   std::vector<float> inv_freq_;  // RoPE frequencies, head_dim / 2
+  std::vector<uint8_t> rope_axis_;  // M-RoPE: which position (t, h, w) each frequency uses (mrope_section)
   DType kv_cache_dtype_ = DType::F32;
   ThreadPool pool_;
 

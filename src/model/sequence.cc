@@ -45,15 +45,21 @@ std::vector<int32_t> checked_prompt(std::vector<int32_t> prompt, size_t max_mode
 
 }  // namespace
 
-SequenceState::SequenceState(const Qwen2Model& model, const tokenizer::Tokenizer& tokenizer,
-                             std::vector<int32_t> prompt, size_t max_model_len, const GenerationParams& params)
+SequenceState::SequenceState(const Qwen2Model& model, const tokenizer::Tokenizer& tokenizer, PromptInput prompt,
+                             size_t max_model_len, const GenerationParams& params)
     : params_(params),
       tokenizer_(tokenizer),
       cache_(model.make_cache(max_model_len)),
-      history_(checked_prompt(std::move(prompt), max_model_len)),
+      history_(checked_prompt(std::move(prompt.tokens), max_model_len)),
+      image_embeds_(std::move(prompt.image_embeds)),
+      positions_(std::move(prompt.positions)),
+      position_delta_(prompt.position_delta),
       sampler_(params.sampling),
       detokenizer_(tokenizer, true) {
   if (params.prefill_chunk == 0) throw Error("prefill_chunk must be at least 1 token");
+  if (!positions_.empty() && positions_.size() != history_.size())
+    throw Error("internal error: " + std::to_string(positions_.size()) + " M-RoPE positions for a prompt of " +
+                std::to_string(history_.size()) + " tokens");
   for (const auto& w : params.stop_words) longest_stop_ = std::max(longest_stop_, w.size());
   result_.prompt_tokens = history_.size();
 }
@@ -66,7 +72,18 @@ bool SequenceState::prefill(Qwen2Model& model, const std::function<void(std::str
 void SequenceState::prefill_next_chunk(Qwen2Model& model, const std::function<void(std::string_view)>& on_text) {
   if (!prefilling()) throw Error("prefill_next_chunk: the prompt is already prefilled");
   const size_t n = std::min(params_.prefill_chunk, result_.prompt_tokens - prefilled_);
-  const SequenceChunk chunk{&cache_, std::span<const int32_t>(history_).subspan(prefilled_, n), false};
+  SequenceChunk chunk{&cache_, std::span<const int32_t>(history_).subspan(prefilled_, n), false};
+  if (!image_embeds_.empty()) {
+    const int32_t image_token = model.config().image_token_id;
+    const size_t hidden = static_cast<size_t>(model.config().hidden_size);
+    const size_t rows = static_cast<size_t>(std::count(chunk.tokens.begin(), chunk.tokens.end(), image_token));
+    if ((image_rows_used_ + rows) * hidden > image_embeds_.size())
+      throw Error("the prompt has more <|image_pad|> tokens than image embeddings");
+    chunk.image_embeds = std::span<const float>(image_embeds_).subspan(image_rows_used_ * hidden, rows * hidden);
+    image_rows_used_ += rows;
+  }
+  if (!positions_.empty()) chunk.positions = std::span<const std::array<int64_t, 3>>(positions_).subspan(prefilled_, n);
+  chunk.position_delta = position_delta_;
   std::vector<float> logits = model.forward(std::span(&chunk, 1));
   prefilled_ += n;
   if (prefilling()) return;
@@ -76,6 +93,12 @@ void SequenceState::prefill_next_chunk(Qwen2Model& model, const std::function<vo
     return;
   }
   accept(logits, on_text);
+}
+
+SequenceChunk SequenceState::decode_chunk() {
+  SequenceChunk chunk{&cache_, std::span<const int32_t>(&next_, 1), false};
+  chunk.position_delta = position_delta_;
+  return chunk;
 }
 
 void SequenceState::emit(std::string_view text, const std::function<void(std::string_view)>& on_text) {

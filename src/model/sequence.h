@@ -3,6 +3,7 @@
 // Generator (a fixed batch) and the server's scheduler (a batch that sequences join and leave
 // between decode steps) both drive these, so stop ids, stop words, length limits and logprobs
 // behave the same in `infer` and `deploy`.
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <span>
@@ -19,6 +20,22 @@
 namespace vlmforge {
 
 class Qwen2Model;
+struct SequenceChunk;
+
+// A prompt's tokens with, for Qwen2.5-VL, the image embeddings replacing its <|image_pad|> tokens
+// and its M-RoPE positions (see mrope_positions).
+struct PromptInput {
+  std::vector<int32_t> tokens;
+  std::vector<float> image_embeds;
+  std::vector<std::array<int64_t, 3>> positions;  // empty: text positions
+  int64_t position_delta = 0;                     // generated tokens: cache slot + delta
+};
+
+inline PromptInput text_prompt(std::vector<int32_t> tokens) {
+  PromptInput input;
+  input.tokens = std::move(tokens);
+  return input;
+}
 
 struct GenerationParams {
   SamplingParams sampling;
@@ -49,7 +66,7 @@ class SequenceState {
  public:
   // Checks the prompt against max_model_len (Error when it leaves no room to generate).
   // `params` and `tokenizer` must outlive this object.
-  SequenceState(const Qwen2Model& model, const tokenizer::Tokenizer& tokenizer, std::vector<int32_t> prompt,
+  SequenceState(const Qwen2Model& model, const tokenizer::Tokenizer& tokenizer, PromptInput prompt,
                 size_t max_model_len, const GenerationParams& params);
 
   // Runs the prompt through the model in chunks of params.prefill_chunk and accepts the first
@@ -68,7 +85,7 @@ class SequenceState {
 
   bool done() const { return done_; }
   // The decode input for the next step: the last sampled token, appended at cache().length().
-  std::span<const int32_t> next_token() const { return std::span(&next_, 1); }
+  SequenceChunk decode_chunk();
   KvCache& cache() { return cache_; }
   const GenerationResult& result() const { return result_; }
   GenerationResult take_result() { return std::move(result_); }
@@ -81,6 +98,10 @@ class SequenceState {
   const tokenizer::Tokenizer& tokenizer_;
   KvCache cache_;
   std::vector<int32_t> history_;  // prompt + generated, for the repetition penalty
+  std::vector<float> image_embeds_;                    // consumed in prompt order by the prefill chunks
+  std::vector<std::array<int64_t, 3>> positions_;      // M-RoPE positions of the prompt (empty: text)
+  int64_t position_delta_ = 0;
+  size_t image_rows_used_ = 0;  // image embedding rows taken by earlier prefill chunks
   Sampler sampler_;
   tokenizer::IncrementalDetokenizer detokenizer_;
   size_t longest_stop_ = 0;

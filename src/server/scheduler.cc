@@ -160,7 +160,8 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running, std::vector
     auto r = std::make_unique<Running>();
     r->job = job;
     try {
-      r->state = std::make_unique<SequenceState>(model_, tokenizer_, job->prompt_, options_.max_model_len, job->params_);
+      r->state = std::make_unique<SequenceState>(model_, tokenizer_, text_prompt(job->prompt_), options_.max_model_len,
+                                                 job->params_);
     } catch (const std::exception& e) {
       fail(job, e.what());
       continue;
@@ -215,7 +216,7 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running, std::vector
     if (!r->state->prefilling()) decoding.push_back(r.get());
   if (!decoding.empty()) {
     std::vector<SequenceChunk> chunks;
-    for (Running* r : decoding) chunks.push_back({&r->state->cache(), r->state->next_token(), false});
+    for (Running* r : decoding) chunks.push_back(r->state->decode_chunk());
     try {
       std::vector<float> logits = model_.forward(chunks);
       stepped = 1;

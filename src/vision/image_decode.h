@@ -1,13 +1,48 @@
 #pragma once
-// --deep: a full decode of an image with the format's reference library (libjpeg-turbo, libpng,
-// libwebp, giflib; BMP by its declared pixel-array size), to find files whose header is fine but
-// whose data is cut short or damaged. Pixels are decoded and discarded.
+// Full image decodes with the format's reference library (libjpeg-turbo, libpng, libwebp, giflib;
+// BMP read here), giving the RGB8 pixels PIL gives for Image.open(f) → exif_transpose →
+// convert("RGB"): grayscale replicated, palettes looked up, alpha dropped (not composited),
+// 16-bit samples as PIL reads them, the EXIF orientation applied.
+//
+// check-data --deep uses decode_image() to find files whose header is fine but whose data is cut
+// short or damaged (pixels discarded).
+#include <cstdint>
 #include <filesystem>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "vision/image_info.h"
 
 namespace vlmforge::vision {
+
+// PIL raises DecompressionBombError above 2 × Image.MAX_IMAGE_PIXELS (2 × 89,478,485) pixels; images
+// larger than that are refused from their header dimensions, before any pixel is decoded.
+inline constexpr uint64_t kMaxImagePixels = 2 * 89'478'485ull;
+
+struct RgbImage {
+  uint32_t width = 0;
+  uint32_t height = 0;
+  std::vector<uint8_t> pixels;  // height rows of width RGB triples
+
+  const uint8_t* at(uint32_t x, uint32_t y) const { return pixels.data() + (size_t{y} * width + x) * 3; }
+};
+
+// Decodes an image file's bytes; `name` is used in error messages. Throws Error for unknown
+// formats, corrupt or truncated data, unsupported variants (RLE or 16-bit BMP, animated WebP) and
+// images over kMaxImagePixels.
+RgbImage decode_rgb(std::span<const uint8_t> bytes, const std::string& name);
+RgbImage load_rgb(const std::filesystem::path& path);
+
+// Reads a whole file; Error naming the path when it cannot be read.
+std::vector<uint8_t> read_file_bytes(const std::filesystem::path& path);
+
+// The EXIF orientation tag (1-8) of a TIFF-structured EXIF block ("II*\0" / "MM\0*" header, as in a
+// JPEG APP1 after "Exif\0\0", a PNG eXIf chunk or a WebP EXIF chunk); 1 when absent or unreadable.
+int exif_orientation(std::span<const uint8_t> tiff);
+// PIL's ImageOps.exif_transpose for an orientation value: 2 mirror, 3 rotate 180, 4 flip,
+// 5 transpose, 6 rotate 90° clockwise, 7 transverse, 8 rotate 90° counter-clockwise.
+RgbImage apply_orientation(const RgbImage& image, int orientation);
 
 struct DecodeResult {
   bool ok = true;

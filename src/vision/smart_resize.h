@@ -9,8 +9,10 @@
 namespace vlmforge::vision {
 
 inline constexpr uint32_t kResizeFactor = 28;
-inline constexpr uint64_t kDefaultMinPixels = 56 * 56;             // 3136
-inline constexpr uint64_t kDefaultMaxPixels = 28 * 28 * 1280;      // 1003520
+// qwen_vl_utils' MIN_PIXELS / MAX_PIXELS, what swift resizes with when the environment sets
+// neither; also min_pixels / max_pixels of the published Qwen2.5-VL preprocessor_config.json.
+inline constexpr uint64_t kDefaultMinPixels = 4 * 28 * 28;         // 3136
+inline constexpr uint64_t kDefaultMaxPixels = 16384 * 28 * 28;     // 12845056
 inline constexpr double kMaxAspectRatio = 200;
 
 struct PixelBudget {

@@ -119,7 +119,7 @@ TEST(CheckDataCli, UsageAndIoErrorsExitTwo) {
   EXPECT_EQ(run_vlmforge({"check-data", (dir / "d.jsonl").string(), "--max_length", "10"}).exit_code, 2);
   EXPECT_EQ(run_vlmforge({"check-data", (dir / "d.jsonl").string(), "--base_dir", (dir / "nope").string()}).exit_code, 2);
   EXPECT_EQ(run_vlmforge({"check-data", (dir / "d.jsonl").string(), "--fix", (dir / "d.jsonl").string()}).exit_code, 2);
-  EXPECT_EQ(run_vlmforge({"check-data", (dir / "d.jsonl").string(), "--min_pixels", "9000000"}).exit_code, 2);
+  EXPECT_EQ(run_vlmforge({"check-data", (dir / "d.jsonl").string(), "--min_pixels", "20000000"}).exit_code, 2);
   EXPECT_EQ(run_vlmforge({"check-data"}).exit_code, 2);
   fs::create_symlink(dir / "loop2.jsonl", dir / "loop1.jsonl");
   fs::create_symlink(dir / "loop1.jsonl", dir / "loop2.jsonl");

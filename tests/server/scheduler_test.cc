@@ -180,7 +180,7 @@ TEST_F(DeployScheduler, PaddingIdsBeyondTheTokenizerDecodeToNothing) {
   // Qwen's embedding has 151,936 rows for 151,669 tokenizer ids; a sampled padding id must not
   // end the request with an error (Hugging Face tokenizers skip unknown ids when decoding).
   const GenerationParams p = params(3, 0, 0);
-  SequenceState seq(*model_, *tokenizer_, {9707, 11}, 64, p);
+  SequenceState seq(*model_, *tokenizer_, text_prompt({9707, 11}), 64, p);
   ASSERT_GT(model_->vocab_size(), tokenizer_->vocab_size());
   std::vector<float> logits(model_->vocab_size(), 0.0f);
   const int32_t padding = static_cast<int32_t>(tokenizer_->vocab_size()) + 5;

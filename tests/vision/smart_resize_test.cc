@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <tuple>
 
 #include "util/error.h"
 
@@ -17,19 +18,30 @@ struct Case {
 };
 
 TEST(VisionSmartResize, MatchesTransformers) {
+  constexpr uint64_t k1280 = 28 * 28 * 1280;  // the budget Qwen's README uses as an example
   const Case cases[] = {
-      {1080, 1920, kDefaultMinPixels, kDefaultMaxPixels, 728, 1316},
-      {70, 70, kDefaultMinPixels, kDefaultMaxPixels, 56, 56},  // 2.5 rounds to 2 (half to even)
-      {42, 42, kDefaultMinPixels, kDefaultMaxPixels, 56, 56},
-      {10, 10, kDefaultMinPixels, kDefaultMaxPixels, 56, 56},
-      {100000, 100000, kDefaultMinPixels, kDefaultMaxPixels, 980, 980},
-      {28, 5600, kDefaultMinPixels, kDefaultMaxPixels, 28, 5600},
-      {1, 200, kDefaultMinPixels, kDefaultMaxPixels, 28, 812},
-      {480, 640, kDefaultMinPixels, kDefaultMaxPixels, 476, 644},
-      {224, 224, kDefaultMinPixels, kDefaultMaxPixels, 224, 224},
-      {999, 333, kDefaultMinPixels, kDefaultMaxPixels, 1008, 336},
+      {1080, 1920, kDefaultMinPixels, k1280, 728, 1316},
+      {70, 70, kDefaultMinPixels, k1280, 56, 56},  // 2.5 rounds to 2 (half to even)
+      {42, 42, kDefaultMinPixels, k1280, 56, 56},
+      {10, 10, kDefaultMinPixels, k1280, 56, 56},
+      {100000, 100000, kDefaultMinPixels, k1280, 980, 980},
+      {28, 5600, kDefaultMinPixels, k1280, 28, 5600},
+      {1, 200, kDefaultMinPixels, k1280, 28, 812},
+      {480, 640, kDefaultMinPixels, k1280, 476, 644},
+      {224, 224, kDefaultMinPixels, k1280, 224, 224},
+      {999, 333, kDefaultMinPixels, k1280, 1008, 336},
       {3000, 4000, 3136, 12845056, 2996, 4004},
   };
+  // Defaults: qwen_vl_utils' MIN_PIXELS / MAX_PIXELS (4·28·28, 16384·28·28), which swift uses when
+  // the environment sets neither, and the published Qwen2.5-VL preprocessor_config.json values.
+  EXPECT_EQ(PixelBudget{}.min_pixels, 3136u);
+  EXPECT_EQ(PixelBudget{}.max_pixels, 12845056u);
+  for (const auto& [h, w, out_h, out_w] : {std::tuple{1080u, 1920u, 1092u, 1932u}, std::tuple{5000u, 7000u, 3024u, 4228u}}) {
+    const auto r = smart_resize(h, w);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->height, out_h);
+    EXPECT_EQ(r->width, out_w);
+  }
   for (const Case& c : cases) {
     const auto r = smart_resize(c.h, c.w, {c.min_pixels, c.max_pixels});
     ASSERT_TRUE(r.has_value()) << c.h << "x" << c.w;
@@ -39,9 +51,10 @@ TEST(VisionSmartResize, MatchesTransformers) {
 }
 
 TEST(VisionSmartResize, TokensAreCellsOf28) {
-  const auto r = smart_resize(1080, 1920);
+  const auto r = smart_resize(1080, 1920, {kDefaultMinPixels, 28 * 28 * 1280});
   ASSERT_TRUE(r);
   EXPECT_EQ(r->tokens(), 26u * 47u);
+  EXPECT_EQ(smart_resize(1080, 1920)->tokens(), 39u * 69u);  // default budget: no downscale
 }
 
 TEST(VisionSmartResize, RefusesExtremeAspectRatioAndZero) {
@@ -61,7 +74,7 @@ TEST(VisionSmartResize, BudgetFromEnvAndFlags) {
   ::setenv("MAX_PIXELS", "lots", 1);
   EXPECT_THROW(pixel_budget_from_env(std::nullopt, std::nullopt), UsageError);
   ::unsetenv("MAX_PIXELS");
-  EXPECT_THROW(pixel_budget_from_env(2000000, std::nullopt), UsageError);  // min above the default max
+  EXPECT_THROW(pixel_budget_from_env(20000000, std::nullopt), UsageError);  // min above the default max
 }
 
 }  // namespace

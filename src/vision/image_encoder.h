@@ -1,0 +1,71 @@
+#pragma once
+// Image file → vision embeddings (decode, preprocess, vision tower), with an LRU cache keyed by a
+// hash of the file's content (and bounded by the embeddings' bytes), so an image repeated across
+// rows, turns or datasets is encoded once.
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <unordered_map>
+#include <vector>
+
+#include "vision/smart_resize.h"
+#include "vision/vision_tower.h"
+
+namespace vlmforge::vision {
+
+// A fast 64-bit hash of file content (not cryptographic; the cache key also holds the size).
+uint64_t content_hash(std::span<const uint8_t> bytes);
+
+struct EncodedImage {
+  std::shared_ptr<const std::vector<float>> embeds;  // [tokens, out_hidden_size]
+  uint32_t grid_t = 0, grid_h = 0, grid_w = 0;       // image_grid_thw
+  size_t tokens = 0;
+  bool cache_hit = false;
+};
+
+struct ImageTimings {
+  double read_seconds = 0, decode_seconds = 0, preprocess_seconds = 0, encode_seconds = 0, lookup_seconds = 0;
+  size_t hits = 0, misses = 0;
+};
+
+class ImageEncoder {
+ public:
+  // `tower` must outlive the encoder. cache_bytes 0 disables the cache.
+  ImageEncoder(VisionTower& tower, const PixelBudget& budget, uint64_t cache_bytes);
+
+  // Safe to call from several threads (calls are serialized). Throws Error naming the file.
+  EncodedImage encode(const std::filesystem::path& path);
+
+  const PixelBudget& budget() const { return budget_; }
+  ImageTimings timings() const;
+  uint64_t cached_bytes() const;
+
+ private:
+  struct Key {
+    uint64_t hash, size;
+    bool operator==(const Key&) const = default;
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const { return static_cast<size_t>(k.hash ^ (k.size * 0x9E3779B97F4A7C15ull)); }
+  };
+  struct Entry {
+    Key key;
+    EncodedImage image;
+    uint64_t bytes;
+  };
+
+  VisionTower& tower_;
+  PixelBudget budget_;
+  uint64_t capacity_;
+  uint64_t used_ = 0;
+  std::list<Entry> lru_;  // most recently used first
+  std::unordered_map<Key, std::list<Entry>::iterator, KeyHash> index_;
+  ImageTimings timings_;
+  mutable std::mutex mutex_;
+};
+
+}  // namespace vlmforge::vision

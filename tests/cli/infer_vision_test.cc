@@ -1,0 +1,186 @@
+// infer with images end to end on a random tiny Qwen2.5-VL checkpoint carrying the real tokenizer.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "support/test_support.h"
+#include "vision/encoded_images.h"
+#include "vision/image_bytes.h"
+
+namespace vlmforge::test {
+namespace {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+class InferVision : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir();
+    const fs::path tokenizer = shared_dir() / "tokenizer" / "tokenizer.json";
+    if (!fs::exists(tokenizer)) return;
+    for (const char* layout : {"legacy", "transformers"}) {
+      const auto r = run_vlmforge({"generate", "checkpoint", "--preset", "tiny-vl", "--output_dir",
+                                   (*dir_ / layout).string(), "--dtype", "float32", "--vocab_size", "151936",
+                                   "--layout", layout, "--tokenizer", tokenizer.string()});
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+    }
+    write(*dir_ / "wide.png", encoded_png(200, 120));
+    write(*dir_ / "small.jpg", encoded_jpeg(56, 56));
+  }
+  static void TearDownTestSuite() { delete dir_; }
+  void SetUp() override {
+    if (!fs::exists(*dir_ / "legacy" / "tokenizer.json")) GTEST_SKIP() << "shared tokenizer missing";
+  }
+  static void write(const fs::path& path, const std::string& bytes) { std::ofstream(path, std::ios::binary) << bytes; }
+  static std::string model(const char* layout = "legacy") { return (*dir_ / layout).string(); }
+  static std::string file(const char* name) { return (*dir_ / name).string(); }
+
+  static json query(const std::string& text, const std::vector<std::string>& extra) {
+    std::vector<std::string> args{"infer", "--model", model(), "--query", text, "--temperature", "0",
+                                  "--max_new_tokens", "3", "--json"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const auto r = run_vlmforge(args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return r.exit_code == 0 ? json::parse(r.out) : json();
+  }
+
+  static TempDir* dir_;
+};
+TempDir* InferVision::dir_ = nullptr;
+
+TEST_F(InferVision, ImagesAddTheirTokensUnderThePixelBudget) {
+  const json text = query("Describe this.", {});
+  // 200x120 → smart_resize 196x112 → 14x8 patches → 28 tokens, plus <|vision_start|><|vision_end|>.
+  const json image = query("<image>Describe this.", {"--images", file("wide.png")});
+  EXPECT_EQ(image["prompt_tokens"].get<int>() - text["prompt_tokens"].get<int>(), 30);
+  // --max_pixels 6000: beta 2 → 84x56 → 6 tokens.
+  const json small = query("<image>Describe this.", {"--images", file("wide.png"), "--max_pixels", "6000"});
+  EXPECT_EQ(small["prompt_tokens"].get<int>() - text["prompt_tokens"].get<int>(), 8);
+  // Without a tag the images go before the text (swift), the same prompt.
+  const json untagged = query("Describe this.", {"--images", file("wide.png")});
+  EXPECT_EQ(untagged["prompt_tokens"], image["prompt_tokens"]);
+  EXPECT_EQ(untagged["response"], image["response"]);
+}
+
+TEST_F(InferVision, RepeatedImagesComeFromTheCache) {
+  const auto r = run_vlmforge({"infer", "--model", model(), "--query", "<image><image>Same?", "--images",
+                               file("small.jpg") + "," + file("small.jpg"), "--max_new_tokens", "1", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("images 1 encoded, 1 from the cache"), std::string::npos) << r.err;
+  const auto off = run_vlmforge({"infer", "--model", model(), "--query", "<image><image>Same?", "--images",
+                                 file("small.jpg") + "," + file("small.jpg"), "--max_new_tokens", "1", "--json",
+                                 "--image_cache_mb", "0"});
+  ASSERT_EQ(off.exit_code, 0) << off.err;
+  EXPECT_NE(off.err.find("images 2 encoded, 0 from the cache"), std::string::npos) << off.err;
+  EXPECT_EQ(json::parse(off.out)["response"], json::parse(r.out)["response"]);
+}
+
+TEST_F(InferVision, TransformersWeightLayoutRuns) {
+  const auto r = run_vlmforge({"infer", "--model", model("transformers"), "--query", "<image>Hi", "--images",
+                               file("small.jpg"), "--max_new_tokens", "2", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["completion_tokens"], 2);
+}
+
+TEST_F(InferVision, VisionLoraUnmergedMatchesTheMergedModel) {
+  // Adapters on the vision attention only (qkv, proj): the language model is untouched, so any
+  // change in the logprobs comes from the vision tower.
+  TempDir work;
+  const std::string adapter = (work / "lora").string(), merged = (work / "merged").string();
+  auto ok = [](const CommandResult& r) {
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return r.exit_code == 0;
+  };
+  ASSERT_TRUE(ok(run_vlmforge({"generate", "adapter", "--model", model(), "--output_dir", adapter, "--include_vision",
+                               "--target_modules", "qkv,proj", "--dtype", "float32", "--r", "4"})));
+  ASSERT_TRUE(ok(run_vlmforge({"merge-lora", "--model", model(), "--adapters", adapter, "--output_dir", merged})));
+  fs::copy_file(*dir_ / "legacy" / "tokenizer.json", fs::path(merged) / "tokenizer.json", fs::copy_options::skip_existing);
+  auto logprobs = [&](const std::vector<std::string>& model_args) {
+    std::vector<std::string> args{"infer", "--query", "<image>Describe.", "--images", file("wide.png"), "--temperature", "0",
+                                  "--max_new_tokens", "4", "--logprobs", "--json"};
+    args.insert(args.end(), model_args.begin(), model_args.end());
+    const auto r = run_vlmforge(args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    std::vector<double> out;
+    if (r.exit_code != 0) return out;
+    const json parsed = json::parse(r.out);
+    for (const auto& t : parsed["logprobs"]["content"]) out.push_back(t["logprob"].get<double>());
+    return out;
+  };
+  const auto base = logprobs({"--model", model()});
+  const auto unmerged = logprobs({"--model", model(), "--adapters", adapter});
+  const auto from_merged = logprobs({"--model", merged});
+  ASSERT_EQ(unmerged.size(), 4u);
+  ASSERT_EQ(from_merged.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) EXPECT_NEAR(unmerged[i], from_merged[i], 1e-4) << i;
+  EXPECT_NE(base, unmerged);
+}
+
+TEST_F(InferVision, DatasetRowsWithImagesSameResultsWithOrWithoutOverlap) {
+  TempDir data;
+  fs::create_directories(data / "imgs");
+  write(data / "imgs" / "a.png", encoded_png(90, 70));
+  write(data / "imgs" / "b.jpg", encoded_jpeg(60, 100));
+  const fs::path dataset = data / "val.jsonl";
+  std::ofstream(dataset)
+      << R"({"query": "<image>What is it?", "response": "x", "images": ["imgs/a.png"]})" "\n"
+      << R"({"messages": [{"role": "user", "content": "<image> and <image>?"}], "images": ["imgs/b.jpg", "imgs/a.png"]})" "\n"
+      << R"({"messages": [{"role": "user", "content": "text only"}]})" "\n"
+      << R"({"messages": [{"role": "user", "content": "<image>again"}], "images": [{"path": "imgs/b.jpg"}]})" "\n";
+  auto run = [&](const std::string& overlap, const std::string& batch) {
+    const fs::path out = data / ("out-" + overlap + batch + ".jsonl");
+    const auto r = run_vlmforge({"infer", "--model", model(), "--val_dataset", dataset.string(), "--result_path",
+                                 out.string(), "--temperature", "0", "--max_new_tokens", "3", "--max_batch_size", batch,
+                                 "--overlap_images", overlap});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    std::vector<json> rows;
+    std::ifstream in(out);
+    for (std::string line; std::getline(in, line);) rows.push_back(json::parse(line));
+    return rows;
+  };
+  const auto with = run("true", "1"), without = run("false", "1"), batched = run("true", "2");
+  ASSERT_EQ(with.size(), 4u);
+  ASSERT_EQ(without.size(), 4u);
+  ASSERT_EQ(batched.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(with[i]["response"], without[i]["response"]) << i;
+    EXPECT_EQ(with[i]["response"], batched[i]["response"]) << i;
+    EXPECT_EQ(with[i]["prompt_tokens"], without[i]["prompt_tokens"]) << i;
+    EXPECT_TRUE(with[i]["timings"].contains("batch_prepare_seconds"));
+  }
+  EXPECT_GT(with[1]["prompt_tokens"].get<int>(), with[0]["prompt_tokens"].get<int>());
+}
+
+TEST_F(InferVision, BadImagesAndTagsGiveClearErrors) {
+  write(*dir_ / "cut.png", encoded_png(64, 64).substr(0, 200));
+  write(*dir_ / "bomb.png", png_bytes(30000, 30000));
+  write(*dir_ / "notes.png", "just text");
+  struct Case {
+    std::string query, images, expected;
+  };
+  for (const Case& c : {Case{"<image><image>two?", file("small.jpg"), "2 <image>"},
+                        Case{"what?", file("missing.png"), "missing.png"},
+                        Case{"what?", file("cut.png"), "decode failed"},
+                        Case{"what?", file("bomb.png"), "decompression-bomb"},
+                        Case{"what?", file("notes.png"), "not a supported image"},
+                        Case{"what?", "https://example.com/a.png", "remote images are not downloaded"}}) {
+    const auto r = run_vlmforge({"infer", "--model", model(), "--query", c.query, "--images", c.images, "--max_new_tokens", "1"});
+    EXPECT_EQ(r.exit_code, 1) << c.images;
+    EXPECT_NE(r.err.find(c.expected), std::string::npos) << r.err;
+  }
+  const auto usage = run_vlmforge({"infer", "--model", model(), "--images", file("small.jpg")});
+  EXPECT_EQ(usage.exit_code, 2) << usage.err;
+  const auto budget = run_vlmforge({"infer", "--model", model(), "--query", "x", "--min_pixels", "9000", "--max_pixels", "100"});
+  EXPECT_EQ(budget.exit_code, 2) << budget.err;
+  const fs::path text_model = shared_dir() / "golden" / "qwen2-tiny-f32";
+  if (fs::exists(text_model)) {
+    const auto r = run_vlmforge({"infer", "--model", text_model.string(), "--query", "x", "--images", file("small.jpg")});
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.err.find("text-only model"), std::string::npos) << r.err;
+  }
+}
+
+}  // namespace
+}  // namespace vlmforge::test

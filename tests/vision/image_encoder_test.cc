@@ -1,0 +1,65 @@
+// The image cache: content-keyed hits, LRU eviction within the byte bound, and cached embeddings
+// equal to a fresh encode.
+#include "vision/image_encoder.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "model/layout.h"
+#include "model/random_checkpoint.h"
+#include "support/test_support.h"
+#include "vision/encoded_images.h"
+
+namespace vlmforge::test {
+namespace {
+
+TEST(VisionImageCache, ContentHashSeesEveryByte) {
+  std::vector<uint8_t> bytes(1000);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i * 31);
+  const uint64_t base = vision::content_hash(bytes);
+  for (size_t i = 0; i < bytes.size(); i += 37) {
+    auto changed = bytes;
+    changed[i] ^= 1;
+    EXPECT_NE(vision::content_hash(changed), base) << i;
+  }
+  EXPECT_NE(vision::content_hash(std::span(bytes).first(999)), base);
+  EXPECT_EQ(vision::content_hash(bytes), base);
+}
+
+TEST(VisionImageCache, HitsByContentAndLruEviction) {
+  TempDir dir;
+  const ModelConfig config = preset_config("tiny-vl");
+  generate_checkpoint(config, dir / "model", {.dtype = DType::F32});
+  const Checkpoint ckpt(dir / "model");
+  vision::VisionTower tower(ckpt, config, 1);
+  auto write = [&](const std::string& name, const std::string& bytes) {
+    std::ofstream(dir / name, std::ios::binary) << bytes;
+    return dir / name;
+  };
+  // 56x56 images: 4 tokens of 64 floats = 1 KiB of embeddings each.
+  const auto a = write("a.png", encoded_png(56, 56)), copy = write("copy.png", encoded_png(56, 56));
+  const auto b = write("b.jpg", encoded_jpeg(56, 56)), c = write("c.webp", encoded_webp(56, 56));
+  vision::ImageEncoder encoder(tower, {}, 2 * 4 * 64 * sizeof(float));
+  const auto first = encoder.encode(a);
+  EXPECT_FALSE(first.cache_hit);
+  EXPECT_EQ(first.tokens, 4u);
+  EXPECT_TRUE(encoder.encode(copy).cache_hit);  // same bytes under another name
+  EXPECT_FALSE(encoder.encode(b).cache_hit);
+  EXPECT_TRUE(encoder.encode(a).cache_hit);      // a is now the most recent
+  EXPECT_FALSE(encoder.encode(c).cache_hit);     // evicts b
+  EXPECT_TRUE(encoder.encode(a).cache_hit);
+  EXPECT_FALSE(encoder.encode(b).cache_hit);
+  EXPECT_LE(encoder.cached_bytes(), 2u * 4 * 64 * sizeof(float));
+  const auto t = encoder.timings();
+  EXPECT_EQ(t.hits, 3u);
+  EXPECT_EQ(t.misses, 4u);
+  // A cached result is the fresh result.
+  vision::ImageEncoder uncached(tower, {}, 0);
+  EXPECT_EQ(*uncached.encode(a).embeds, *first.embeds);
+  EXPECT_FALSE(uncached.encode(a).cache_hit);
+  EXPECT_EQ(uncached.cached_bytes(), 0u);
+}
+
+}  // namespace
+}  // namespace vlmforge::test
