@@ -33,9 +33,8 @@ HWY_INLINE void Tile(const float* x, size_t x_stride, const std::byte* w, size_t
   constexpr size_t kLine = 64 / (kDType == DType::F32 ? 4 : 2);
   size_t i = 0;
   for (; i + lanes <= cols; i += lanes) {
-    if constexpr (kTokens <= 2)
-      if (i % kLine == 0)
-        for (size_t r = 0; r < kRows; ++r) hwy::Prefetch(w + (row + kRows + r) * row_bytes + i * (row_bytes / cols));
+    if (i % kLine == 0)
+      for (size_t r = 0; r < kRows; ++r) hwy::Prefetch(w + (row + kRows + r) * row_bytes + i * (row_bytes / cols));
     VF xv[kTokens];
     for (size_t t = 0; t < kTokens; ++t) xv[t] = hn::LoadU(df, x + t * x_stride + i);
     for (size_t r = 0; r < kRows; ++r) {
@@ -76,6 +75,7 @@ HWY_INLINE void TokenGroup(const float* x, size_t x_stride, const std::byte* w, 
 // independent accumulators, no horizontal sums, weight conversion amortized over all tokens.
 constexpr size_t kPanelRows = 3 * kTileTokens;  // 12 with 32 registers: 24 accumulators
 constexpr size_t kPanelDepth = 512;
+constexpr size_t kGemmTokens = 32;  // from this many tokens on, packing the activations pays off
 
 template <size_t kRows>
 HWY_INLINE void PanelKernel(const float* panel, const float* x_tile, size_t depth, float* result) {
@@ -155,6 +155,10 @@ HWY_INLINE void AllTokens(const float* x, size_t tokens, size_t x_stride, const 
   for (; t + kTileTokens <= tokens; t += kTileTokens)
     TokenGroup<kDType, kTileTokens>(x + t * x_stride, x_stride, w, cols, bias, out + t * out_stride, out_stride,
                                     row_begin, row_end);
+  if constexpr (kTileTokens > 2)
+    for (; t + 2 <= tokens; t += 2)
+      TokenGroup<kDType, 2>(x + t * x_stride, x_stride, w, cols, bias, out + t * out_stride, out_stride, row_begin,
+                            row_end);
   for (; t < tokens; ++t)
     TokenGroup<kDType, 1>(x + t * x_stride, x_stride, w, cols, bias, out + t * out_stride, out_stride, row_begin,
                           row_end);
@@ -164,14 +168,15 @@ template <DType kDType>
 void MatmulTyped(const float* x, size_t tokens, size_t x_stride, const std::byte* w, size_t cols, const float* bias,
                  float* out, size_t out_stride, size_t row_begin, size_t row_end) {
   // Batched decode: all token groups per 4-row tile, so each weight row is read from memory once
-  // and reused from L1 (the few tokens' activations stay in cache). Prefill keeps tokens outer:
+  // and reused from L1 (the few tokens' activations stay in cache). Prefill uses the blocked GEMM:
   // there the activations are the large operand.
-  if (tokens > kTileTokens && tokens <= 2 * kTileTokens) {
+  if (tokens > 1 && tokens < kGemmTokens) {
     for (size_t row = row_begin; row < row_end; row += 4)
       AllTokens<kDType>(x, tokens, x_stride, w, cols, bias, out, out_stride, row, std::min(row + 4, row_end));
     return;
   }
-  if (tokens >= 32) return PanelGemm<kDType>(x, tokens, x_stride, w, cols, bias, out, out_stride, row_begin, row_end);
+  if (tokens >= kGemmTokens)
+    return PanelGemm<kDType>(x, tokens, x_stride, w, cols, bias, out, out_stride, row_begin, row_end);
   AllTokens<kDType>(x, tokens, x_stride, w, cols, bias, out, out_stride, row_begin, row_end);
 }
 

@@ -1,5 +1,6 @@
 #include "model/qwen2.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/attention.h"
@@ -141,6 +142,29 @@ void Qwen2Model::project(const float* x, size_t tokens, const kernels::WeightMat
   });
 }
 
+void Qwen2Model::matmul_same_input(const float* x, size_t tokens, std::span<const Product> products) {
+  size_t groups = 0;
+  for (const Product& p : products) {
+    if (lora_by_weight_.contains(p.w->data)) {
+      for (const Product& each : products) matmul(x, tokens, *each.w, each.bias, each.out);
+      return;
+    }
+    groups += (p.w->rows + 3) / 4;
+  }
+  // Row groups of all products laid end to end; each thread's range may span several products.
+  pool_.parallel_for(groups, [&](size_t begin, size_t end) {
+    size_t first = 0;
+    for (const Product& p : products) {
+      const size_t count = (p.w->rows + 3) / 4;
+      const size_t from = std::max(begin, first), to = std::min(end, first + count);
+      if (from < to)
+        kernels::matmul_rows(x, tokens, p.w->cols, *p.w, p.bias ? p.bias->data() : nullptr, p.out, p.w->rows,
+                             (from - first) * 4, std::min((to - first) * 4, p.w->rows));
+      first += count;
+    }
+  });
+}
+
 // y = x·Wᵀ + Σ s·(x·Aᵀ)·Bᵀ, DoRA rows scaled, then the bias (which DoRA leaves unscaled).
 void Qwen2Model::matmul_with_lora(const float* x, size_t tokens, const kernels::WeightMatrix& w,
                                   const LinearAdapters& layer, const std::vector<float>* bias, float* out) {
@@ -220,9 +244,9 @@ std::vector<float> Qwen2Model::forward(std::span<const SequenceChunk> chunks) {
     for_rows([&](size_t r) {
       kernels::rms_norm(x.data() + r * hidden, layer.input_norm.data(), eps, normed.data() + r * hidden, hidden);
     });
-    matmul(normed.data(), n, layer.q, &layer.q_bias, q.data());
-    matmul(normed.data(), n, layer.k, &layer.k_bias, k.data());
-    matmul(normed.data(), n, layer.v, &layer.v_bias, v.data());
+    const Product qkv[] = {{&layer.q, &layer.q_bias, q.data()}, {&layer.k, &layer.k_bias, k.data()},
+                           {&layer.v, &layer.v_bias, v.data()}};
+    matmul_same_input(normed.data(), n, qkv);
     for_rows([&](size_t r) {
       const float* c = cos.data() + r * head_dim / 2;
       const float* sn = sin.data() + r * head_dim / 2;
@@ -253,8 +277,8 @@ std::vector<float> Qwen2Model::forward(std::span<const SequenceChunk> chunks) {
       kernels::rms_norm(x.data() + r * hidden, layer.post_attention_norm.data(), eps, normed.data() + r * hidden,
                         hidden);
     });
-    matmul(normed.data(), n, layer.gate, nullptr, gate.data());
-    matmul(normed.data(), n, layer.up, nullptr, up.data());
+    const Product gate_up[] = {{&layer.gate, nullptr, gate.data()}, {&layer.up, nullptr, up.data()}};
+    matmul_same_input(normed.data(), n, gate_up);
     for_rows([&](size_t r) { kernels::silu_mul(gate.data() + r * inter, up.data() + r * inter, inter); });
     matmul(gate.data(), n, layer.down, nullptr, tmp.data());
     for_rows([&](size_t r) { kernels::add_in_place(x.data() + r * hidden, tmp.data() + r * hidden, hidden); });

@@ -1,9 +1,37 @@
 #include "util/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace vlmforge {
 namespace {
+
+// Long enough to bridge the gap between two kernels of one decode step, short enough that an
+// idle pool stops burning a core almost at once.
+constexpr auto kSpin = std::chrono::microseconds(100);
+
+void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Spins until done() or kSpin has passed; true if done() became true.
+template <typename Done>
+bool spin_until(Done done) {
+  const auto deadline = std::chrono::steady_clock::now() + kSpin;
+  for (unsigned i = 1;; ++i) {
+    if (done()) return true;
+    cpu_relax();
+    if (i % 64 == 0 && std::chrono::steady_clock::now() > deadline) return false;
+  }
+}
 
 // Chunk i of `parts` equal-as-possible chunks of [0, count).
 std::pair<size_t, size_t> chunk_range(size_t count, size_t parts, size_t i) {
@@ -23,7 +51,7 @@ ThreadPool::ThreadPool(size_t threads) {
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard lock(mutex_);
-    stopping_ = true;
+    stopping_.store(true);
   }
   work_ready_.notify_all();
   for (auto& t : workers_) t.join();
@@ -36,13 +64,14 @@ void ThreadPool::parallel_for(size_t count, const std::function<void(size_t, siz
     body(0, count);
     return;
   }
+  body_ = &body;
+  count_ = count;
+  error_ = nullptr;
+  pending_.store(workers_.size(), std::memory_order_relaxed);
   {
+    // Under the mutex so a worker between its last check and its wait cannot miss the bump.
     std::lock_guard lock(mutex_);
-    body_ = &body;
-    count_ = count;
-    pending_ = workers_.size();
-    error_ = nullptr;
-    ++generation_;
+    generation_.fetch_add(1, std::memory_order_release);
   }
   work_ready_.notify_all();
   std::exception_ptr own_error;
@@ -52,32 +81,44 @@ void ThreadPool::parallel_for(size_t count, const std::function<void(size_t, siz
   } catch (...) {
     own_error = std::current_exception();
   }
-  std::unique_lock lock(mutex_);
-  work_done_.wait(lock, [this] { return pending_ == 0; });
+  const auto all_done = [this] { return pending_.load(std::memory_order_acquire) == 0; };
+  if (!spin_until(all_done)) {
+    std::unique_lock lock(mutex_);
+    work_done_.wait(lock, all_done);
+  }
   body_ = nullptr;
   if (own_error) std::rethrow_exception(own_error);
   if (error_) std::rethrow_exception(error_);
 }
 
+void ThreadPool::run_chunk(size_t worker_index) {
+  const auto [begin, end] = chunk_range(count_, size(), worker_index);
+  try {
+    if (begin < end) (*body_)(begin, end);
+  } catch (...) {
+    std::lock_guard lock(mutex_);
+    if (!error_) error_ = std::current_exception();
+  }
+  if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    std::lock_guard lock(mutex_);  // pairs with the caller's predicate check under the mutex
+    work_done_.notify_one();
+  }
+}
+
 void ThreadPool::worker_loop(size_t worker_index) {
   size_t seen_generation = 0;
+  const auto new_work = [&] {
+    return stopping_.load(std::memory_order_relaxed) ||
+           generation_.load(std::memory_order_acquire) != seen_generation;
+  };
   for (;;) {
-    std::unique_lock lock(mutex_);
-    work_ready_.wait(lock, [&] { return stopping_ || generation_ != seen_generation; });
-    if (stopping_) return;
-    seen_generation = generation_;
-    const auto* body = body_;
-    const auto [begin, end] = chunk_range(count_, size(), worker_index);
-    lock.unlock();
-    std::exception_ptr error;
-    try {
-      if (begin < end) (*body)(begin, end);
-    } catch (...) {
-      error = std::current_exception();
+    if (!spin_until(new_work)) {
+      std::unique_lock lock(mutex_);
+      work_ready_.wait(lock, new_work);
     }
-    lock.lock();
-    if (error && !error_) error_ = error;
-    if (--pending_ == 0) work_done_.notify_one();
+    if (stopping_.load()) return;
+    seen_generation = generation_.load(std::memory_order_acquire);
+    run_chunk(worker_index);
   }
 }
 

@@ -14,7 +14,8 @@ TEST(Matmul, MatchesNaiveDoubleForEveryWeightDtypeAndTileShape) {
   std::mt19937 rng(11);
   std::normal_distribution<float> dist;
   for (DType dtype : {DType::BF16, DType::F16, DType::F32}) {
-    for (auto [tokens, rows, cols] : {std::tuple{1, 1, 1}, {1, 9, 37}, {3, 5, 64}, {5, 8, 100}, {8, 13, 257},
+    for (auto [tokens, rows, cols] : {std::tuple{1, 1, 1}, {1, 9, 37}, {2, 6, 40}, {3, 5, 64}, {5, 8, 100}, {8, 13, 257},
+                                              {11, 9, 129}, {31, 10, 70},
                                               {32, 12, 16}, {33, 25, 300}, {70, 7, 513}}) {
       const size_t esize = dtype_info(dtype).bits / 8;
       std::vector<std::byte> w(rows * cols * esize);

@@ -1,7 +1,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <numeric>
+#include <thread>
 
 #include "util/bytes.h"
 #include "util/error.h"
@@ -50,6 +52,20 @@ TEST(ThreadPool, PropagatesExceptions) {
     for (size_t i = b; i < e; ++i) sum += i;
   });
   EXPECT_EQ(sum.load(), 4950u);
+}
+
+// Hand-offs both while the workers spin (back-to-back calls) and after they have gone to sleep
+// (pauses longer than the spin window): every call must see every index exactly once.
+TEST(ThreadPool, BackToBackAndAfterSleepHandOffs) {
+  ThreadPool pool(3);
+  std::vector<size_t> seen(64);
+  for (size_t call = 0; call < 3000; ++call) {
+    if (call % 500 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    pool.parallel_for(seen.size(), [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; ++i) ++seen[i];
+    });
+  }
+  for (size_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i], 3000u) << "index " << i;
 }
 
 TEST(Regex, PythonSemantics) {
