@@ -1,22 +1,48 @@
 #pragma once
 // What `infer` and `score` share: the model and tokenizer of a directory, the generation defaults
 // from generation_config.json, stop ids, and prompts rendered with the model's chat template.
+#include <CLI/CLI.hpp>
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "device/device.h"
 #include "model/generator.h"
 #include "model/qwen2.h"
+#include "plan/plan_flags.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
 namespace vlmforge::cli {
 
+// --device_map and its companions, shared by infer and score.
+struct DeviceMapArgs {
+  PlacementFlags placement{.device_map = ""};  // "": one host device, no placement
+  bool memory_report = false;
+  bool enabled() const { return !placement.device_map.empty(); }
+};
+void add_device_map_options(CLI::App* cmd, DeviceMapArgs& args);
+
+// A run across devices: the plan (from the checkpoint's headers), the opened devices, and which
+// device runs each part of the model.
+struct PlacedRun {
+  Plan plan;
+  std::vector<std::unique_ptr<Device>> devices;
+  ModelPlacement placement;
+
+  // One line per device on stderr: the plan, and with --memory_report the peak accounted memory
+  // next to the plan's estimate.
+  void print_plan() const;
+  void print_memory_report() const;
+};
+std::unique_ptr<PlacedRun> place_model(const std::filesystem::path& model_dir, const DeviceMapArgs& args,
+                                       PlanOptions options);
+
 struct InferSession {
   InferSession(const std::filesystem::path& model_dir, size_t threads,
-               const std::vector<std::filesystem::path>& adapter_dirs = {});
+               const std::vector<std::filesystem::path>& adapter_dirs = {}, const ModelPlacement* placement = nullptr);
 
   std::unique_ptr<Qwen2Model> model;
   tokenizer::Tokenizer tokenizer;
