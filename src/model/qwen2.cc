@@ -156,6 +156,8 @@ void Qwen2Model::place_weights(const ModelPlacement& p) {
     contexts_[layer_context_.back()]->holds_layers = true;
   }
   layer_devices_ = p.layers;
+  // Nothing reads the memory map any more: drop its pages so the host holds one copy, not two.
+  for (const TensorRef& t : checkpoint_.tensors()) t.release();
   embed_context_ = context_of(p.embed);
   norm_context_ = context_of(p.norm);
   head_context_ = context_of(p.head);
