@@ -19,7 +19,8 @@ namespace vlmforge::cli {
 
 // --device_map and its companions, shared by infer and score.
 struct DeviceMapArgs {
-  PlacementFlags placement{.device_map = ""};  // "": one host device, no placement
+  DeviceMapArgs() { placement.device_map.clear(); }  // "": one host device, no placement
+  PlacementFlags placement;
   bool memory_report = false;
   bool enabled() const { return !placement.device_map.empty(); }
 };

@@ -21,6 +21,9 @@ class CpuDevice : public Device {
   std::optional<uint64_t> cap() const { return cap_; }
 
  protected:
+  // The cap from the accounting alone (reading /proc/meminfo per allocation would be a system
+  // call on the decode path); without a cap the allocator decides.
+  bool may_allocate(size_t bytes) const override { return !cap_ || allocated() + bytes <= *cap_; }
   std::byte* raw_allocate(size_t bytes) override;
   void raw_free(std::byte* data, size_t bytes) override;
 

@@ -38,8 +38,7 @@ Device::Device(std::string type, int index)
 
 DeviceBuffer Device::allocate(size_t bytes, std::string_view what) {
   if (bytes == 0) return {};
-  const MemoryInfo m = memory();
-  if (bytes > m.free) throw DeviceOutOfMemory(name_, bytes, m.free, what);
+  if (!may_allocate(bytes)) throw DeviceOutOfMemory(name_, bytes, memory().free, what);
   std::byte* data = raw_allocate(bytes);
   if (!data) throw DeviceOutOfMemory(name_, bytes, memory().free, what);
   const uint64_t now = allocated_.fetch_add(bytes) + bytes;

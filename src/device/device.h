@@ -93,6 +93,9 @@ class Device {
   virtual ThreadPool* host_pool() { return nullptr; }
 
  protected:
+  // Whether `bytes` more may be allocated; by default what memory() reports free. A backend
+  // whose free-memory query is costly can answer from its own accounting.
+  virtual bool may_allocate(size_t bytes) const { return bytes <= memory().free; }
   // The backend's allocator and free; raw_allocate returns nullptr when the memory is not there.
   virtual std::byte* raw_allocate(size_t bytes) = 0;
   virtual void raw_free(std::byte* data, size_t bytes) = 0;

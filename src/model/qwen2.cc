@@ -385,9 +385,13 @@ std::vector<float> Qwen2Model::forward(std::span<const SequenceChunk> chunks) {
     pool_ = contexts_[current]->pool;
   }
   Context& head = *contexts_[current];
+  std::vector<float> logits(m * lm_head_.rows);
+  if (host_) {  // runs without a placement write the logits straight into the result
+    matmul(head.scratch.final_rows.data(), m, lm_head_, nullptr, logits.data());
+    return logits;
+  }
   DeviceArray& out = buffer(head.scratch.logits, m * lm_head_.rows);
   matmul(head.scratch.final_rows.data(), m, lm_head_, nullptr, out.data());
-  std::vector<float> logits(m * lm_head_.rows);
   head.device->copy_to_host(std::as_writable_bytes(std::span(logits)), out.buffer(), 0);
   return logits;
 }

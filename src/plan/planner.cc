@@ -342,12 +342,13 @@ DeviceCost device_cost(const ModelShape& shape, const std::vector<size_t>& modul
       default: text = true; break;
     }
   }
-  // Hidden states arrive in (and embeddings are written to) an x buffer of rows × hidden.
+  // Hidden states arrive in (and embeddings are written to) an x buffer of rows × hidden; an
+  // lm_head alone receives only the normed rows of the logits.
   uint64_t floats = 0;
   if (layers) {
     // x, normed, q, attention out, projection out; k, v; gate, up; rope cos/sin.
     floats += rows * (5 * hidden + 2 * kv_dim + 2 * inter + head_dim) + lanes * group * len;
-  } else if (text || head) {
+  } else if (text) {
     floats += rows * hidden;
   }
   if (head) floats += logit_rows * (hidden + static_cast<uint64_t>(c.vocab_size));  // normed rows + logits
