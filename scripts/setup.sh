@@ -10,7 +10,7 @@ packages=(
   # toolchain
   g++ cmake make pkg-config
   # libraries (see README "Dependencies" for why each one is here)
-  libcli11-dev nlohmann-json3-dev libhwy-dev libpcre2-dev libutf8proc-dev libjpeg62-turbo-dev libpng-dev libwebp-dev libgif-dev
+  libcli11-dev nlohmann-json3-dev libsimdjson-dev libhwy-dev libpcre2-dev libutf8proc-dev libjpeg62-turbo-dev libpng-dev libwebp-dev libgif-dev
   # tests, fuzzing, benchmarks
   libgtest-dev libgmock-dev clang libclang-rt-14-dev time bc
 )

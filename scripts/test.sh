@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets everything up (scripts/setup.sh), runs the whole test suite (ctest), then a bounded,
 # seeded libFuzzer session on the safetensors header parser. Exit status is non-zero on failure.
+# The same for check-data's row parser (reader, simdjson, nlohmann fallback, row checks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -20,6 +21,17 @@ mkdir -p "$corpus/seeds"
 cp "$corpus/model/model.safetensors" "$corpus/seeds/"
 for f in ../shared/golden/lora/*/adapter_model.safetensors; do [ -f "$f" ] && cp "$f" "$corpus/seeds/$(basename "$(dirname "$f")").safetensors"; done
 build-fuzz/fuzz/fuzz_safetensors_header "$corpus/seeds" -seed=1 -runs=1000000 -max_len=8192 -rss_limit_mb=2048 \
+  -artifact_prefix=build-fuzz/ 2>&1 | tail -n 3
+
+echo "== fuzz: check-data row parser (bounded, seeded)"
+cmake --build build-fuzz -j"$(nproc)" --target fuzz_row_parser >/dev/null
+mkdir -p "$corpus/rows" "$corpus/rows-work"
+printf '%s\n' '{"messages":[{"role":"system","content":"s"},{"role":"user","content":"<image>see a.png"},{"role":"assistant","content":"x</s>"}],"images":["a.png",{"path":"b.jpg"}],"image":"c.gif"}' \
+  '{"conversations":[{"from":"human","value":"q"},{"from":"gpt","value":"a"}],"videos":[{"bytes":"AA=="}]}' \
+  '{"query":"q","response":"r","history":[["a","b"]],"system":"s","n":[1,-0,2.5e3,18446744073709551616,"\u00e9"]}' \
+  '{"instruction":"i","input":"n","output":"o","audios":"x.wav"}' >"$corpus/rows/rows.jsonl"
+printf '[{"messages":[{"role":"user","content":"q"}]},\n {"a":[1,{"b":null}]}, 3]' >"$corpus/rows/array.json"
+build-fuzz/fuzz/fuzz_row_parser "$corpus/rows-work" "$corpus/rows" -seed=1 -runs=20000 -max_len=8192 -rss_limit_mb=2048 \
   -artifact_prefix=build-fuzz/ 2>&1 | tail -n 3
 echo "fuzz: passed"
 

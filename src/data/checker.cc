@@ -1,10 +1,11 @@
 #include "data/checker.h"
 
 #include <algorithm>
+#include <atomic>
+#include <future>
 
 #include "data/record_reader.h"
-#include "io/json_file.h"
-#include "data/row_checks.h"
+#include "util/error.h"
 
 namespace vlmforge::data {
 
@@ -15,28 +16,7 @@ namespace {
 
 constexpr size_t kBatchRows = 2048;
 constexpr size_t kBatchBytes = 32 << 20;
-constexpr int kMaxDepth = 64;  // chat rows need ~5 levels
-
-// Checked on the raw text, before parsing: a DOM of millions of nested arrays would take
-// gigabytes, and dump() / the row checks recurse.
-bool nesting_exceeds(std::string_view text, int limit) {
-  int depth = 0;
-  bool in_string = false, escape = false;
-  for (const char c : text) {
-    if (in_string) {
-      if (escape) escape = false;
-      else if (c == '\\') escape = true;
-      else if (c == '"') in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > limit) return true;
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
-  }
-  return false;
-}
+constexpr size_t kGrainRows = 32;  // rows a lane takes at a time: rows vary in length
 
 }  // namespace
 
@@ -46,18 +26,13 @@ struct DatasetChecker::Row {
   uint64_t line = 0, column = 1, bytes = 0;
   std::string framing_error;
   // Filled by analyze():
-  std::optional<Finding> syntax;  // invalid JSON, too deep
-  bool is_object = false;
-  ordered_json value;
-  NormalizedRow normalized;
-  RowFacts facts;
-  std::vector<RowProblem> problems;
-  uint64_t hash = 0;
+  ParsedRow parsed;
+  ordered_json value;  // --fix only: the row to correct and write
   std::optional<size_t> text_tokens;
 };
 
 DatasetChecker::DatasetChecker(CheckOptions options, const TokenCounter* tokens, FixWriter* fix, FindingSink sink)
-    : options_(std::move(options)), tokens_(tokens), fix_(fix), sink_(std::move(sink)), pool_(options_.threads) {}
+    : options_(std::move(options)), tokens_(tokens), fix_(fix), sink_(std::move(sink)), pool_(options_.threads), parsers_(pool_.size()) {}
 
 void DatasetChecker::emit(FindingCode code, const std::string& file, uint64_t line, uint64_t column, std::string message) {
   const FindingInfo& info = finding_info(code);
@@ -67,39 +42,50 @@ void DatasetChecker::emit(FindingCode code, const std::string& file, uint64_t li
 }
 
 void DatasetChecker::check(std::FILE* file, const std::string& name, const fs::path& dataset_dir) {
+  if (files_.size() >= DuplicateIndex::kMaxFiles)
+    throw UsageError("check-data takes at most " + std::to_string(DuplicateIndex::kMaxFiles) + " files in one run");
   files_.push_back(name);
   const fs::path base_dir = options_.base_dir.value_or(dataset_dir);
   RecordReader reader(file, options_.max_record_bytes);
-  std::vector<Row> batch;
-  size_t batch_bytes = 0;
-  Record record;
-  bool more = true;
-  while (more) {
-    more = reader.next(record);
-    if (more) {
-      Row row;
+  // Appends the next rows to `batch`; false once the input is done.
+  auto read_batch = [&reader](std::vector<Row>& batch) {
+    size_t bytes = 0;
+    Record record;
+    while (batch.size() < kBatchRows && bytes < kBatchBytes) {
+      if (!reader.next(record)) return false;
+      Row& row = batch.emplace_back();
       row.status = record.status;
       row.text.assign(record.text);
       row.line = record.line;
       row.column = record.column;
       row.bytes = record.bytes;
       row.framing_error = record.error;
-      batch_bytes += row.text.size();
-      batch.push_back(std::move(row));
-      if (record.status == Record::Status::kBroken) more = false;
+      bytes += row.text.size();
+      if (record.status == Record::Status::kBroken) return false;
     }
-    if (!batch.empty() && (!more || batch.size() >= kBatchRows || batch_bytes >= kBatchBytes)) {
-      process_batch(batch, name, base_dir);
-      batch.clear();
-      batch_bytes = 0;
-    }
+    return true;
+  };
+  std::vector<Row> batch, ahead;
+  bool more = read_batch(batch);
+  while (!batch.empty()) {
+    // With more than one thread, the next batch is read while this one is checked; findings
+    // still come out in row order, as batches are reported one after the other.
+    std::future<bool> reading;
+    if (more && pool_.size() > 1) reading = std::async(std::launch::async, read_batch, std::ref(ahead));
+    process_batch(batch, name, base_dir);
+    batch.clear();
+    if (more) more = reading.valid() ? reading.get() : read_batch(ahead);
+    std::swap(batch, ahead);
   }
   summary_.bytes += reader.bytes_read();
 }
 
 void DatasetChecker::process_batch(std::vector<Row>& batch, const std::string& name, const fs::path& base_dir) {
-  pool_.parallel_for(batch.size(), [&](size_t begin, size_t end) {
-    for (size_t i = begin; i < end; ++i) analyze(batch[i]);
+  // One lane per pool thread, each with its own parser, taking rows from a shared counter.
+  std::atomic<size_t> next{0};
+  pool_.parallel_for(parsers_.size(), [&](size_t lane, size_t) {
+    for (size_t begin; (begin = next.fetch_add(kGrainRows)) < batch.size();)
+      for (size_t i = begin; i < std::min(begin + kGrainRows, batch.size()); ++i) analyze(batch[i], parsers_[lane]);
   });
   probe_images(batch, base_dir);
   for (Row& row : batch) report(row, name, base_dir);
@@ -111,27 +97,13 @@ void DatasetChecker::process_batch(std::vector<Row>& batch, const std::string& n
 }
 
 // Everything that depends on the row alone; runs on the pool's threads.
-void DatasetChecker::analyze(Row& row) const {
+void DatasetChecker::analyze(Row& row, RowParser& parser) const {
   if (row.status != Record::Status::kOk) return;
-  if (nesting_exceeds(row.text, kMaxDepth)) {
-    row.syntax = Finding{FindingCode::kNestingTooDeep, row.line, 0, "nesting deeper than " + std::to_string(kMaxDepth) + " levels", {}};
-    return;
-  }
-  try {
-    row.value = ordered_json::parse(row.text);
-  } catch (const ordered_json::parse_error& e) {
-    const auto [line, column] = text_position(row.text, e.byte > 0 ? e.byte - 1 : 0, row.line, row.column);
-    std::string what = e.what();
-    if (const size_t at = what.find(": "); at != std::string::npos) what = what.substr(at + 2);  // drop "[json.exception...]"
-    row.syntax = Finding{FindingCode::kInvalidJson, line, column, what, {}};
-    return;
-  }
-  row.hash = std::hash<ordered_json>{}(row.value);  // structural: ignores whitespace, cheaper than dump()
-  row.is_object = row.value.is_object();
-  if (!row.is_object) return;
-  row.normalized = normalize_row(row.value, row.problems);
-  row.facts = check_row(row.normalized, row.problems);
-  if (tokens_ != nullptr && row.normalized.format != RowFormat::kUnknown) row.text_tokens = tokens_->text_tokens(row.normalized);
+  row.parsed = parser.parse(row.text, row.line, row.column);
+  const ParsedRow& parsed = row.parsed;
+  if (parsed.syntax || parsed.type_name != "object") return;
+  if (fix_ != nullptr) row.value = ordered_json::parse(row.text);
+  if (tokens_ != nullptr && parsed.normalized.format != RowFormat::kUnknown) row.text_tokens = tokens_->text_tokens(parsed.normalized);
 }
 
 // Reads each local image of the batch not seen before, in parallel.
@@ -152,10 +124,10 @@ void DatasetChecker::probe_images(std::vector<Row>& batch, const fs::path& base_
     pending.push_back({std::move(key), std::move(path), image, {}});
   };
   for (const Row& row : batch) {
-    for (const MediaRef& m : row.normalized.media)
+    for (const MediaRef& m : row.parsed.normalized.media)
       if (!m.inline_data) want(m.path, m.kind == MediaKind::kImage);
     if (fix_ != nullptr)  // --fix drops rows whose moved paths do not exist
-      for (const PathInText& p : row.facts.paths_in_text) want(p.path, true);
+      for (const PathInText& p : row.parsed.facts.paths_in_text) want(p.path, true);
   }
   pool_.parallel_for(pending.size(), [&](size_t begin, size_t end) {
     for (size_t i = begin; i < end; ++i)
@@ -172,7 +144,7 @@ void DatasetChecker::probe_images(std::vector<Row>& batch, const fs::path& base_
 
 void DatasetChecker::report(Row& row, const std::string& name, const fs::path& base_dir) {
   // Rows that cannot be parsed have no unambiguous fix: the corrected copy leaves them out.
-  if (fix_ != nullptr && (row.status == Record::Status::kTooLong || (row.status == Record::Status::kOk && (row.syntax || !row.is_object)))) ++summary_.dropped_rows;
+  if (fix_ != nullptr && (row.status == Record::Status::kTooLong || (row.status == Record::Status::kOk && (row.parsed.syntax || row.parsed.type_name != "object")))) ++summary_.dropped_rows;
   if (row.status == Record::Status::kTooLong) {
     emit(FindingCode::kLineTooLong, name, row.line, 0,
          "the row is " + std::to_string(row.bytes) + " bytes, over the limit of " + std::to_string(options_.max_record_bytes));
@@ -183,28 +155,28 @@ void DatasetChecker::report(Row& row, const std::string& name, const fs::path& b
     return;
   }
   ++summary_.rows;
-  if (row.syntax) {
-    emit(row.syntax->code, name, row.syntax->line, row.syntax->column, row.syntax->message);
+  ParsedRow& parsed = row.parsed;
+  if (parsed.syntax) {
+    emit(parsed.syntax->code, name, parsed.syntax->line, parsed.syntax->column, parsed.syntax->message);
     return;
   }
-  if (!row.is_object) {
-    emit(FindingCode::kNotObject, name, row.line, 0, std::string("the row is a JSON ") + row.value.type_name());
+  if (parsed.type_name != "object") {
+    emit(FindingCode::kNotObject, name, row.line, 0, "the row is a JSON " + std::string(parsed.type_name));
     return;
   }
-  ++summary_.rows_per_format[static_cast<int>(row.normalized.format)];
-  for (RowProblem& p : row.problems) emit(p.code, name, row.line, 0, std::move(p.message));
+  ++summary_.rows_per_format[static_cast<int>(parsed.normalized.format)];
+  for (RowProblem& p : parsed.problems) emit(p.code, name, row.line, 0, std::move(p.message));
 
-  const auto [first, inserted] = row_hashes_.try_emplace(row.hash, static_cast<uint32_t>(files_.size() - 1), row.line);
-  if (!inserted)
+  if (const auto first = row_hashes_.insert(parsed.hash, static_cast<uint32_t>(files_.size() - 1), row.line))
     emit(FindingCode::kDuplicateRow, name, row.line, 0,
-         "the same row as " + files_[first->second.first] + ":" + std::to_string(first->second.second));
+         "likely the same row as " + files_[first->file] + ":" + std::to_string(first->line) + " (equal 64-bit content hash)");
 
-  if (row.facts.assistant_turns > row.facts.marked_turns) saw_unmarked_turn_ = true;
-  if (row.facts.marked_turns > 0) marked_rows_.emplace_back(name, row.line);
+  if (parsed.facts.assistant_turns > parsed.facts.marked_turns) saw_unmarked_turn_ = true;
+  if (parsed.facts.marked_turns > 0) marked_rows_.emplace_back(name, row.line);
 
   bool media_missing = false;
   uint64_t image_tokens = 0;
-  for (const MediaRef& m : row.normalized.media) {
+  for (const MediaRef& m : parsed.normalized.media) {
     if (m.inline_data) {
       ++summary_.inline_media;
       continue;
@@ -251,8 +223,8 @@ void DatasetChecker::report(Row& row, const std::string& name, const fs::path& b
   }
 
   if (fix_ == nullptr) return;
-  for (const PathInText& p : row.facts.paths_in_text) {
-    if (row.facts.image_tags > 0) break;
+  for (const PathInText& p : row.parsed.facts.paths_in_text) {
+    if (parsed.facts.image_tags > 0) break;
     const auto it = media_cache_.find(resolve_media_path(p.path, base_dir).string());
     if (!is_remote(p.path) && it != media_cache_.end() && it->second.problem == FindingCode::kImageMissing) media_missing = true;
   }
@@ -260,7 +232,7 @@ void DatasetChecker::report(Row& row, const std::string& name, const fs::path& b
     ++summary_.dropped_rows;
     return;
   }
-  if (fix_row(row.value, row.normalized, row.facts)) {
+  if (fix_row(row.value, parsed.normalized, parsed.facts)) {
     ++summary_.fixed_rows;
     fix_->write_line(row.value.dump());
   } else {

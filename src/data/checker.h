@@ -9,10 +9,12 @@
 #include <unordered_map>
 #include <vector>
 
+#include "data/duplicate_index.h"
 #include "data/finding.h"
 #include "data/fix_writer.h"
 #include "data/media_check.h"
 #include "data/row_format.h"
+#include "data/row_parser.h"
 #include "data/token_counter.h"
 #include "util/thread_pool.h"
 #include "vision/smart_resize.h"
@@ -66,7 +68,7 @@ class DatasetChecker {
  private:
   struct Row;
   void process_batch(std::vector<Row>& batch, const std::string& name, const std::filesystem::path& base_dir);
-  void analyze(Row& row) const;
+  void analyze(Row& row, RowParser& parser) const;
   void probe_images(std::vector<Row>& batch, const std::filesystem::path& base_dir);
   void report(Row& row, const std::string& name, const std::filesystem::path& base_dir);
   void emit(FindingCode code, const std::string& file, uint64_t line, uint64_t column, std::string message);
@@ -76,11 +78,11 @@ class DatasetChecker {
   FixWriter* fix_;
   FindingSink sink_;
   ThreadPool pool_;
+  std::vector<RowParser> parsers_;  // one per pool thread
   CheckSummary summary_;
   std::unordered_map<std::string, MediaCheck> media_cache_;  // by resolved path
   std::vector<std::string> files_;                            // names of the files checked so far
-  // Content hash -> (file index, line) of its first occurrence, across all files.
-  std::unordered_map<uint64_t, std::pair<uint32_t, uint64_t>> row_hashes_;
+  DuplicateIndex row_hashes_;  // first occurrence of each row, across all files
   // Rows whose assistant turns end with a marker; reported at finish() if others do not.
   std::vector<std::pair<std::string, uint64_t>> marked_rows_;
   bool saw_unmarked_turn_ = false;

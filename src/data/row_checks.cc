@@ -36,10 +36,10 @@ bool may_follow(std::string_view prev, std::string_view next) {
   return false;
 }
 
-void check_order(const nlohmann::ordered_json& messages, std::vector<RowProblem>& problems) {
+void check_order(const std::vector<Message>& messages, std::vector<RowProblem>& problems) {
   std::string_view prev;
   for (size_t i = 0; i < messages.size(); ++i) {
-    const std::string_view role = messages[i]["role"].get_ref<const std::string&>();
+    const std::string_view role = messages[i].role;
     if (role == "system") {
       if (i > 0) {
         problems.push_back({FindingCode::kBadOrder, "message " + std::to_string(i) + " is a system message; only the first may be"});
@@ -121,14 +121,14 @@ RowFacts check_row(const NormalizedRow& row, std::vector<RowProblem>& problems) 
   }
   size_t tags[3] = {0, 0, 0};
   for (size_t i = 0; i < messages.size(); ++i) {
-    const auto& content = messages[i]["content"];
-    const std::string& role = messages[i]["role"].get_ref<const std::string&>();
-    if (!content.is_string()) {
-      problems.push_back({FindingCode::kNonStringContent, "message " + std::to_string(i) + " (" + role + ") content is " +
-                                                              (content.is_null() ? std::string("missing") : content.type_name())});
+    const Message& m = messages[i];
+    const std::string_view role = m.role;
+    if (!m.text) {
+      problems.push_back({FindingCode::kNonStringContent,
+                          "message " + std::to_string(i) + " (" + std::string(role) + ") content is " + std::string(m.content_type)});
       continue;
     }
-    const std::string& text = content.get_ref<const std::string&>();
+    const std::string& text = *m.text;
     tags[0] += count_occurrences(text, "<image>");
     tags[1] += count_occurrences(text, "<video>");
     tags[2] += count_occurrences(text, "<audio>");

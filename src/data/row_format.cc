@@ -1,8 +1,10 @@
 #include "data/row_format.h"
 
+#include <array>
+
 namespace vlmforge::data {
 
-using nlohmann::ordered_json;
+namespace dom = simdjson::dom;
 
 std::string_view row_format_name(RowFormat format) {
   switch (format) {
@@ -15,18 +17,57 @@ std::string_view row_format_name(RowFormat format) {
   return "unknown";
 }
 
+std::string_view json_type_name(dom::element value) {
+  switch (value.type()) {
+    case dom::element_type::OBJECT: return "object";
+    case dom::element_type::ARRAY: return "array";
+    case dom::element_type::STRING: return "string";
+    case dom::element_type::INT64:
+    case dom::element_type::UINT64:
+    case dom::element_type::DOUBLE: return "number";
+    case dom::element_type::BOOL: return "boolean";
+    case dom::element_type::NULL_VALUE: break;
+  }
+  return "null";
+}
+
 namespace {
 
-ordered_json message(std::string_view role, const ordered_json& content) {
-  ordered_json m = ordered_json::object();
-  m["role"] = role;
-  m["content"] = content;
+Message message(std::string_view role, std::optional<dom::element> content) {
+  Message m{role, std::nullopt, "missing", {}};
+  if (!content || content->is_null()) return m;
+  if (content->is_string()) {
+    m.text.emplace(content->get_string().value_unsafe());
+  } else {
+    m.content_type = json_type_name(*content);
+    m.content_json = simdjson::minify(*content);
+  }
   return m;
 }
 
-const ordered_json* find(const ordered_json& row, const char* key) {
-  const auto it = row.find(key);
-  return it == row.end() || it->is_null() ? nullptr : &*it;
+Message text_message(std::string_view role, std::string text) { return Message{role, std::move(text), "string", {}}; }
+
+// The present, non-null members named in `keys`, in one pass over the object (swift treats null
+// like absent). Of repeated keys the last counts, as in Python's json module that swift reads
+// with (simdjson's at_key would return the first).
+template <size_t N>
+std::array<std::optional<dom::element>, N> find_all(dom::object object, const std::array<std::string_view, N>& keys) {
+  std::array<std::optional<dom::element>, N> found;
+  for (const dom::key_value_pair field : object)
+    for (size_t k = 0; k < N; ++k)
+      if (field.key == keys[k]) found[k] = field.value;
+  for (auto& value : found)
+    if (value && value->is_null()) value.reset();
+  return found;
+}
+
+constexpr std::array<std::string_view, 6> kRoles{"system", "user", "assistant", "tool", "tool_call", "tool_response"};
+
+// The static name of a messages-format role; empty when unknown.
+std::string_view canonical_role(std::string_view role) {
+  for (std::string_view known : kRoles)
+    if (role == known) return known;
+  return {};
 }
 
 // sharegpt speakers, as swift maps them (human/gpt plus the role names themselves).
@@ -39,20 +80,26 @@ std::string_view sharegpt_role(std::string_view from) {
   return {};
 }
 
-void add_media(const ordered_json& value, MediaKind kind, std::string_view key, NormalizedRow& out,
-               std::vector<RowProblem>& problems) {
-  auto add_one = [&](const ordered_json& entry, size_t index) {
+void add_media(dom::element value, MediaKind kind, std::string_view key, NormalizedRow& out, std::vector<RowProblem>& problems) {
+  auto add_one = [&](dom::element entry, size_t index) {
     MediaRef ref{kind, {}, false};
+    dom::object object;
+    std::optional<dom::element> path, bytes;
+    if (entry.get_object().get(object) == simdjson::SUCCESS) {
+      const auto members = find_all<2>(object, {"path", "bytes"});
+      path = members[0];
+      bytes = members[1];
+    }
     if (entry.is_string()) {
-      ref.path = entry.get<std::string>();
+      ref.path = entry.get_string().value_unsafe();
       ref.inline_data = ref.path.starts_with("data:") || ref.path.size() > 4096;  // base64 payloads
-    } else if (entry.is_object() && entry.contains("path") && entry["path"].is_string()) {
-      ref.path = entry["path"].get<std::string>();
-    } else if (entry.is_object() && entry.contains("bytes") && !entry["bytes"].is_null()) {
+    } else if (path && path->is_string()) {
+      ref.path = path->get_string().value_unsafe();
+    } else if (bytes) {
       ref.inline_data = true;
     } else {
       problems.push_back({FindingCode::kBadMediaEntry,
-                          std::string(key) + "[" + std::to_string(index) + "] is " + entry.dump().substr(0, 80)});
+                          std::string(key) + "[" + std::to_string(index) + "] is " + simdjson::minify(entry).substr(0, 80)});
       return;
     }
     if (!ref.inline_data && ref.path.empty()) {
@@ -61,64 +108,71 @@ void add_media(const ordered_json& value, MediaKind kind, std::string_view key, 
     }
     out.media.push_back(std::move(ref));
   };
-  if (value.is_array()) {
-    for (size_t i = 0; i < value.size(); ++i) add_one(value[i], i);
+  dom::array list;
+  if (value.get_array().get(list) == simdjson::SUCCESS) {
+    size_t i = 0;
+    for (dom::element entry : list) add_one(entry, i++);
   } else {
     add_one(value, 0);  // swift accepts a single string where a list is expected
   }
 }
 
-void normalize_messages(const ordered_json& list, bool sharegpt, NormalizedRow& out, std::vector<RowProblem>& problems) {
-  for (size_t i = 0; i < list.size(); ++i) {
-    const ordered_json& m = list[i];
-    const char* role_key = sharegpt ? "from" : "role";
-    const char* content_key = sharegpt ? "value" : "content";
-    if (!m.is_object()) {
-      problems.push_back({FindingCode::kUnknownRole, "message " + std::to_string(i) + " is not an object"});
+void normalize_messages(dom::array list, bool sharegpt, NormalizedRow& out, std::vector<RowProblem>& problems) {
+  const std::string_view role_key = sharegpt ? "from" : "role";
+  const std::string_view content_key = sharegpt ? "value" : "content";
+  size_t i = 0;
+  for (dom::element m : list) {
+    const size_t index = i++;
+    dom::object object;
+    if (m.get_object().get(object) != simdjson::SUCCESS) {
+      problems.push_back({FindingCode::kUnknownRole, "message " + std::to_string(index) + " is not an object"});
       continue;
     }
-    const ordered_json* role = find(m, role_key);
-    if (role == nullptr || !role->is_string()) {
-      problems.push_back({FindingCode::kUnknownRole, "message " + std::to_string(i) + " has no \"" + role_key + "\""});
+    const auto members = find_all<2>(object, {role_key, content_key});
+    const std::optional<dom::element>& role = members[0];
+    if (!role || !role->is_string()) {
+      problems.push_back({FindingCode::kUnknownRole, "message " + std::to_string(index) + " has no \"" + std::string(role_key) + "\""});
       continue;
     }
-    std::string_view name = role->get_ref<const std::string&>();
-    if (sharegpt) {
-      const std::string_view mapped = sharegpt_role(name);
-      if (mapped.empty()) {
-        problems.push_back({FindingCode::kUnknownRole, "message " + std::to_string(i) + " is from \"" + std::string(name) + "\""});
-        continue;
-      }
-      name = mapped;
-    } else if (name != "system" && name != "user" && name != "assistant" && name != "tool" && name != "tool_call" &&
-               name != "tool_response") {
-      problems.push_back({FindingCode::kUnknownRole, "message " + std::to_string(i) + " has role \"" + std::string(name) + "\""});
+    const std::string_view name = role->get_string().value_unsafe();
+    const std::string_view mapped = sharegpt ? sharegpt_role(name) : canonical_role(name);
+    if (mapped.empty()) {
+      problems.push_back({FindingCode::kUnknownRole, "message " + std::to_string(index) + (sharegpt ? " is from \"" : " has role \"") +
+                                                         std::string(name) + "\""});
       continue;
     }
-    const auto content = m.find(content_key);
-    out.messages.push_back(message(name, content == m.end() ? ordered_json() : *content));
+    // A present null content stays "missing", as an absent one.
+    out.messages.push_back(message(mapped, members[1]));
   }
 }
 
 }  // namespace
 
-NormalizedRow normalize_row(const ordered_json& row, std::vector<RowProblem>& problems) {
+// The members normalize_row reads, looked up together.
+enum RowKey { kMessagesKey, kConversationsKey, kQueryKey, kResponseKey, kHistoryKey, kSystemKey, kInstructionKey,
+              kInputKey, kOutputKey, kImagesKey, kImageKey, kVideosKey, kAudiosKey, kRowKeyCount };
+constexpr std::array<std::string_view, kRowKeyCount> kRowKeys{"messages", "conversations", "query", "response", "history",
+                                                              "system", "instruction", "input", "output", "images", "image",
+                                                              "videos", "audios"};
+
+NormalizedRow normalize_row(dom::object object, std::vector<RowProblem>& problems) {
+  const auto row = find_all(object, kRowKeys);
   NormalizedRow out;
-  if (find(row, "messages") != nullptr) {
+  if (row[kMessagesKey]) {
     out.format = RowFormat::kMessages;
-  } else if (find(row, "conversations") != nullptr) {
+  } else if (row[kConversationsKey]) {
     out.format = RowFormat::kSharegpt;
-  } else if (find(row, "query") != nullptr || find(row, "response") != nullptr) {
+  } else if (row[kQueryKey] || row[kResponseKey]) {
     out.format = RowFormat::kQueryResponse;
-  } else if (find(row, "instruction") != nullptr || find(row, "output") != nullptr) {
+  } else if (row[kInstructionKey] || row[kOutputKey]) {
     out.format = RowFormat::kAlpaca;
   }
   switch (out.format) {
     case RowFormat::kMessages:
     case RowFormat::kSharegpt: {
       const bool sharegpt = out.format == RowFormat::kSharegpt;
-      const ordered_json& list = *find(row, sharegpt ? "conversations" : "messages");
-      if (!list.is_array()) {
+      dom::array list;
+      if (row[sharegpt ? kConversationsKey : kMessagesKey]->get_array().get(list) != simdjson::SUCCESS) {
         problems.push_back({FindingCode::kMissingMessages,
                             std::string(sharegpt ? "\"conversations\"" : "\"messages\"") + " is not a list"});
         break;
@@ -127,38 +181,40 @@ NormalizedRow normalize_row(const ordered_json& row, std::vector<RowProblem>& pr
       break;
     }
     case RowFormat::kQueryResponse: {
-      if (const ordered_json* system = find(row, "system")) out.messages.push_back(message("system", *system));
-      if (const ordered_json* history = find(row, "history")) {
-        if (!history->is_array()) {
+      if (const auto system = row[kSystemKey]) out.messages.push_back(message("system", system));
+      if (const auto history = row[kHistoryKey]) {
+        dom::array pairs;
+        if (history->get_array().get(pairs) != simdjson::SUCCESS) {
           problems.push_back({FindingCode::kMissingMessages, "\"history\" is not a list of [query, response] pairs"});
         } else {
-          for (const auto& pair : *history) {
-            if (!pair.is_array() || pair.size() != 2) {
+          for (dom::element entry : pairs) {
+            dom::array pair;
+            if (entry.get_array().get(pair) != simdjson::SUCCESS || pair.size() != 2) {
               problems.push_back({FindingCode::kMissingMessages, "a \"history\" entry is not a [query, response] pair"});
               continue;
             }
-            out.messages.push_back(message("user", pair[0]));
-            out.messages.push_back(message("assistant", pair[1]));
+            out.messages.push_back(message("user", pair.at(0).value_unsafe()));
+            out.messages.push_back(message("assistant", pair.at(1).value_unsafe()));
           }
         }
       }
-      if (const ordered_json* query = find(row, "query")) out.messages.push_back(message("user", *query));
-      if (const ordered_json* response = find(row, "response")) out.messages.push_back(message("assistant", *response));
+      if (const auto query = row[kQueryKey]) out.messages.push_back(message("user", query));
+      if (const auto response = row[kResponseKey]) out.messages.push_back(message("assistant", response));
       break;
     }
     case RowFormat::kAlpaca: {
-      if (const ordered_json* system = find(row, "system")) out.messages.push_back(message("system", *system));
-      const ordered_json* instruction = find(row, "instruction");
-      const ordered_json* input = find(row, "input");
+      if (const auto system = row[kSystemKey]) out.messages.push_back(message("system", system));
+      const auto instruction = row[kInstructionKey];
+      const auto input = row[kInputKey];
       // swift joins instruction and input with a newline into the user turn.
-      if (instruction != nullptr && input != nullptr && instruction->is_string() && input->is_string()) {
-        const auto& a = instruction->get_ref<const std::string&>();
-        const auto& b = input->get_ref<const std::string&>();
-        out.messages.push_back(message("user", a.empty() ? b : b.empty() ? a : a + "\n" + b));
-      } else if (instruction != nullptr || input != nullptr) {
-        out.messages.push_back(message("user", instruction != nullptr ? *instruction : *input));
+      if (instruction && input && instruction->is_string() && input->is_string()) {
+        const std::string_view a = instruction->get_string().value_unsafe();
+        const std::string_view b = input->get_string().value_unsafe();
+        out.messages.push_back(text_message("user", a.empty() ? std::string(b) : b.empty() ? std::string(a) : std::string(a) + "\n" + std::string(b)));
+      } else if (instruction || input) {
+        out.messages.push_back(message("user", instruction ? instruction : input));
       }
-      if (const ordered_json* output = find(row, "output")) out.messages.push_back(message("assistant", *output));
+      if (const auto output = row[kOutputKey]) out.messages.push_back(message("assistant", output));
       break;
     }
     case RowFormat::kUnknown:
@@ -166,13 +222,13 @@ NormalizedRow normalize_row(const ordered_json& row, std::vector<RowProblem>& pr
                           "no \"messages\", \"conversations\", \"query\"/\"response\" or \"instruction\"/\"output\""});
       break;
   }
-  if (const ordered_json* images = find(row, "images")) add_media(*images, MediaKind::kImage, "images", out, problems);
-  if (const ordered_json* image = find(row, "image")) {
+  if (const auto images = row[kImagesKey]) add_media(*images, MediaKind::kImage, "images", out, problems);
+  if (const auto image = row[kImageKey]) {
     out.singular_image_key = true;
     add_media(*image, MediaKind::kImage, "image", out, problems);
   }
-  if (const ordered_json* videos = find(row, "videos")) add_media(*videos, MediaKind::kVideo, "videos", out, problems);
-  if (const ordered_json* audios = find(row, "audios")) add_media(*audios, MediaKind::kAudio, "audios", out, problems);
+  if (const auto videos = row[kVideosKey]) add_media(*videos, MediaKind::kVideo, "videos", out, problems);
+  if (const auto audios = row[kAudiosKey]) add_media(*audios, MediaKind::kAudio, "audios", out, problems);
   return out;
 }
 

@@ -1,7 +1,9 @@
 #pragma once
 // The row layouts ms-swift accepts, detected per row and brought to one form (swift's messages
 // plus top-level media lists) so every later check is written once.
-#include <nlohmann/json.hpp>
+#include <simdjson.h>
+
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -34,15 +36,27 @@ struct RowProblem {
   std::string message;
 };
 
+// One turn, owning what the checks and the chat template need, so it outlives the parse.
+struct Message {
+  std::string_view role;            // canonical name, static storage: "user", "assistant", ...
+  std::optional<std::string> text;  // the content when it is a string
+  std::string_view content_type;    // otherwise its JSON type name; "missing" when absent or null
+  std::string content_json;         // non-string content, minified (content-part lists for the template)
+};
+
 struct NormalizedRow {
   RowFormat format = RowFormat::kUnknown;
-  nlohmann::ordered_json messages = nlohmann::ordered_json::array();  // [{"role", "content"}]
+  std::vector<Message> messages;
   std::vector<MediaRef> media;
   bool singular_image_key = false;  // "image" used instead of "images"
 };
 
 // Detects the format of `row` (an object) and converts it; problems found on the way (unknown
 // roles, bad media entries) are appended to `problems`.
-NormalizedRow normalize_row(const nlohmann::ordered_json& row, std::vector<RowProblem>& problems);
+NormalizedRow normalize_row(simdjson::dom::object row, std::vector<RowProblem>& problems);
+
+// nlohmann's name for the JSON type of `value` ("object", "array", "string", "number", "boolean",
+// "null"), which findings have always used.
+std::string_view json_type_name(simdjson::dom::element value);
 
 }  // namespace vlmforge::data

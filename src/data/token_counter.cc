@@ -31,8 +31,15 @@ size_t count(std::string_view text, std::string_view token) {
 }  // namespace
 
 std::optional<size_t> TokenCounter::text_tokens(const NormalizedRow& row) const {
+  ordered_json messages = ordered_json::array();
+  for (const Message& m : row.messages) {
+    ordered_json content = m.text                  ? ordered_json(*m.text)
+                           : m.content_json.empty() ? ordered_json()
+                                                    : ordered_json::parse(m.content_json);
+    messages.push_back({{"role", m.role}, {"content", std::move(content)}});
+  }
   ordered_json request = ordered_json::object();
-  request["messages"] = row.messages;
+  request["messages"] = std::move(messages);
   ordered_json images = ordered_json::array(), videos = ordered_json::array();
   for (const MediaRef& m : row.media) {
     if (m.kind == MediaKind::kImage) images.push_back(m.path);

@@ -1,6 +1,7 @@
 #include "kernels/matmul.h"
 
 #include <algorithm>
+#include <bit>
 
 #include "io/convert.h"
 
@@ -19,22 +20,75 @@ namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
 
+#if HWY_TARGET != HWY_SCALAR
+// result[j] = the sum of the lanes of a_j. Two interleave rounds reduce all four accumulators
+// within each 128-bit block at once (a full horizontal reduction each costs four times the
+// shuffles, which shows when the input is short, as in the 896-wide products of a 0.5B model).
+HWY_INLINE void SumOf4(DF df, VF a0, VF a1, VF a2, VF a3, float* result) {
+  const hn::Repartition<uint64_t, DF> du64;
+  const VF t0 = hn::Add(hn::InterleaveLower(df, a0, a1), hn::InterleaveUpper(df, a0, a1));
+  const VF t1 = hn::Add(hn::InterleaveLower(df, a2, a3), hn::InterleaveUpper(df, a2, a3));
+  const auto lo = hn::InterleaveLower(du64, hn::BitCast(du64, t0), hn::BitCast(du64, t1));
+  const auto hi = hn::InterleaveUpper(du64, hn::BitCast(du64, t0), hn::BitCast(du64, t1));
+  HWY_ALIGN float block_sums[hn::MaxLanes(df)];  // per block: sums of a0..a3 over its lanes
+  hn::Store(hn::Add(hn::BitCast(df, lo), hn::BitCast(df, hi)), df, block_sums);
+  for (size_t j = 0; j < 4; ++j) result[j] = block_sums[j];
+  for (size_t b = 4; b < hn::Lanes(df); b += 4)
+    for (size_t j = 0; j < 4; ++j) result[j] += block_sums[b + j];
+}
+#endif
+
+// The activations of a product: x [tokens, stride] in fp32, and for BF16 weights optionally the
+// same values with each block of 2·Lanes inputs split into its even and odd elements ("pairs"),
+// which lets the kernel widen a 32-bit word of two BF16 weights with one shift or one mask
+// instead of a widening load per Lanes weights.
+struct Inputs {
+  const float* x;
+  size_t stride;
+  const float* pairs = nullptr;  // [tokens, pairs_stride], aligned; null: use x only
+  size_t pairs_stride = 0;       // inputs covered by pairs (whole blocks of 2·Lanes)
+  Inputs from_token(size_t t) const { return {x + t * stride, stride, pairs ? pairs + t * pairs_stride : nullptr, pairs_stride}; }
+};
+
 // kRows weight rows × kTokens tokens of dot products over the full input length.
 template <DType kDType, size_t kRows, size_t kTokens>
-HWY_INLINE void Tile(const float* x, size_t x_stride, const std::byte* w, size_t row_bytes, size_t cols,
-                     const float* bias, float* out, size_t out_stride, size_t row) {
+HWY_INLINE void Tile(const Inputs& in, const std::byte* w, size_t row_bytes, size_t cols, const float* bias,
+                     float* out, size_t out_stride, size_t row) {
   const DF df;
   const size_t lanes = hn::Lanes(df);
+  const float* x = in.x;
+  const size_t x_stride = in.stride;
   VF acc[kRows][kTokens];
   for (size_t r = 0; r < kRows; ++r)
     for (size_t t = 0; t < kTokens; ++t) acc[r][t] = hn::Zero(df);
   // Decode reads each weight once, so the hardware prefetcher's ramp-up on the tile's short row
   // streams shows; fetch the next tile's rows one cache line per row ahead of use.
   constexpr size_t kLine = 64 / (kDType == DType::F32 ? 4 : 2);
-  size_t i = 0;
-  for (; i + lanes <= cols; i += lanes) {
+  auto prefetch_next_tile = [&](size_t i) {
     if (i % kLine == 0)
       for (size_t r = 0; r < kRows; ++r) hwy::Prefetch(w + (row + kRows + r) * row_bytes + i * (row_bytes / cols));
+  };
+  size_t i = 0;
+  if constexpr (kDType == DType::BF16) {
+    static_assert(std::endian::native == std::endian::little, "BF16 pairs assume little-endian words");
+    const hn::RebindToUnsigned<DF> du;
+    const auto high_half = hn::Set(du, 0xFFFF0000u);
+    for (; in.pairs && i + 2 * lanes <= in.pairs_stride; i += 2 * lanes) {
+      prefetch_next_tile(i);
+      VF even[kTokens], odd[kTokens];
+      for (size_t t = 0; t < kTokens; ++t) {
+        even[t] = hn::Load(df, in.pairs + t * in.pairs_stride + i);
+        odd[t] = hn::Load(df, in.pairs + t * in.pairs_stride + i + lanes);
+      }
+      for (size_t r = 0; r < kRows; ++r) {
+        const auto words = hn::LoadU(du, reinterpret_cast<const uint32_t*>(w + (row + r) * row_bytes) + i / 2);
+        const VF w_even = hn::BitCast(df, hn::ShiftLeft<16>(words)), w_odd = hn::BitCast(df, hn::And(words, high_half));
+        for (size_t t = 0; t < kTokens; ++t) acc[r][t] = hn::MulAdd(w_odd, odd[t], hn::MulAdd(w_even, even[t], acc[r][t]));
+      }
+    }
+  }
+  for (; i + lanes <= cols; i += lanes) {
+    prefetch_next_tile(i);
     VF xv[kTokens];
     for (size_t t = 0; t < kTokens; ++t) xv[t] = hn::LoadU(df, x + t * x_stride + i);
     for (size_t r = 0; r < kRows; ++r) {
@@ -42,10 +96,24 @@ HWY_INLINE void Tile(const float* x, size_t x_stride, const std::byte* w, size_t
       for (size_t t = 0; t < kTokens; ++t) acc[r][t] = hn::MulAdd(wv, xv[t], acc[r][t]);
     }
   }
+  float sums[kRows][kTokens];
+#if HWY_TARGET != HWY_SCALAR
+  if constexpr (kRows == 4) {
+    for (size_t t = 0; t < kTokens; ++t) {
+      float four[4];
+      SumOf4(df, acc[0][t], acc[1][t], acc[2][t], acc[3][t], four);
+      for (size_t r = 0; r < 4; ++r) sums[r][t] = four[r];
+    }
+  } else
+#endif
+  {
+    for (size_t r = 0; r < kRows; ++r)
+      for (size_t t = 0; t < kTokens; ++t) sums[r][t] = hn::GetLane(hn::SumOfLanes(df, acc[r][t]));
+  }
   for (size_t r = 0; r < kRows; ++r) {
     const std::byte* wrow = w + (row + r) * row_bytes;
     for (size_t t = 0; t < kTokens; ++t) {
-      float sum = hn::GetLane(hn::SumOfLanes(df, acc[r][t]));
+      float sum = sums[r][t];
       for (size_t j = i; j < cols; ++j) sum += load_float(kDType, wrow, j) * x[t * x_stride + j];
       out[t * out_stride + row + r] = sum + (bias ? bias[row + r] : 0.0f);
     }
@@ -59,13 +127,12 @@ constexpr size_t kTileTokens = 4;  // 32 vector registers
 #endif
 
 template <DType kDType, size_t kTokens>
-HWY_INLINE void TokenGroup(const float* x, size_t x_stride, const std::byte* w, size_t cols, const float* bias,
-                           float* out, size_t out_stride, size_t row_begin, size_t row_end) {
+HWY_INLINE void TokenGroup(const Inputs& in, const std::byte* w, size_t cols, const float* bias, float* out,
+                           size_t out_stride, size_t row_begin, size_t row_end) {
   const size_t row_bytes = cols * (kDType == DType::F32 ? 4 : 2);
   size_t row = row_begin;
-  for (; row + 4 <= row_end; row += 4)
-    Tile<kDType, 4, kTokens>(x, x_stride, w, row_bytes, cols, bias, out, out_stride, row);
-  for (; row < row_end; ++row) Tile<kDType, 1, kTokens>(x, x_stride, w, row_bytes, cols, bias, out, out_stride, row);
+  for (; row + 4 <= row_end; row += 4) Tile<kDType, 4, kTokens>(in, w, row_bytes, cols, bias, out, out_stride, row);
+  for (; row < row_end; ++row) Tile<kDType, 1, kTokens>(in, w, row_bytes, cols, bias, out, out_stride, row);
 }
 
 // Prefill (many tokens): a blocked GEMM. Per block of kPanelDepth inputs, the activations are
@@ -149,35 +216,50 @@ void PanelGemm(const float* x, size_t tokens, size_t x_stride, const std::byte* 
 
 // Every token against weight rows [row_begin, row_end), in groups of kTileTokens tokens.
 template <DType kDType>
-HWY_INLINE void AllTokens(const float* x, size_t tokens, size_t x_stride, const std::byte* w, size_t cols,
-                          const float* bias, float* out, size_t out_stride, size_t row_begin, size_t row_end) {
+HWY_INLINE void AllTokens(const Inputs& in, size_t tokens, const std::byte* w, size_t cols, const float* bias,
+                          float* out, size_t out_stride, size_t row_begin, size_t row_end) {
   size_t t = 0;
   for (; t + kTileTokens <= tokens; t += kTileTokens)
-    TokenGroup<kDType, kTileTokens>(x + t * x_stride, x_stride, w, cols, bias, out + t * out_stride, out_stride,
-                                    row_begin, row_end);
+    TokenGroup<kDType, kTileTokens>(in.from_token(t), w, cols, bias, out + t * out_stride, out_stride, row_begin,
+                                    row_end);
   if constexpr (kTileTokens > 2)
     for (; t + 2 <= tokens; t += 2)
-      TokenGroup<kDType, 2>(x + t * x_stride, x_stride, w, cols, bias, out + t * out_stride, out_stride, row_begin,
-                            row_end);
+      TokenGroup<kDType, 2>(in.from_token(t), w, cols, bias, out + t * out_stride, out_stride, row_begin, row_end);
   for (; t < tokens; ++t)
-    TokenGroup<kDType, 1>(x + t * x_stride, x_stride, w, cols, bias, out + t * out_stride, out_stride, row_begin,
-                          row_end);
+    TokenGroup<kDType, 1>(in.from_token(t), w, cols, bias, out + t * out_stride, out_stride, row_begin, row_end);
 }
 
 template <DType kDType>
 void MatmulTyped(const float* x, size_t tokens, size_t x_stride, const std::byte* w, size_t cols, const float* bias,
                  float* out, size_t out_stride, size_t row_begin, size_t row_end) {
-  // Batched decode: all token groups per 4-row tile, so each weight row is read from memory once
-  // and reused from L1 (the few tokens' activations stay in cache). Prefill uses the blocked GEMM:
-  // there the activations are the large operand.
-  if (tokens > 1 && tokens < kGemmTokens) {
-    for (size_t row = row_begin; row < row_end; row += 4)
-      AllTokens<kDType>(x, tokens, x_stride, w, cols, bias, out, out_stride, row, std::min(row + 4, row_end));
-    return;
-  }
   if (tokens >= kGemmTokens)
     return PanelGemm<kDType>(x, tokens, x_stride, w, cols, bias, out, out_stride, row_begin, row_end);
-  AllTokens<kDType>(x, tokens, x_stride, w, cols, bias, out, out_stride, row_begin, row_end);
+  Inputs in{x, x_stride};
+  hwy::AlignedFreeUniquePtr<float[]> pairs;
+  if constexpr (kDType == DType::BF16) {
+    const DF df;
+    const size_t block = 2 * hn::Lanes(df);
+    in.pairs_stride = cols / block * block;
+    if (in.pairs_stride > 0) {
+      pairs = hwy::AllocateAligned<float>(tokens * in.pairs_stride);
+      for (size_t t = 0; t < tokens; ++t)
+        for (size_t i = 0; i < in.pairs_stride; i += block) {
+          VF even, odd;
+          hn::LoadInterleaved2(df, x + t * x_stride + i, even, odd);
+          hn::Store(even, df, pairs.get() + t * in.pairs_stride + i);
+          hn::Store(odd, df, pairs.get() + t * in.pairs_stride + i + block / 2);
+        }
+      in.pairs = pairs.get();
+    }
+  }
+  // Batched decode: all token groups per 4-row tile, so each weight row is read from memory once
+  // and reused from L1 (the few tokens' activations stay in cache).
+  if (tokens > 1) {
+    for (size_t row = row_begin; row < row_end; row += 4)
+      AllTokens<kDType>(in, tokens, w, cols, bias, out, out_stride, row, std::min(row + 4, row_end));
+    return;
+  }
+  AllTokens<kDType>(in, tokens, w, cols, bias, out, out_stride, row_begin, row_end);
 }
 
 void MatmulRows(const float* x, size_t tokens, size_t x_stride, DType dtype, const std::byte* w, size_t cols,

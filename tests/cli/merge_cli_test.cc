@@ -71,7 +71,7 @@ TEST_F(MergeCli, FailedWriteLeavesNoOutput) {
   const fs::path out = out_dir / "merged";
   const auto r = run_vlmforge({"merge-lora", "--model", base().string(), "--adapters", adapter().string(),
                                "--output_dir", out.string()},
-                              {.file_size_limit = 100'000});
+                              {.file_size_limit = 100'000, .stdin_text = {}});
   EXPECT_EQ(r.exit_code, 1) << r.out;
   EXPECT_NE(r.err.find("write failed"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(out));

@@ -38,6 +38,15 @@ TEST(CheckDataFindings, InvalidJsonWithColumn) {
   EXPECT_EQ(out.finding_objects[0]["column"], 15);
 }
 
+TEST(CheckDataFindings, NumbersOutOfRange) {
+  TempDir dir;
+  // Integers beyond 64 bits are JSON (Python reads them); a float beyond double's range is not.
+  const auto out = check_dataset(dir, R"({"id":123456789012345678901234567890,)" + kGood.substr(1) + "\n" +
+                                          R"({"id":1e400,)" + kGood.substr(1) + "\n");
+  expect_findings(out, {{"invalid-json", 2}}, 1);
+  EXPECT_NE(out.finding_objects[0]["message"].get<std::string>().find("number overflow"), std::string::npos);
+}
+
 TEST(CheckDataFindings, LineTooLongIsSkippedAndReadingContinues) {
   TempDir dir;
   const std::string big = row(std::string(5000, 'x'), "y");

@@ -61,8 +61,9 @@ void expect_matches(const Matrix& got, const Matrix& want, DType dtype, const st
     ASSERT_LE(std::abs(got.values[i] - want.values[i]), tolerance)
         << what << " element " << i << ": got " << got.values[i] << ", reference " << want.values[i];
   }
-  if (dtype != DType::F32)
+  if (dtype != DType::F32) {
     EXPECT_GE(static_cast<double>(exact), 0.99 * static_cast<double>(got.values.size())) << what;
+  }
 }
 
 class MergeTest : public ::testing::Test {
