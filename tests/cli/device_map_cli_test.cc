@@ -140,7 +140,9 @@ TEST_F(DeviceMapCli, ScoreAcrossDevicesMatchesOneDeviceWithTiedEmbeddings) {
   EXPECT_EQ(three.out, one.out);
   EXPECT_NE(three.err.find("cpu:2: "), std::string::npos) << three.err;
   for (const auto& [device, values] : memory_report(three.err))
-    if (values.second > 0) EXPECT_NEAR(values.first / values.second, 1.0, 0.10) << device;
+    if (values.second > 0) {
+      EXPECT_NEAR(values.first / values.second, 1.0, 0.10) << device;
+    }
 }
 
 TEST_F(DeviceMapCli, BadPlacementInputIsAClearError) {
