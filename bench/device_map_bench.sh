@@ -1,22 +1,20 @@
 #!/usr/bin/env bash
 # Device-boundary cost on decode (issue #6: <= 5%): a random-weight Qwen2.5-0.5B checkpoint
 # decoded on the host, on one cpu device, and across N cpu devices (bench/device_map_bench.cc).
-# Usage: bench/device_map_bench.sh [--preset qwen2.5-0.5b] [--devices 3] [--runs 5] [--decode 64]
+# Usage: bench/device_map_bench.sh [--preset qwen2.5-0.5b] [--devices 3] [--steps 200]
 #                                  [--workdir DIR] [--build DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 preset=qwen2.5-0.5b
 devices=3
-runs=5
-decode=64
+steps=200
 workdir="${TMPDIR:-/tmp}/vlmforge-device-map-bench"
 build=build
 while (($#)); do
   case "$1" in
     --preset) preset="$2"; shift 2 ;;
     --devices) devices="$2"; shift 2 ;;
-    --runs) runs="$2"; shift 2 ;;
-    --decode) decode="$2"; shift 2 ;;
+    --steps) steps="$2"; shift 2 ;;
     --workdir) workdir="$2"; shift 2 ;;
     --build) build="$2"; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
@@ -27,4 +25,4 @@ bench="$build/bench/device_map_bench"
 dir="$workdir/$preset"
 [ -f "$dir/config.json" ] || "$build/vlmforge" generate checkpoint --preset "$preset" --output_dir "$dir" >/dev/null
 echo "== $preset (random bf16 weights), uptime: $(uptime)"
-"$bench" --model "$dir" --devices "$devices" --runs "$runs" --decode "$decode"
+"$bench" --model "$dir" --devices "$devices" --steps "$steps"
