@@ -2,6 +2,7 @@
 // visible-device variables as the vendors read them, and the registry's resolution.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -176,6 +177,28 @@ TEST(DevicesCli, ListsDevicesAndRejectsBadFlags) {
   EXPECT_NE(r.err.find("--max_memory"), std::string::npos) << r.err;
   r = test::run_vlmforge({"devices", "--devices", "cpu:0", "--max_memory", "cpu:0=lots"});
   EXPECT_EQ(r.exit_code, 2);
+}
+
+TEST(DevicesCli, VisibleDeviceVariablesRenumberAndMissingDevicesAreErrors) {
+  // The child inherits this process's environment.
+  ASSERT_EQ(setenv("ASCEND_RT_VISIBLE_DEVICES", "4,5", 1), 0);
+  auto r = test::run_vlmforge({"devices", "--devices", "npu:0-1", "--max_memory", "60GiB", "--json"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = test::run_vlmforge({"plan", "--preset", "qwen2.5-7b", "--devices", "npu:0-3", "--max_memory", "60GiB"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("npu:2 does not exist: ASCEND_RT_VISIBLE_DEVICES=4,5 makes 2 device(s) visible"),
+            std::string::npos)
+      << r.err;
+  ASSERT_EQ(setenv("ASCEND_RT_VISIBLE_DEVICES", "5,4", 1), 0);
+  r = test::run_vlmforge({"devices", "--devices", "npu:0", "--max_memory", "60GiB"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("ascending"), std::string::npos) << r.err;
+  unsetenv("ASCEND_RT_VISIBLE_DEVICES");
+  ASSERT_EQ(setenv("CUDA_VISIBLE_DEVICES", "0,0", 1), 0);
+  r = test::run_vlmforge({"plan", "--preset", "qwen2.5-0.5b", "--devices", "cuda:0", "--max_memory", "8GB"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("listed twice"), std::string::npos) << r.err;
+  unsetenv("CUDA_VISIBLE_DEVICES");
 }
 
 }  // namespace
