@@ -11,6 +11,7 @@ packages=(
   g++ cmake make pkg-config
   # libraries (see README "Dependencies" for why each one is here)
   libcli11-dev nlohmann-json3-dev libsimdjson-dev libhwy-dev libpcre2-dev libutf8proc-dev libjpeg62-turbo-dev libpng-dev libwebp-dev libgif-dev
+  libcpp-httplib-dev
   # tests, fuzzing, benchmarks
   libgtest-dev libgmock-dev clang libclang-rt-14-dev time bc
 )
@@ -24,6 +25,10 @@ for arg in "$@"; do
     *) echo "setup: unknown option $arg" >&2; exit 2 ;;
   esac
 done
+
+# deploy's end-to-end test drives the server with the openai npm client; Debian's nodejs + npm,
+# unless a node with npm is already installed (e.g. from NodeSource, whose nodejs bundles npm).
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 
 missing=()
 for p in "${packages[@]}"; do

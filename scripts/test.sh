@@ -2,6 +2,7 @@
 # Sets everything up (scripts/setup.sh), runs the whole test suite (ctest), then a bounded,
 # seeded libFuzzer session on the safetensors header parser. Exit status is non-zero on failure.
 # The same for check-data's row parser (reader, simdjson, nlohmann fallback, row checks).
+# And for deploy's request parser (OpenAI JSON bodies, image data: URLs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -32,6 +33,14 @@ printf '%s\n' '{"messages":[{"role":"system","content":"s"},{"role":"user","cont
   '{"instruction":"i","input":"n","output":"o","audios":"x.wav"}' >"$corpus/rows/rows.jsonl"
 printf '[{"messages":[{"role":"user","content":"q"}]},\n {"a":[1,{"b":null}]}, 3]' >"$corpus/rows/array.json"
 build-fuzz/fuzz/fuzz_row_parser "$corpus/rows-work" "$corpus/rows" -seed=1 -runs=20000 -max_len=8192 -rss_limit_mb=2048 \
+  -artifact_prefix=build-fuzz/ 2>&1 | tail -n 3
+
+echo "== fuzz: deploy request parser (bounded, seeded)"
+cmake --build build-fuzz -j"$(nproc)" --target fuzz_deploy_request >/dev/null
+mkdir -p "$corpus/requests"
+printf '%s' '0{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"}}]}],"stream":true,"stream_options":{"include_usage":true},"logprobs":true,"top_logprobs":2,"stop":["a"]}' > "$corpus/requests/chat"
+printf '%s' '1{"model":"m","prompt":[1,2,3],"logprobs":2,"max_tokens":5,"temperature":0.5,"top_p":0.9,"seed":3}' > "$corpus/requests/completion"
+build-fuzz/fuzz/fuzz_deploy_request "$corpus/requests" -seed=1 -runs=300000 -max_len=4096 -rss_limit_mb=2048 \
   -artifact_prefix=build-fuzz/ 2>&1 | tail -n 3
 echo "fuzz: passed"
 

@@ -117,7 +117,7 @@ std::vector<int32_t> InferSession::encode_chat(const nlohmann::ordered_json& req
 json openai_logprobs(const tokenizer::Tokenizer& tokenizer, const std::vector<TokenLogprob>& logprobs) {
   auto entry = [&](int32_t id, double logprob) {
     // As OpenAI: the token's text (a partial UTF-8 character shows as U+FFFD) and its exact bytes.
-    const std::string_view raw = tokenizer.token_bytes(id);
+    const std::string_view raw = generated_token_bytes(tokenizer, id);
     json bytes = json::array();
     for (unsigned char c : raw) bytes.push_back(c);
     return json{{"token", display_text(raw)}, {"logprob", logprob}, {"bytes", bytes}};

@@ -19,27 +19,6 @@ namespace {
 // 64 MB row does not pin ~14 bytes of simdjson state per byte for the rest of the run.
 constexpr size_t kKeepCapacity = 1 << 20;
 
-// Checked on the raw text when simdjson refused the row, before nlohmann parses it: a DOM of
-// millions of nested arrays would take gigabytes, and nlohmann's parser recurses.
-bool nesting_exceeds(std::string_view text, int limit) {
-  int depth = 0;
-  bool in_string = false, escape = false;
-  for (const char c : text) {
-    if (in_string) {
-      if (escape) escape = false;
-      else if (c == '\\') escape = true;
-      else if (c == '"') in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > limit) return true;
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
-  }
-  return false;
-}
-
 Finding too_deep(uint64_t line) {
   return Finding{FindingCode::kNestingTooDeep, line, 0, "nesting deeper than " + std::to_string(RowParser::kMaxDepth) + " levels", {}};
 }
@@ -121,7 +100,9 @@ ParsedRow RowParser::parse(std::string_view text, uint64_t line, uint64_t column
   ParsedRow out;
   dom::element root;
   if (simdjson::error_code error = load(text, root); error != simdjson::SUCCESS) {
-    if (nesting_exceeds(text, kMaxDepth)) {
+    // On the raw text, before nlohmann parses it: a DOM of millions of nested arrays would take
+    // gigabytes, and nlohmann's parser recurses.
+    if (json_nesting_exceeds(text, kMaxDepth)) {
       out.syntax = too_deep(line);
       return out;
     }

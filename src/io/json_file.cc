@@ -53,4 +53,23 @@ nlohmann::json read_json_file(const std::filesystem::path& path) {
   return parse_json(read_text_file(path), path.string());
 }
 
+bool json_nesting_exceeds(std::string_view text, int limit) {
+  int depth = 0;
+  bool in_string = false, escape = false;
+  for (const char c : text) {
+    if (in_string) {
+      if (escape) escape = false;
+      else if (c == '\\') escape = true;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > limit) return true;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return false;
+}
+
 }  // namespace vlmforge

@@ -18,6 +18,10 @@ std::string line_column(std::string_view text, size_t offset);
 // Parses `text`; on failure throws Error "<source>:<line>:<column>: invalid JSON: <reason>".
 nlohmann::json parse_json(std::string_view text, std::string_view source);
 
+// Whether `text` nests arrays/objects deeper than `limit`, checked on the raw bytes before parsing:
+// a DOM of millions of nested arrays would take gigabytes, and the parser and dump() recurse.
+bool json_nesting_exceeds(std::string_view text, int limit);
+
 nlohmann::json read_json_file(const std::filesystem::path& path);
 
 std::string read_text_file(const std::filesystem::path& path);

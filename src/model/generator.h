@@ -10,35 +10,10 @@
 #include <vector>
 
 #include "model/qwen2.h"
-#include "model/sampler.h"
+#include "model/sequence.h"
 #include "tokenizer/tokenizer.h"
 
 namespace vlmforge {
-
-struct GenerationParams {
-  SamplingParams sampling;
-  size_t max_new_tokens = 512;
-  std::vector<int32_t> stop_ids;         // eos and friends
-  std::vector<std::string> stop_words;   // text that ends generation (not included in the output)
-  size_t top_logprobs = 0;               // alternatives per generated token (with logprobs)
-  bool logprobs = false;
-  size_t prefill_chunk = 512;
-  std::function<bool()> should_stop;  // polled between decode steps (e.g. Ctrl-C); ends with "abort"
-};
-
-struct TokenLogprob {
-  int32_t id;
-  double logprob;
-  std::vector<std::pair<int32_t, double>> top;
-};
-
-struct GenerationResult {
-  std::vector<int32_t> tokens;
-  std::string text;
-  std::string finish_reason;  // "stop", "length" or "abort"
-  std::vector<TokenLogprob> logprobs;
-  size_t prompt_tokens = 0;
-};
 
 struct GenerationTimings {
   double prefill_seconds = 0;
@@ -70,10 +45,5 @@ class Generator {
   GenerationTimings total_;
   size_t calls_ = 0;
 };
-
-// Natural-log softmax of one row of logits, in double.
-std::vector<double> log_softmax(std::span<const float> logits);
-// The k largest entries as (index, value), descending.
-std::vector<std::pair<int32_t, double>> top_k_entries(std::span<const double> values, size_t k);
 
 }  // namespace vlmforge

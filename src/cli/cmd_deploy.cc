@@ -1,0 +1,131 @@
+// vlmforge deploy: an OpenAI-compatible HTTP server (chat completions, completions, models,
+// health, metrics) with continuous batching over one model on the CPU.
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+#include "cli/commands.h"
+#include "cli/infer_session.h"
+#include "server/api_server.h"
+#include "server/scheduler.h"
+#include "util/error.h"
+#include "util/interrupt.h"
+
+namespace vlmforge::cli {
+namespace fs = std::filesystem;
+
+namespace {
+
+struct DeployArgs {
+  std::string model;
+  std::vector<std::string> adapters;
+  std::string host = "127.0.0.1";
+  int port = 8000;
+  size_t max_batch_size = 8;
+  std::string served_model_name;
+  std::string api_key;
+  std::string device_map = "auto";
+  size_t max_queue = 64;
+  double max_body_mb = 100;
+  std::string allowed_local_media_path;
+  size_t max_model_len = 0;
+  size_t threads = 0;
+  std::string kv_cache_dtype = "float32";
+};
+
+int run(const DeployArgs& a) {
+  // Multi-device placement is issue #6; until then the whole model runs on the CPU.
+  if (a.device_map != "auto" && a.device_map != "cpu")
+    throw UsageError("--device_map " + a.device_map + ": this build runs the model on one device, the CPU (use auto or cpu)");
+  if (a.max_batch_size == 0) throw UsageError("--max_batch_size must be at least 1");
+  if (a.port < 0 || a.port > 65535) throw UsageError("--port must be 0..65535 (0: any free port)");
+  if (!(a.max_body_mb > 0)) throw UsageError("--max_body_mb must be positive");
+  server::ServerOptions options;
+  if (!a.allowed_local_media_path.empty()) {
+    if (!fs::is_directory(a.allowed_local_media_path))
+      throw UsageError("--allowed_local_media_path " + a.allowed_local_media_path + " is not a directory");
+    options.media.allowed_local_media_path = a.allowed_local_media_path;
+  }
+
+  InferSession session(a.model, a.threads, {a.adapters.begin(), a.adapters.end()});
+  // Caught here rather than as a failed generation on every request.
+  if (session.tokenizer.vocab_size() > session.model->vocab_size())
+    throw Error(a.model + ": tokenizer.json has " + std::to_string(session.tokenizer.vocab_size()) +
+                " tokens but the model's vocab_size is " + std::to_string(session.model->vocab_size()) +
+                "; use the tokenizer the model was trained with");
+  session.model->set_kv_cache_dtype(a.kv_cache_dtype == "bfloat16" ? DType::BF16 : DType::F32);
+  const size_t max_model_len = a.max_model_len ? a.max_model_len : session.model->config().max_position_embeddings;
+
+  options.host = a.host;
+  options.port = a.port;
+  options.api_key = a.api_key;
+  options.max_body_bytes = static_cast<size_t>(a.max_body_mb * 1024 * 1024);
+  options.max_model_len = max_model_len;
+  options.served_model_name = a.served_model_name;
+  if (options.served_model_name.empty()) {
+    // As vLLM: the --model argument as given (without a trailing slash).
+    options.served_model_name = a.model;
+    while (options.served_model_name.size() > 1 && options.served_model_name.back() == '/')
+      options.served_model_name.pop_back();
+  }
+
+  server::Scheduler scheduler(*session.model, session.tokenizer, {a.max_batch_size, a.max_queue, max_model_len});
+  server::ApiServer api(session, scheduler, options);
+  const int port = api.bind();
+  catch_interrupts();
+  std::printf("vlmforge deploy: serving '%s' on http://%s:%d (max_batch_size %zu, max_queue %zu, max_model_len %zu)\n",
+              options.served_model_name.c_str(), a.host.c_str(), port, a.max_batch_size, a.max_queue, max_model_len);
+  std::fflush(stdout);
+
+  // SIGTERM / Ctrl-C: stop accepting, let the requests in flight finish, then exit 0.
+  std::atomic<bool> served{false};
+  std::thread watcher([&] {
+    while (!served.load() && !interrupted()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    scheduler.stop_accepting();
+    api.stop();
+  });
+  api.serve();
+  served.store(true);
+  watcher.join();
+  scheduler.drain();
+  const auto stats = scheduler.stats();
+  std::fprintf(stderr, "vlmforge deploy: stopped after %llu finished, %llu cancelled, %llu failed requests\n",
+               static_cast<unsigned long long>(stats.finished), static_cast<unsigned long long>(stats.cancelled),
+               static_cast<unsigned long long>(stats.failed));
+  return kExitOk;
+}
+
+}  // namespace
+
+void add_deploy_command(CLI::App& app, int& exit_code) {
+  auto a = std::make_shared<DeployArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "deploy",
+      "Serve a model over an OpenAI-compatible HTTP API (flags as `swift deploy` / vLLM):\n"
+      "POST /v1/chat/completions, POST /v1/completions (stream as server-sent events), GET /v1/models,\n"
+      "GET /health, GET /metrics (Prometheus). Requests join the running batch between decode steps\n"
+      "(continuous batching) up to --max_batch_size; beyond --max_queue waiting requests the answer is 429.\n"
+      "SIGTERM or Ctrl-C stops accepting, finishes the requests in flight and exits 0.");
+  cmd->add_option("--model", a->model, "Model directory (config.json, *.safetensors, tokenizer.json)")->required();
+  cmd->add_option("--adapters,--lora", a->adapters, "PEFT LoRA adapters applied unmerged");
+  cmd->add_option("--host", a->host, "Address to listen on")->capture_default_str();
+  cmd->add_option("--port", a->port, "Port to listen on (0: any free port, printed at start)")->capture_default_str();
+  cmd->add_option("--max_batch_size", a->max_batch_size, "Most sequences decoded together")->capture_default_str();
+  cmd->add_option("--served_model_name", a->served_model_name, "The model name clients send (default: --model as given)");
+  cmd->add_option("--api_key", a->api_key, "Require 'Authorization: Bearer KEY' on /v1/ routes");
+  cmd->add_option("--device_map", a->device_map, "Device placement: auto or cpu (the model runs on the CPU)")
+      ->capture_default_str();
+  cmd->add_option("--max_queue", a->max_queue, "Most requests waiting to join the batch; more get 429 + Retry-After")
+      ->capture_default_str();
+  cmd->add_option("--max_body_mb", a->max_body_mb, "Largest request body in MiB; larger ones get 413")->capture_default_str();
+  cmd->add_option("--allowed_local_media_path", a->allowed_local_media_path,
+                  "Directory that file:// image URLs may read from (default: none allowed)");
+  cmd->add_option("--max_model_len", a->max_model_len, "Longest sequence (prompt + answer); default from config.json");
+  cmd->add_option("--threads", a->threads, "Worker threads for the model (default: all cores)");
+  cmd->add_option("--kv_cache_dtype", a->kv_cache_dtype, "KV cache storage: bfloat16 halves its memory")
+      ->check(CLI::IsMember({"float32", "bfloat16"}))
+      ->capture_default_str();
+  cmd->callback([a, &exit_code] { exit_code = run(*a); });
+}
+
+}  // namespace vlmforge::cli

@@ -1,0 +1,104 @@
+#pragma once
+// One sequence being generated: its KV cache, sampler, streaming detokenizer and stop handling.
+// Generator (a fixed batch) and the server's scheduler (a batch that sequences join and leave
+// between decode steps) both drive these, so stop ids, stop words, length limits and logprobs
+// behave the same in `infer` and `deploy`.
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "model/kv_cache.h"
+#include "model/sampler.h"
+#include "tokenizer/detokenizer.h"
+#include "tokenizer/tokenizer.h"
+
+namespace vlmforge {
+
+class Qwen2Model;
+
+struct GenerationParams {
+  SamplingParams sampling;
+  size_t max_new_tokens = 512;
+  std::vector<int32_t> stop_ids;         // eos and friends
+  std::vector<std::string> stop_words;   // text that ends generation (not included in the output)
+  size_t top_logprobs = 0;               // alternatives per generated token (with logprobs)
+  bool logprobs = false;
+  size_t prefill_chunk = 512;
+  std::function<bool()> should_stop;  // polled between decode steps (e.g. Ctrl-C); ends with "abort"
+};
+
+struct TokenLogprob {
+  int32_t id;
+  double logprob;
+  std::vector<std::pair<int32_t, double>> top;
+};
+
+struct GenerationResult {
+  std::vector<int32_t> tokens;
+  std::string text;
+  std::string finish_reason;  // "stop", "length" or "abort"
+  std::vector<TokenLogprob> logprobs;
+  size_t prompt_tokens = 0;
+};
+
+class SequenceState {
+ public:
+  // Checks the prompt against max_model_len (Error when it leaves no room to generate).
+  // `params` and `tokenizer` must outlive this object.
+  SequenceState(const Qwen2Model& model, const tokenizer::Tokenizer& tokenizer, std::vector<int32_t> prompt,
+                size_t max_model_len, const GenerationParams& params);
+
+  // Runs the prompt through the model in chunks of params.prefill_chunk and accepts the first
+  // token (unless max_new_tokens is 0). Returns whether the sequence is finished.
+  bool prefill(Qwen2Model& model, const std::function<void(std::string_view)>& on_text = {});
+  // One chunk of that prefill, so a server can interleave a long prompt with others' decode steps
+  // (same chunks, same numbers). After the last chunk the first token is accepted as in prefill().
+  void prefill_next_chunk(Qwen2Model& model, const std::function<void(std::string_view)>& on_text = {});
+  // Whether prompt tokens remain to be run.
+  bool prefilling() const { return prefilled_ < result_.prompt_tokens; }
+  // Samples from this sequence's row of logits and records the token; text that became final
+  // (complete UTF-8, past any possible stop word) goes to on_text. Returns whether it finished.
+  bool accept(std::span<float> logits, const std::function<void(std::string_view)>& on_text = {});
+  // Ends the sequence early ("abort"), flushing held-back text.
+  void abort(const std::function<void(std::string_view)>& on_text = {});
+
+  bool done() const { return done_; }
+  // The decode input for the next step: the last sampled token, appended at cache().length().
+  std::span<const int32_t> next_token() const { return std::span(&next_, 1); }
+  KvCache& cache() { return cache_; }
+  const GenerationResult& result() const { return result_; }
+  GenerationResult take_result() { return std::move(result_); }
+
+ private:
+  bool push_text(std::string_view text, bool final, const std::function<void(std::string_view)>& on_text);
+  void emit(std::string_view text, const std::function<void(std::string_view)>& on_text);
+
+  const GenerationParams& params_;
+  const tokenizer::Tokenizer& tokenizer_;
+  KvCache cache_;
+  std::vector<int32_t> history_;  // prompt + generated, for the repetition penalty
+  Sampler sampler_;
+  tokenizer::IncrementalDetokenizer detokenizer_;
+  size_t longest_stop_ = 0;
+  std::string held_back_;  // text not yet emitted: it might be the start of a stop word
+  size_t prefilled_ = 0;   // prompt tokens already in the cache
+  int32_t next_ = -1;      // sampled, not yet fed to the model
+  bool done_ = false;
+  GenerationResult result_;
+};
+
+// The bytes of a generated id. A model's vocabulary is padded past the tokenizer's (Qwen2.5:
+// 151,936 rows, 151,665 tokens); such ids decode to nothing, as Hugging Face tokenizers skip ids
+// they do not know.
+std::string_view generated_token_bytes(const tokenizer::Tokenizer& tokenizer, int32_t id);
+
+// Natural-log softmax of one row of logits, in double.
+std::vector<double> log_softmax(std::span<const float> logits);
+// The k largest entries as (index, value), descending.
+std::vector<std::pair<int32_t, double>> top_k_entries(std::span<const double> values, size_t k);
+
+}  // namespace vlmforge

@@ -1,0 +1,372 @@
+#include "server/api_server.h"
+
+#include <arpa/inet.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <httplib.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+
+#include "io/json_file.h"
+#include "tokenizer/chat_template.h"
+
+namespace vlmforge::server {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+uint64_t current_rss_bytes() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+  return 0;
+}
+
+namespace {
+
+constexpr int kMaxJsonDepth = 64;  // a chat request needs ~6 levels
+constexpr auto kPollInterval = std::chrono::milliseconds(50);
+
+int64_t unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::string random_id(const char* prefix) {
+  std::random_device rd;
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%s%08x%08x%08x", prefix, rd(), rd(), rd());
+  return buf;
+}
+
+void send_error(httplib::Response& res, const ApiError& e) {
+  res.status = e.status();
+  res.set_content(error_body(e).dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+}
+
+// httplib 0.11 hands handlers no socket, and only notices a vanished client when a write fails.
+// A request's connection is found by its address pair (the socket stays open while the handler
+// runs), so a waiting handler can see the client hang up and cancel its sequence.
+int connection_fd(const httplib::Request& req) {
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator("/proc/self/fd", ec)) {
+    int fd = -1;
+    try {
+      fd = std::stoi(entry.path().filename().string());
+    } catch (const std::exception&) {
+      continue;
+    }
+    sockaddr_storage peer{}, local{};
+    socklen_t peer_len = sizeof peer, local_len = sizeof local;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) continue;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) != 0) continue;
+    auto port_of = [](const sockaddr_storage& a) {
+      if (a.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in&>(a).sin_port);
+      if (a.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6&>(a).sin6_port);
+      return uint16_t{0};
+    };
+    if (port_of(peer) != req.remote_port || port_of(local) != req.local_port) continue;
+    char ip[INET6_ADDRSTRLEN] = {};
+    if (peer.ss_family == AF_INET) inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(peer).sin_addr, ip, sizeof ip);
+    else inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6&>(peer).sin6_addr, ip, sizeof ip);
+    if (req.remote_addr == ip) return fd;
+  }
+  return -1;
+}
+
+// Whether the client closed its side (FIN or reset). A client waiting for its answer sends nothing.
+bool peer_closed(int fd) {
+  if (fd < 0) return false;
+  pollfd p{fd, POLLRDHUP, 0};
+  return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
+}  // namespace
+
+// httplib's stop() also cuts every streaming response short (its chunked writer ends once the
+// listening socket is invalidated). Shutting the socket down instead makes accept() fail, so the
+// listen loop ends and then waits for its connection threads, whose streams run to completion.
+class DrainingHttpServer : public httplib::Server {
+ public:
+  void stop_listening() { ::shutdown(svr_sock_, SHUT_RDWR); }
+};
+
+namespace {
+
+// One streamed response: what has been sent so far.
+struct StreamState {
+  std::shared_ptr<Job> job;
+  CompletionRequest request;
+  ResponseMeta meta;
+  int fd = -1;
+  size_t text_bytes = 0, logprob_count = 0;
+  bool started = false, done = false;
+};
+
+}  // namespace
+
+ApiServer::ApiServer(const cli::InferSession& session, Scheduler& scheduler, ServerOptions options)
+    : session_(session), scheduler_(scheduler), options_(std::move(options)), http_(std::make_unique<DrainingHttpServer>()),
+      started_(unix_now()) {
+  // Every connection holds a thread while it waits for its answer: room for the whole batch, the
+  // queue, and a few more to answer 429s and metrics under load.
+  const size_t threads = scheduler_.options().max_batch_size + scheduler_.options().max_queue + 8;
+  // httplib's interface: it takes ownership of the queue and deletes it when listening ends.
+  http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  // httplib's default also sets SO_REUSEPORT, which lets a second server bind the same port and
+  // silently share its traffic; a port in use must be an error instead.
+  http_->set_socket_options([](socket_t sock) {
+    const int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
+  http_->set_payload_max_length(options_.max_body_bytes);
+  http_->set_keep_alive_max_count(1000);
+
+  http_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (options_.api_key.empty() || req.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
+    if (req.get_header_value("Authorization") == "Bearer " + options_.api_key)
+      return httplib::Server::HandlerResponse::Unhandled;
+    send_error(res, ApiError(401, req.has_header("Authorization") ? "Incorrect API key provided."
+                                                                  : "Missing API key: send 'Authorization: Bearer <key>'.",
+                             "", "invalid_api_key"));
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  http_->set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    switch (res.status) {
+      case 404: send_error(res, ApiError(404, "no route " + req.method + " " + req.path, "", "not_found")); break;
+      case 413:
+        send_error(res, ApiError(413, "request body is larger than the server's limit (--max_body_mb)", "", "request_too_large"));
+        break;
+      default: send_error(res, ApiError(res.status, "HTTP error " + std::to_string(res.status)));
+    }
+  });
+  http_->set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    std::string message = "internal error";
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      message += std::string(": ") + e.what();
+    } catch (...) {
+    }
+    send_error(res, ApiError(500, message));
+  });
+  http_->set_logger([this](const httplib::Request& req, const httplib::Response& res) { record(req.path, res.status); });
+
+  http_->Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    handle_completion(Endpoint::kChatCompletions, req, res);
+  });
+  http_->Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    handle_completion(Endpoint::kCompletions, req, res);
+  });
+  http_->Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+    const json model = {{"id", options_.served_model_name},
+                        {"object", "model"},
+                        {"created", started_},
+                        {"owned_by", "vlmforge"},
+                        {"max_model_len", options_.max_model_len}};
+    res.set_content(json{{"object", "list"}, {"data", json::array({model})}}.dump(), "application/json");
+  });
+  http_->Get("/health", [](const httplib::Request&, httplib::Response& res) { res.status = 200; });
+  http_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(metrics_text(), "text/plain; version=0.0.4");
+  });
+}
+
+ApiServer::~ApiServer() = default;
+
+int ApiServer::bind() {
+  if (options_.port == 0) {
+    const int port = http_->bind_to_any_port(options_.host);
+    if (port <= 0) throw Error("cannot listen on " + options_.host + ": " + errno_message(errno));
+    return port;
+  }
+  if (!http_->bind_to_port(options_.host, options_.port))
+    throw Error("cannot listen on " + options_.host + ":" + std::to_string(options_.port) + ": " + errno_message(errno) +
+                " (is another server using the port?)");
+  return options_.port;
+}
+
+void ApiServer::serve() { http_->listen_after_bind(); }
+
+void ApiServer::stop() { http_->stop_listening(); }
+
+void ApiServer::record(const std::string& path, int status) {
+  // Unknown paths are folded together so clients cannot grow the metric set.
+  static const std::set<std::string> known = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"};
+  std::lock_guard lock(metrics_mutex_);
+  ++requests_[{known.count(path) ? path : "other", status}];
+}
+
+std::vector<int32_t> ApiServer::prompt_tokens(const CompletionRequest& request) const {
+  if (request.endpoint == Endpoint::kCompletions) {
+    if (!request.prompt_is_ids) return session_.tokenizer.encode(request.prompt);
+    for (int32_t id : request.prompt_ids)
+      if (id < 0 || static_cast<size_t>(id) >= session_.model->vocab_size())
+        throw ApiError(400, "token id " + std::to_string(id) + " is outside the vocabulary (0.." +
+                                std::to_string(session_.model->vocab_size() - 1) + ")", "prompt");
+    return request.prompt_ids;
+  }
+  if (!request.images.empty()) {
+    if (vision_hook_) return vision_hook_(request.messages, request.images);
+    throw ApiError(400,
+                   session_.model->config().is_vision_language()
+                       ? "model '" + options_.served_model_name +
+                             "' is a vision-language checkpoint, but this build serves its language model only: "
+                             "image_url parts cannot be used yet"
+                       : "model '" + options_.served_model_name +
+                             "' is a text-only model (Qwen2ForCausalLM) and cannot take image_url parts",
+                   "messages", "image_input_not_supported");
+  }
+  try {
+    return session_.encode_chat(request.messages);
+  } catch (const Error& e) {
+    throw ApiError(400, std::string("cannot apply the chat template: ") + e.what(), "messages");
+  }
+}
+
+void ApiServer::handle_completion(Endpoint endpoint, const httplib::Request& req, httplib::Response& res) {
+  std::shared_ptr<Job> job;
+  CompletionRequest request;
+  try {
+    if (json_nesting_exceeds(req.body, kMaxJsonDepth))
+      throw ApiError(400, "request JSON nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+    json body;
+    try {
+      body = json::parse(req.body);
+    } catch (const json::exception& e) {
+      throw ApiError(400, std::string("request body is not valid JSON: ") + e.what());
+    }
+    request = parse_request(endpoint, body, options_.media);
+    if (request.model != options_.served_model_name)
+      throw ApiError(404, "The model '" + request.model + "' does not exist; this server serves '" +
+                              options_.served_model_name + "'",
+                     "model", "model_not_found");
+    std::vector<int32_t> prompt = prompt_tokens(request);
+    GenerationParams params = generation_params(request, session_.defaults, prompt.size(), options_.max_model_len);
+    try {
+      job = scheduler_.submit(std::move(prompt), std::move(params));
+    } catch (const QueueFull& e) {
+      res.set_header("Retry-After", "1");
+      throw ApiError(429, e.what(), "", "queue_full");
+    } catch (const ShuttingDown& e) {
+      throw ApiError(503, e.what(), "", "shutting_down");
+    }
+  } catch (const ApiError& e) {
+    send_error(res, e);
+    return;
+  }
+
+  ResponseMeta meta{random_id(endpoint == Endpoint::kChatCompletions ? "chatcmpl-" : "cmpl-"), unix_now(),
+                    options_.served_model_name};
+  const int fd = connection_fd(req);
+
+  if (!request.stream) {
+    for (;;) {
+      const Job::Update u = job->wait(SIZE_MAX, SIZE_MAX, kPollInterval);
+      if (u.finished) break;
+      if (peer_closed(fd)) {
+        scheduler_.cancel(job);
+        res.status = 499;  // nginx's "client closed request", for the request metrics only
+        return;
+      }
+    }
+    const GenerationResult result = job->result();
+    if (const std::string error = job->error(); !error.empty()) {
+      send_error(res, ApiError(500, error));
+      return;
+    }
+    res.set_content(final_response(request, meta, session_.tokenizer, result).dump(-1, ' ', false, json::error_handler_t::replace),
+                    "application/json");
+    return;
+  }
+
+  auto state = std::make_shared<StreamState>(StreamState{job, std::move(request), std::move(meta), fd});
+  res.set_header("Cache-Control", "no-cache");
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [this, state](size_t, httplib::DataSink& sink) {
+        auto write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
+        StreamState& st = *state;
+        const auto& tok = session_.tokenizer;
+        if (!st.started && st.request.endpoint == Endpoint::kChatCompletions) {
+          // The role comes first, as OpenAI streams it, before any token is ready.
+          st.started = true;
+          return write(sse_event(stream_chunk(st.request, st.meta, tok, true, "", {}, 0, "")));
+        }
+        st.started = true;
+        const Job::Update u = st.job->wait(st.text_bytes, st.logprob_count, kPollInterval);
+        if (!u.text.empty() || !u.logprobs.empty()) {
+          const bool ok = write(sse_event(stream_chunk(st.request, st.meta, tok, false, u.text, u.logprobs, st.text_bytes, "")));
+          st.text_bytes += u.text.size();
+          st.logprob_count += u.logprobs.size();
+          if (!ok) return false;
+        }
+        if (u.finished) {
+          // Text published after this update's snapshot is impossible: finished is set last.
+          if (!u.error.empty()) {
+            write(sse_event(error_body(ApiError(500, u.error))));
+          } else {
+            write(sse_event(stream_chunk(st.request, st.meta, tok, false, "", {}, st.text_bytes, u.finish_reason)));
+            if (st.request.include_usage)
+              write(sse_event(usage_chunk(st.request, st.meta, st.job->result().prompt_tokens, u.tokens)));
+          }
+          write(std::string(kSseDone));
+          st.done = true;
+          sink.done();
+          return true;
+        }
+        return !peer_closed(st.fd);
+      },
+      [this, state](bool) {
+        // Any end other than a finished stream (client gone, write failed) frees the sequence.
+        if (!state->done) scheduler_.cancel(state->job);
+      });
+}
+
+std::string ApiServer::metrics_text() const {
+  const SchedulerStats s = scheduler_.stats();
+  std::string out;
+  auto metric = [&](const char* name, const char* type, const char* help) {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+  };
+  auto value = [&](const std::string& series, double v) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, " %.17g\n", v);
+    out += series + buf;
+  };
+  metric("vlmforge_requests_total", "counter", "HTTP requests answered, by path and status code.");
+  {
+    std::lock_guard lock(metrics_mutex_);
+    for (const auto& [key, count] : requests_)
+      value("vlmforge_requests_total{path=\"" + key.first + "\",code=\"" + std::to_string(key.second) + "\"}",
+            static_cast<double>(count));
+  }
+  metric("vlmforge_sequences_total", "counter", "Generation requests by outcome.");
+  value("vlmforge_sequences_total{outcome=\"finished\"}", static_cast<double>(s.finished));
+  value("vlmforge_sequences_total{outcome=\"cancelled\"}", static_cast<double>(s.cancelled));
+  value("vlmforge_sequences_total{outcome=\"failed\"}", static_cast<double>(s.failed));
+  metric("vlmforge_prompt_tokens_total", "counter", "Prompt tokens prefilled.");
+  value("vlmforge_prompt_tokens_total", static_cast<double>(s.prompt_tokens));
+  metric("vlmforge_generation_tokens_total", "counter", "Tokens generated.");
+  value("vlmforge_generation_tokens_total", static_cast<double>(s.generated_tokens));
+  metric("vlmforge_decode_steps_total", "counter", "Batched decode forwards run.");
+  value("vlmforge_decode_steps_total", static_cast<double>(s.decode_steps));
+  metric("vlmforge_queue_depth", "gauge", "Requests waiting to join the running batch.");
+  value("vlmforge_queue_depth", static_cast<double>(s.queued));
+  metric("vlmforge_running_batch_size", "gauge", "Sequences in the running batch.");
+  value("vlmforge_running_batch_size", static_cast<double>(s.running));
+  metric("vlmforge_max_batch_size", "gauge", "The --max_batch_size limit.");
+  value("vlmforge_max_batch_size", static_cast<double>(scheduler_.options().max_batch_size));
+  metric("vlmforge_memory_bytes", "gauge", "Memory by device: resident set of the process and the KV caches in it.");
+  value("vlmforge_memory_bytes{device=\"cpu\",kind=\"resident\"}", static_cast<double>(current_rss_bytes()));
+  value("vlmforge_memory_bytes{device=\"cpu\",kind=\"kv_cache\"}", static_cast<double>(s.kv_cache_bytes));
+  return out;
+}
+
+}  // namespace vlmforge::server

@@ -1,0 +1,256 @@
+#include "server/scheduler.h"
+
+#include <algorithm>
+
+namespace vlmforge::server {
+
+Job::Update Job::wait(size_t text_bytes, size_t logprob_count, std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mutex_);
+  changed_.wait_for(lock, timeout, [&] {
+    return finished_ || progress_.text.size() > text_bytes || progress_.logprobs.size() > logprob_count;
+  });
+  Update u;
+  if (progress_.text.size() > text_bytes) u.text = progress_.text.substr(text_bytes);
+  if (progress_.logprobs.size() > logprob_count)
+    u.logprobs.assign(progress_.logprobs.begin() + static_cast<std::ptrdiff_t>(logprob_count), progress_.logprobs.end());
+  u.tokens = progress_.tokens.size();
+  u.finished = finished_;
+  u.finish_reason = progress_.finish_reason;
+  u.error = error_;
+  return u;
+}
+
+GenerationResult Job::result() const {
+  std::lock_guard lock(mutex_);
+  return progress_;
+}
+
+std::string Job::error() const {
+  std::lock_guard lock(mutex_);
+  return error_;
+}
+
+struct Scheduler::Running {
+  std::shared_ptr<Job> job;
+  std::unique_ptr<SequenceState> state;
+  size_t published_text = 0, published_tokens = 0;
+  bool failed = false;
+};
+
+Scheduler::Scheduler(Qwen2Model& model, const tokenizer::Tokenizer& tokenizer, SchedulerOptions options)
+    : model_(model), tokenizer_(tokenizer), options_(options) {
+  if (options_.max_batch_size == 0) throw UsageError("--max_batch_size must be at least 1");
+  thread_ = std::thread([this] { loop(); });
+}
+
+Scheduler::~Scheduler() { drain(); }
+
+std::shared_ptr<Job> Scheduler::submit(std::vector<int32_t> prompt, GenerationParams params) {
+  auto job = std::make_shared<Job>(std::move(prompt), std::move(params));
+  {
+    std::lock_guard lock(mutex_);
+    if (!accepting_) throw ShuttingDown("the server is shutting down and accepts no new requests");
+    if (waiting_.size() >= options_.max_queue)
+      throw QueueFull("the request queue is full (" + std::to_string(options_.max_queue) +
+                      " waiting, --max_queue); retry shortly");
+    waiting_.push_back(job);
+    stats_.queued = waiting_.size();
+  }
+  wake_.notify_all();
+  return job;
+}
+
+void Scheduler::cancel(const std::shared_ptr<Job>& job) {
+  job->cancel();
+  bool removed = false;
+  {
+    std::lock_guard lock(mutex_);
+    if (const auto it = std::find(waiting_.begin(), waiting_.end(), job); it != waiting_.end()) {
+      waiting_.erase(it);
+      stats_.queued = waiting_.size();
+      ++stats_.cancelled;
+      removed = true;
+    }
+  }
+  if (removed) {
+    std::lock_guard lock(job->mutex_);
+    job->finished_ = true;
+    job->progress_.finish_reason = "abort";
+    job->changed_.notify_all();
+  }
+}
+
+void Scheduler::stop_accepting() {
+  std::lock_guard lock(mutex_);
+  accepting_ = false;
+}
+
+void Scheduler::drain() {
+  {
+    std::lock_guard lock(mutex_);
+    accepting_ = false;
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+SchedulerStats Scheduler::stats() const {
+  std::lock_guard lock(mutex_);
+  return stats_;
+}
+
+void Scheduler::fail(const std::shared_ptr<Job>& job, const std::string& message) {
+  {
+    std::lock_guard lock(mutex_);
+    ++stats_.failed;
+  }
+  std::lock_guard lock(job->mutex_);
+  job->error_ = message;
+  job->finished_ = true;
+  job->changed_.notify_all();
+}
+
+// Copies what the sequence produced since the last publish into the job, for its handler.
+void Scheduler::publish(Running& r) {
+  const GenerationResult& out = r.state->result();
+  Job& job = *r.job;
+  std::lock_guard lock(job.mutex_);
+  job.progress_.prompt_tokens = out.prompt_tokens;
+  job.progress_.text.append(out.text, r.published_text);
+  job.progress_.tokens.insert(job.progress_.tokens.end(), out.tokens.begin() + static_cast<std::ptrdiff_t>(r.published_tokens),
+                              out.tokens.end());
+  job.progress_.logprobs.insert(job.progress_.logprobs.end(),
+                                out.logprobs.begin() + static_cast<std::ptrdiff_t>(job.progress_.logprobs.size()),
+                                out.logprobs.end());
+  r.published_text = out.text.size();
+  r.published_tokens = out.tokens.size();
+  if (r.state->done()) {
+    job.progress_.finish_reason = out.finish_reason;
+    job.finished_ = true;
+  }
+  job.changed_.notify_all();
+}
+
+void Scheduler::loop() {
+  std::vector<std::unique_ptr<Running>> running;
+  for (;;) {
+    std::vector<std::shared_ptr<Job>> joiners;
+    {
+      std::unique_lock lock(mutex_);
+      wake_.wait(lock, [&] { return !waiting_.empty() || !running.empty() || stopping_; });
+      if (waiting_.empty() && running.empty()) break;  // stopping, and nothing left to finish
+      while (!waiting_.empty() && running.size() + joiners.size() < options_.max_batch_size) {
+        joiners.push_back(std::move(waiting_.front()));
+        waiting_.pop_front();
+      }
+      stats_.queued = waiting_.size();
+    }
+    step(running, std::move(joiners));
+  }
+}
+
+void Scheduler::step(std::vector<std::unique_ptr<Running>>& running, std::vector<std::shared_ptr<Job>> joiners) {
+  uint64_t prompt_tokens = 0, generated = 0, finished = 0, cancelled = 0, stepped = 0;
+  for (auto& job : joiners) {
+    if (job->cancelled()) {
+      ++cancelled;
+      continue;
+    }
+    auto r = std::make_unique<Running>();
+    r->job = job;
+    try {
+      r->state = std::make_unique<SequenceState>(model_, tokenizer_, job->prompt_, options_.max_model_len, job->params_);
+    } catch (const std::exception& e) {
+      fail(job, e.what());
+      continue;
+    }
+    running.push_back(std::move(r));
+  }
+  {
+    std::lock_guard lock(mutex_);
+    stats_.running = running.size();
+    stats_.peak_running = std::max(stats_.peak_running, running.size());
+  }
+
+  // Leavers: cancelled sequences go before the step; their caches are freed with them.
+  std::erase_if(running, [&](const std::unique_ptr<Running>& r) {
+    if (!r->job->cancelled()) return false;
+    ++cancelled;
+    r->state->abort();
+    publish(*r);
+    return true;
+  });
+
+  // Prompts in prefill advance one chunk each (run alone, as Generator runs them, so the numbers
+  // are the same); a long prompt thus delays the others' decode steps by a chunk at a time, not
+  // by its whole length. The last chunk samples the first token.
+  for (auto& r : running) {
+    if (!r->state->prefilling()) continue;
+    const size_t before = r->state->cache().length();
+    try {
+      r->state->prefill_next_chunk(model_);
+    } catch (const std::exception& e) {
+      fail(r->job, e.what());
+      r->failed = true;
+      continue;
+    }
+    prompt_tokens += r->state->cache().length() - before;
+    if (!r->state->prefilling()) {
+      generated += r->state->result().tokens.size();
+      publish(*r);
+    }
+  }
+  auto leave_when_over = [&](const std::unique_ptr<Running>& r) {
+    if (r->failed) return true;
+    if (!r->state->done()) return false;
+    ++finished;
+    return true;
+  };
+  std::erase_if(running, leave_when_over);
+
+  // One decode forward for every sequence past its prompt.
+  std::vector<Running*> decoding;
+  for (auto& r : running)
+    if (!r->state->prefilling()) decoding.push_back(r.get());
+  if (!decoding.empty()) {
+    std::vector<SequenceChunk> chunks;
+    for (Running* r : decoding) chunks.push_back({&r->state->cache(), r->state->next_token(), false});
+    try {
+      std::vector<float> logits = model_.forward(chunks);
+      stepped = 1;
+      const size_t vocab = model_.vocab_size();
+      for (size_t i = 0; i < decoding.size(); ++i) {
+        try {
+          decoding[i]->state->accept(std::span(logits).subspan(i * vocab, vocab));
+        } catch (const std::exception& e) {  // this sequence only; the batch goes on
+          fail(decoding[i]->job, std::string("generation failed: ") + e.what());
+          decoding[i]->failed = true;
+          continue;
+        }
+        ++generated;
+        publish(*decoding[i]);
+      }
+    } catch (const std::exception& e) {
+      // A failed step (e.g. out of memory growing a KV cache) leaves the caches inconsistent.
+      for (Running* r : decoding) {
+        fail(r->job, std::string("generation failed: ") + e.what());
+        r->failed = true;
+      }
+    }
+    std::erase_if(running, leave_when_over);
+  }
+
+  uint64_t kv_bytes = 0;
+  for (auto& r : running) kv_bytes += r->state->cache().bytes();
+  std::lock_guard lock(mutex_);
+  stats_.running = running.size();
+  stats_.prompt_tokens += prompt_tokens;
+  stats_.generated_tokens += generated;
+  stats_.finished += finished;
+  stats_.cancelled += cancelled;
+  stats_.kv_cache_bytes = kv_bytes;
+  stats_.decode_steps += stepped;
+}
+
+}  // namespace vlmforge::server
