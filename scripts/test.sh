@@ -63,3 +63,15 @@ PY
 build-fuzz/fuzz/fuzz_image_decode "$corpus/images" -seed=1 -runs=300000 -max_len=16384 -rss_limit_mb=2048 \
   -artifact_prefix=build-fuzz/ 2>&1 | tail -n 3
 echo "fuzz: passed"
+
+echo "== fuzz: --devices / --max_memory / visible devices / device maps (bounded, seeded)"
+cmake --build build-fuzz -j"$(nproc)" --target fuzz_device_flags >/dev/null
+mkdir -p "$corpus/flags"
+printf '\x00\x00cpu:0,cpu:1,npu:0-7' > "$corpus/flags/devices"
+printf '\x01\x00cpu:0=2GiB,1=5GB' > "$corpus/flags/max_memory"
+printf '\x02\x05 2,0,1' > "$corpus/flags/cuda"
+printf '\x03\x08 1,2,3' > "$corpus/flags/ascend"
+printf '\x04\x00{"model.embed_tokens":"cpu:0","model.layers.0":1,"model":"cpu:2","lm_head":0}' > "$corpus/flags/map"
+build-fuzz/fuzz/fuzz_device_flags "$corpus/flags" -seed=1 -runs=300000 -max_len=512 -rss_limit_mb=2048 \
+  -artifact_prefix=build-fuzz/ 2>&1 | tail -n 1
+echo "fuzz: passed"

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <future>
 #include <iostream>
+#include <thread>
 
 #include "cli/commands.h"
 #include "cli/infer_session.h"
@@ -47,6 +48,7 @@ struct InferArgs {
   std::optional<uint64_t> min_pixels, max_pixels;
   size_t image_cache_mb = 512;
   std::string overlap_images = "true";
+  DeviceMapArgs device_map;
 };
 
 bool truthy(const std::string& s) { return s == "true" || s == "True" || s == "1"; }
@@ -281,16 +283,7 @@ int run_interactive(InferSession& session, Generator& generator, GenerationParam
   return kExitOk;
 }
 
-int run(const InferArgs& a) {
-  if (a.infer_backend != "native" && a.infer_backend != "pt")
-    throw UsageError("--infer_backend: vlmforge runs its own native engine ('native'); got '" + a.infer_backend + "'");
-  if (a.max_batch_size == 0) throw UsageError("--max_batch_size must be at least 1");
-  if (!a.images.empty() && a.query.empty()) throw UsageError("--images goes with --query (or use <image> tags in --val_dataset rows or the chat)");
-  VisionOptions vision_options;
-  vision_options.budget = vision::pixel_budget_from_env(a.min_pixels, a.max_pixels);
-  vision_options.cache_bytes = uint64_t{a.image_cache_mb} << 20;
-  InferSession session(a.model, a.threads, {a.adapters.begin(), a.adapters.end()}, vision_options);
-  session.model->set_kv_cache_dtype(a.kv_cache_dtype == "bfloat16" ? DType::BF16 : DType::F32);
+int run_session(InferSession& session, const InferArgs& a) {
   const size_t max_model_len = a.max_model_len ? a.max_model_len : session.model->config().max_position_embeddings;
   Generator generator(*session.model, session.tokenizer, max_model_len);
   const GenerationParams params = make_params(session, a);
@@ -340,6 +333,36 @@ int run(const InferArgs& a) {
   return kExitOk;
 }
 
+int run(const InferArgs& a) {
+  if (a.infer_backend != "native" && a.infer_backend != "pt")
+    throw UsageError("--infer_backend: vlmforge runs its own native engine ('native'); got '" + a.infer_backend + "'");
+  if (a.max_batch_size == 0) throw UsageError("--max_batch_size must be at least 1");
+  if (!a.images.empty() && a.query.empty()) throw UsageError("--images goes with --query (or use <image> tags in --val_dataset rows or the chat)");
+  VisionOptions vision_options;
+  vision_options.budget = vision::pixel_budget_from_env(a.min_pixels, a.max_pixels);
+  vision_options.cache_bytes = uint64_t{a.image_cache_mb} << 20;
+  const DType kv_dtype = a.kv_cache_dtype == "bfloat16" ? DType::BF16 : DType::F32;
+  std::unique_ptr<PlacedRun> placed;  // outlives the session: the model's memory lives on its devices
+  if (a.device_map.enabled()) {
+    PlanOptions o;
+    o.max_batch_size = a.max_batch_size;
+    o.max_model_len = a.max_model_len;
+    o.kv_cache_dtype = kv_dtype;
+    o.threads = a.threads ? a.threads : std::max(1u, std::thread::hardware_concurrency());
+    o.prefill_chunk = GenerationParams{}.prefill_chunk;
+    placed = place_model(a.model, a.device_map, o);
+    placed->print_plan();
+  } else if (a.device_map.memory_report) {
+    throw UsageError("--memory_report reports the devices of a --device_map run; add --device_map auto");
+  }
+  InferSession session(a.model, a.threads, {a.adapters.begin(), a.adapters.end()}, vision_options,
+                       placed ? &placed->placement : nullptr);
+  session.model->set_kv_cache_dtype(kv_dtype);
+  const int code = run_session(session, a);
+  if (placed && a.device_map.memory_report) placed->print_memory_report();
+  return code;
+}
+
 }  // namespace
 
 void add_infer_command(CLI::App& app, int& exit_code) {
@@ -385,6 +408,7 @@ void add_infer_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--overlap_images", a->overlap_images,
                   "--val_dataset: encode the next batch's images while the current batch generates (true/false)")
       ->capture_default_str();
+  add_device_map_options(cmd, a->device_map);
   cmd->callback([a, &exit_code] { exit_code = run(*a); });
 }
 

@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstdio>
 #include <sstream>
+#include <thread>
 
 #include "cli/commands.h"
 #include "cli/infer_session.h"
@@ -9,6 +10,7 @@
 #include "util/error.h"
 
 namespace vlmforge::cli {
+namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
@@ -21,6 +23,7 @@ struct ScoreArgs {
   size_t top_logprobs = 5;
   size_t threads = 0;
   bool json = false;
+  DeviceMapArgs device_map;
 };
 
 std::vector<int32_t> parse_ids(const std::string& list) {
@@ -41,10 +44,25 @@ std::vector<int32_t> parse_ids(const std::string& list) {
 int run(const ScoreArgs& a) {
   const int sources = !a.ids.empty() + !a.text.empty() + !a.file.empty();
   if (sources != 1) throw UsageError("give exactly one of --ids, --text, --file");
-  InferSession session(a.model, a.threads);
-  std::vector<int32_t> ids = !a.ids.empty()    ? parse_ids(a.ids)
-                             : !a.text.empty() ? session.tokenizer.encode(a.text)
-                                               : session.tokenizer.encode(read_text_file(a.file));
+  auto encode = [&](const tokenizer::Tokenizer& t) {
+    return !a.ids.empty() ? parse_ids(a.ids) : !a.text.empty() ? t.encode(a.text) : t.encode(read_text_file(a.file));
+  };
+  std::vector<int32_t> ids;
+  std::unique_ptr<PlacedRun> placed;  // outlives the session: the model's memory lives on its devices
+  if (a.device_map.enabled()) {
+    // The plan needs the token count (one forward over all of them), so tokenize first.
+    ids = !a.ids.empty() ? parse_ids(a.ids) : encode(tokenizer::Tokenizer::load(fs::path(a.model) / "tokenizer.json"));
+    if (ids.empty()) throw UsageError("nothing to score: the input has no tokens");
+    PlanOptions o;
+    o.max_model_len = o.prefill_chunk = o.logit_rows = ids.size();
+    o.threads = a.threads ? a.threads : std::max(1u, std::thread::hardware_concurrency());
+    placed = place_model(a.model, a.device_map, o);
+    placed->print_plan();
+  } else if (a.device_map.memory_report) {
+    throw UsageError("--memory_report reports the devices of a --device_map run; add --device_map auto");
+  }
+  InferSession session(a.model, a.threads, {}, {}, placed ? &placed->placement : nullptr);
+  if (!placed) ids = encode(session.tokenizer);
   if (ids.empty()) throw UsageError("nothing to score: the input has no tokens");
   KvCache cache = session.model->make_cache(ids.size());
   const SequenceChunk chunk{&cache, ids, true};
@@ -62,6 +80,7 @@ int run(const ScoreArgs& a) {
   for (const auto& [id, lp] : top_k_entries(last, a.top_logprobs)) next.push_back({id, lp});
   const json perplexity = ids.size() > 1 ? json(std::exp(-total / static_cast<double>(ids.size() - 1))) : json(nullptr);
   const json out = {{"tokens", ids.size()}, {"prompt_logprobs", prompt}, {"next_top", next}, {"perplexity", perplexity}};
+  if (placed && a.device_map.memory_report) placed->print_memory_report();
   if (a.json) {
     std::printf("%s\n", out.dump().c_str());
     return kExitOk;
@@ -90,6 +109,7 @@ void add_score_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--file", a->file, "File whose text to score");
   cmd->add_option("--top_logprobs", a->top_logprobs, "Next tokens to list")->capture_default_str();
   cmd->add_option("--threads", a->threads, "Worker threads (default: all cores)");
+  add_device_map_options(cmd, a->device_map);
   cmd->add_flag("--json", a->json, "{\"prompt_logprobs\": [...], \"next_top\": [[id, logprob], ...], \"perplexity\": x}");
   cmd->callback([a, &exit_code] { exit_code = run(*a); });
 }

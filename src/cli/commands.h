@@ -19,5 +19,7 @@ void add_infer_command(CLI::App& app, int& exit_code);
 void add_score_command(CLI::App& app, int& exit_code);
 void add_check_data_command(CLI::App& app, int& exit_code);
 void add_deploy_command(CLI::App& app, int& exit_code);
+void add_devices_command(CLI::App& app, int& exit_code);
+void add_plan_command(CLI::App& app, int& exit_code);
 
 }  // namespace vlmforge::cli

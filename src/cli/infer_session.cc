@@ -2,10 +2,13 @@
 
 #include <sys/resource.h>
 
+#include <cstdio>
+
 #include "data/media_check.h"
 #include "io/json_file.h"
 #include "model/mrope.h"
 #include "tokenizer/utf8.h"
+#include "util/bytes.h"
 #include "util/error.h"
 
 namespace vlmforge::cli {
@@ -23,9 +26,66 @@ void add_ids(const json& value, std::vector<int32_t>& out) {
 
 }  // namespace
 
+void add_device_map_options(CLI::App* cmd, DeviceMapArgs& a) {
+  cmd->add_option("--device_map", a.placement.device_map,
+                  "Run across devices: auto / balanced / sequential (planned as `vlmforge plan` does) or a Hugging "
+                  "Face-format JSON map (module -> device)");
+  cmd->add_option("--devices", a.placement.devices, "Devices for --device_map: cpu:0,cpu:1,cpu:2 (default cpu:0)");
+  cmd->add_option("--max_memory", a.placement.max_memory,
+                  "Most memory per device (accelerate's max_memory): 2GiB for every device, or cpu:0=2GiB,cpu:1=1GiB");
+  cmd->add_option("--reserve", a.placement.reserve, "Memory kept free per device (default 0 on cpu)");
+  cmd->add_flag("--memory_report", a.memory_report,
+                "After the run, print each device's peak accounted memory next to the plan's estimate");
+}
+
+std::unique_ptr<PlacedRun> place_model(const fs::path& model_dir, const DeviceMapArgs& args, PlanOptions options) {
+  auto run = std::make_unique<PlacedRun>();
+  const DeviceRegistry registry = DeviceRegistry::builtin();
+  run->plan = plan_from_flags(ModelShape::from_checkpoint(model_dir), args.placement, options, registry,
+                              process_environment());
+  for (const auto& w : run->plan.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+  std::vector<DeviceTarget> targets;
+  for (const auto& d : run->plan.devices) targets.push_back(d.target);
+  run->devices = registry.open(targets, options.threads);
+  const auto& modules = run->plan.shape.modules;
+  for (size_t i = 0; i < modules.size(); ++i) {
+    Device* device = run->devices[run->plan.module_device[i]].get();
+    switch (modules[i].kind) {
+      case ModuleKind::kEmbed: run->placement.embed = device; break;
+      case ModuleKind::kLayer: run->placement.layers.push_back(device); break;
+      case ModuleKind::kNorm: run->placement.norm = device; break;
+      case ModuleKind::kHead: run->placement.head = device; break;
+      case ModuleKind::kVision:
+        throw Error(model_dir.string() + ": the vision tower does not run in this build yet; plan it with `vlmforge plan`");
+    }
+  }
+  return run;
+}
+
+void PlacedRun::print_plan() const {
+  std::string line;
+  for (size_t d = 0; d < plan.devices.size(); ++d) {
+    const DeviceUse& u = plan.devices[d];
+    if (u.modules.empty()) continue;
+    line += (line.empty() ? "" : " | ") + u.target.spec.name() + ": " + plan.to_json()["devices"][d]["summary"].get<std::string>() +
+            " (" + format_bytes(u.estimate()) + ")";
+  }
+  std::fprintf(stderr, "[device_map] %s\n", line.c_str());
+}
+
+void PlacedRun::print_memory_report() const {
+  for (size_t d = 0; d < plan.devices.size(); ++d) {
+    const uint64_t peak = devices[d]->peak_allocated(), estimate = plan.devices[d].estimate();
+    std::fprintf(stderr, "[memory] %s: peak %s (%llu bytes), plan %s (%llu bytes), ratio %.3f\n",
+                 devices[d]->name().c_str(), format_bytes(peak).c_str(), static_cast<unsigned long long>(peak),
+                 format_bytes(estimate).c_str(), static_cast<unsigned long long>(estimate),
+                 estimate ? static_cast<double>(peak) / static_cast<double>(estimate) : 0.0);
+  }
+}
+
 InferSession::InferSession(const fs::path& model_dir, size_t threads, const std::vector<fs::path>& adapter_dirs,
-                           const VisionOptions& vision_options)
-    : model(std::make_unique<Qwen2Model>(model_dir, threads, adapter_dirs)),
+                           const VisionOptions& vision_options, const ModelPlacement* placement)
+    : model(std::make_unique<Qwen2Model>(model_dir, threads, adapter_dirs, placement)),
       tokenizer([&] {
         if (!fs::exists(model_dir / "tokenizer.json"))
           throw Error(model_dir.string() + ": no tokenizer.json (copy the base model's tokenizer files next to the weights)");

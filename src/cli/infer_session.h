@@ -1,14 +1,17 @@
 #pragma once
 // What `infer` and `score` share: the model and tokenizer of a directory, the generation defaults
 // from generation_config.json, stop ids, and prompts rendered with the model's chat template.
+#include <CLI/CLI.hpp>
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "device/device.h"
 #include "model/generator.h"
 #include "model/qwen2.h"
+#include "plan/plan_flags.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 #include "vision/image_encoder.h"
@@ -21,9 +24,34 @@ struct VisionOptions {
   uint64_t cache_bytes = uint64_t{512} << 20;
 };
 
+// --device_map and its companions, shared by infer and score.
+struct DeviceMapArgs {
+  DeviceMapArgs() { placement.device_map.clear(); }  // "": one host device, no placement
+  PlacementFlags placement;
+  bool memory_report = false;
+  bool enabled() const { return !placement.device_map.empty(); }
+};
+void add_device_map_options(CLI::App* cmd, DeviceMapArgs& args);
+
+// A run across devices: the plan (from the checkpoint's headers), the opened devices, and which
+// device runs each part of the model.
+struct PlacedRun {
+  Plan plan;
+  std::vector<std::unique_ptr<Device>> devices;
+  ModelPlacement placement;
+
+  // One line per device on stderr: the plan, and with --memory_report the peak accounted memory
+  // next to the plan's estimate.
+  void print_plan() const;
+  void print_memory_report() const;
+};
+std::unique_ptr<PlacedRun> place_model(const std::filesystem::path& model_dir, const DeviceMapArgs& args,
+                                       PlanOptions options);
+
 struct InferSession {
   InferSession(const std::filesystem::path& model_dir, size_t threads,
-               const std::vector<std::filesystem::path>& adapter_dirs = {}, const VisionOptions& vision = {});
+               const std::vector<std::filesystem::path>& adapter_dirs = {}, const VisionOptions& vision = {},
+               const ModelPlacement* placement = nullptr);
 
   std::unique_ptr<Qwen2Model> model;
   std::unique_ptr<vision::VisionTower> vision_tower;  // Qwen2.5-VL models only

@@ -28,6 +28,8 @@ int main(int argc, char** argv) {
   vlmforge::cli::add_score_command(app, exit_code);
   vlmforge::cli::add_check_data_command(app, exit_code);
   vlmforge::cli::add_deploy_command(app, exit_code);
+  vlmforge::cli::add_devices_command(app, exit_code);
+  vlmforge::cli::add_plan_command(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

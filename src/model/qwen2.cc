@@ -64,8 +64,9 @@ class WeightLoader {
 
 }  // namespace
 
-Qwen2Model::Qwen2Model(const fs::path& model_dir, size_t threads, const std::vector<fs::path>& adapter_dirs)
-    : config_(ModelConfig::load(model_dir)), checkpoint_(model_dir), pool_(threads) {
+Qwen2Model::Qwen2Model(const fs::path& model_dir, size_t threads, const std::vector<fs::path>& adapter_dirs,
+                       const ModelPlacement* placement)
+    : config_(ModelConfig::load(model_dir)), checkpoint_(model_dir) {
   if (!adapter_dirs.empty()) lora_ = std::make_unique<RuntimeLora>(checkpoint_, adapter_dirs);
   const bool vision_language = config_.model_type == "qwen2_5_vl" || config_.architecture == "Qwen2_5_VLForConditionalGeneration";
   if (config_.model_type != "qwen2" && config_.architecture != "Qwen2ForCausalLM" && !vision_language)
@@ -118,11 +119,75 @@ Qwen2Model::Qwen2Model(const fs::path& model_dir, size_t threads, const std::vec
   const size_t head_dim = static_cast<size_t>(config_.head_dim());
   for (size_t i = 0; i < head_dim / 2; ++i)
     inv_freq_.push_back(static_cast<float>(1.0 / std::pow(config_.rope_theta, static_cast<double>(2 * i) / head_dim)));
+  if (placement) {
+    place_weights(*placement);
+  } else {
+    host_ = std::make_unique<CpuDevice>(0, std::nullopt, threads);
+    embed_context_ = norm_context_ = head_context_ = context_of(host_.get());
+    layer_context_.assign(layers_.size(), embed_context_);
+    contexts_[embed_context_]->holds_layers = true;
+  }
+}
+
+size_t Qwen2Model::context_of(Device* device) {
+  for (size_t c = 0; c < contexts_.size(); ++c)
+    if (contexts_[c]->device == device) return c;
+  if (!device->host_pool())
+    throw Error(device->name() + ": its backend brings no Qwen2 kernels yet, so the model cannot run there "
+                "(see docs/backends.md)");
+  contexts_.push_back(std::make_unique<Context>(Context{device, device->host_pool(), Scratch(device)}));
+  return contexts_.size() - 1;
+}
+
+void Qwen2Model::place_weights(const ModelPlacement& p) {
+  if (p.layers.size() != layers_.size() || !p.embed || !p.norm || !p.head)
+    throw Error("internal error: the placement does not cover every part of the model");
+  const bool tied = lm_head_.data == embed_tokens_.data;
+  if (tied && p.head != p.embed)
+    throw Error("lm_head is tied to embed_tokens (one matrix) and must be on the same device");
+  auto upload = [&](kernels::WeightMatrix& w, Device* device, const std::string& what) {
+    const size_t bytes = w.rows * w.cols * (dtype_info(w.dtype).bits / 8);
+    DeviceBuffer b = device->upload({w.data, bytes}, what);
+    if (const auto it = lora_by_weight_.find(w.data); it != lora_by_weight_.end()) {
+      const LinearAdapters* adapters = it->second;
+      lora_by_weight_.erase(it);
+      lora_by_weight_[b.data()] = adapters;
+    }
+    w.data = b.data();
+    placed_weights_.push_back(std::move(b));
+  };
+  upload(embed_tokens_, p.embed, "embed_tokens weights");
+  if (tied) lm_head_ = embed_tokens_;
+  else upload(lm_head_, p.head, "lm_head weights");
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    Qwen2Layer& layer = layers_[l];
+    const std::string what = "layer " + std::to_string(l) + " weights";
+    for (kernels::WeightMatrix* w : {&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down})
+      upload(*w, p.layers[l], what);
+    layer_context_.push_back(context_of(p.layers[l]));
+    contexts_[layer_context_.back()]->holds_layers = true;
+  }
+  layer_devices_ = p.layers;
+  // Nothing reads the memory map any more: drop its pages so the host holds one copy, not two.
+  for (const TensorRef& t : checkpoint_.tensors()) t.release();
+  embed_context_ = context_of(p.embed);
+  norm_context_ = context_of(p.norm);
+  head_context_ = context_of(p.head);
+}
+
+void Qwen2Model::hand_over(Context& from, Context& to, DeviceArray Scratch::*member, size_t count) {
+  DeviceArray& dst = to.scratch.*member;
+  dst.ensure(count);
+  if (staging_.size() < count) staging_.resize(count);
+  const auto bytes = std::as_writable_bytes(std::span(staging_.data(), count));
+  from.device->copy_to_host(bytes, (from.scratch.*member).buffer(), 0);
+  to.device->copy_from_host(dst.buffer(), 0, bytes);
 }
 
 KvCache Qwen2Model::make_cache(size_t max_tokens) const {
-  return KvCache(layers_.size(), static_cast<size_t>(config_.num_key_value_heads * config_.head_dim()), max_tokens,
-                 kv_cache_dtype_);
+  const size_t kv_dim = static_cast<size_t>(config_.num_key_value_heads * config_.head_dim());
+  if (!layer_devices_.empty()) return KvCache(layer_devices_, kv_dim, max_tokens, kv_cache_dtype_);
+  return KvCache(layers_.size(), kv_dim, max_tokens, kv_cache_dtype_);
 }
 
 void Qwen2Model::set_kv_cache_dtype(DType dtype) {
@@ -149,7 +214,7 @@ void Qwen2Model::matmul(const float* x, size_t tokens, const kernels::WeightMatr
 void Qwen2Model::project(const float* x, size_t tokens, const kernels::WeightMatrix& w, const float* bias, float* out) {
   // Split output rows across threads in groups of 4 (the kernel's tile height).
   const size_t groups = (w.rows + 3) / 4;
-  pool_.parallel_for(groups, [&](size_t begin, size_t end) {
+  pool_->parallel_for(groups, [&](size_t begin, size_t end) {
     kernels::matmul_rows(x, tokens, w.cols, w, bias, out, w.rows, begin * 4, std::min(end * 4, w.rows));
   });
 }
@@ -164,7 +229,7 @@ void Qwen2Model::matmul_same_input(const float* x, size_t tokens, std::span<cons
     groups += (p.w->rows + 3) / 4;
   }
   // Row groups of all products laid end to end; each thread's range may span several products.
-  pool_.parallel_for(groups, [&](size_t begin, size_t end) {
+  pool_->parallel_for(groups, [&](size_t begin, size_t end) {
     size_t first = 0;
     for (const Product& p : products) {
       const size_t count = (p.w->rows + 3) / 4;
@@ -229,21 +294,27 @@ std::vector<float> Qwen2Model::forward(std::span<const SequenceChunk> chunks) {
   }
   const size_t n = rows.size();
   // Grown to the largest step seen, never shrunk: decode steps reuse the prefill's buffers.
-  auto buffer = [](std::vector<float>& b, size_t size) -> std::vector<float>& {
-    if (b.size() < size) b.resize(size);
+  auto buffer = [](DeviceArray& b, size_t size) -> DeviceArray& {
+    b.ensure(size);
     return b;
   };
-  Scratch& s = scratch_;
-  auto &x = buffer(s.x, n * hidden), &normed = buffer(s.normed, n * hidden), &q = buffer(s.q, n * hidden);
-  auto &k = buffer(s.k, n * kv_dim), &v = buffer(s.v, n * kv_dim), &attn = buffer(s.attn, n * hidden);
-  auto &tmp = buffer(s.tmp, n * hidden), &gate = buffer(s.gate, n * inter), &up = buffer(s.up, n * inter);
+  // Work runs in the context of the device holding the current part of the model; entering
+  // another device's context hands the hidden states over.
+  size_t current = embed_context_;
+  pool_ = contexts_[current]->pool;
+  auto enter = [&](size_t c) {
+    if (c != current) hand_over(*contexts_[current], *contexts_[c], &Scratch::x, n * hidden);
+    current = c;
+    pool_ = contexts_[c]->pool;
+  };
   // Row-parallel step over the n token rows (norms, rope, residual adds).
   auto for_rows = [&](auto&& body) {
-    pool_.parallel_for(n, [&](size_t begin, size_t end) {
+    pool_->parallel_for(n, [&](size_t begin, size_t end) {
       for (size_t r = begin; r < end; ++r) body(r);
     });
   };
   {
+    auto& x = buffer(contexts_[current]->scratch.x, n * hidden);
     size_t r = 0;
     for (const auto& c : chunks) {
       size_t image_row = 0;
@@ -263,16 +334,30 @@ std::vector<float> Qwen2Model::forward(std::span<const SequenceChunk> chunks) {
                     std::to_string(c.image_embeds.size() / hidden) + " image embeddings");
     }
   }
-  // cos/sin per row for its position.
-  auto &cos = buffer(s.cos, n * head_dim / 2), &sin = buffer(s.sin, n * head_dim / 2);
+  // cos/sin per row for its position, computed once and copied to each device holding layers.
+  const size_t half = head_dim / 2;
+  rope_host_.resize(2 * n * half);
   for (size_t r = 0; r < n; ++r)
-    for (size_t i = 0; i < head_dim / 2; ++i) {
+    for (size_t i = 0; i < half; ++i) {
       const double angle = static_cast<double>(rows[r].rope[rope_axis_[i]]) * inv_freq_[i];
-      cos[r * head_dim / 2 + i] = static_cast<float>(std::cos(angle));
-      sin[r * head_dim / 2 + i] = static_cast<float>(std::sin(angle));
+      rope_host_[r * half + i] = static_cast<float>(std::cos(angle));
+      rope_host_[(n + r) * half + i] = static_cast<float>(std::sin(angle));
+    }
+  for (auto& c : contexts_)
+    if (c->holds_layers) {
+      c->device->copy_from_host(buffer(c->scratch.cos, n * half).buffer(), 0,
+                                std::as_bytes(std::span(rope_host_.data(), n * half)));
+      c->device->copy_from_host(buffer(c->scratch.sin, n * half).buffer(), 0,
+                                std::as_bytes(std::span(rope_host_.data() + n * half, n * half)));
     }
 
   for (size_t l = 0; l < layers_.size(); ++l) {
+    enter(layer_context_[l]);
+    Scratch& s = contexts_[current]->scratch;
+    auto &x = buffer(s.x, n * hidden), &normed = buffer(s.normed, n * hidden), &q = buffer(s.q, n * hidden);
+    auto &k = buffer(s.k, n * kv_dim), &v = buffer(s.v, n * kv_dim), &attn = buffer(s.attn, n * hidden);
+    auto &tmp = buffer(s.tmp, n * hidden), &gate = buffer(s.gate, n * inter), &up = buffer(s.up, n * inter);
+    const DeviceArray &cos = s.cos, &sin = s.sin;
     const Qwen2Layer& layer = layers_[l];
     for_rows([&](size_t r) {
       kernels::rms_norm(x.data() + r * hidden, layer.input_norm.data(), eps, normed.data() + r * hidden, hidden);
@@ -290,16 +375,16 @@ std::vector<float> Qwen2Model::forward(std::span<const SequenceChunk> chunks) {
     // Causal attention: row r sees positions [0, position] of its own sequence. One item per
     // (row, kv head) serves the kv head's whole query group; items are dealt round-robin to the
     // workers because later rows of a prompt attend over more positions.
-    const size_t items = n * kv_heads, lanes = pool_.size();
-    if (s.scores.size() < lanes) s.scores.resize(lanes);
-    pool_.parallel_for(lanes, [&](size_t lane_begin, size_t lane_end) {
+    const size_t items = n * kv_heads, lanes = pool_->size();
+    while (s.scores.size() < lanes) s.scores.emplace_back(contexts_[current]->device, "attention scores");
+    pool_->parallel_for(lanes, [&](size_t lane_begin, size_t lane_end) {
       for (size_t lane = lane_begin; lane < lane_end; ++lane)
         for (size_t item = lane; item < items; item += lanes) {
           const size_t r = item / kv_heads, kvh = item % kv_heads;
           const Row& row = rows[r];
           const KvCache& cache = *row.cache;
           const kernels::KvRows kv{cache.dtype(), cache.keys(l), cache.values(l), kv_dim, kvh * head_dim};
-          std::vector<float>& scores = buffer(s.scores[lane], group * (row.position + 1));
+          DeviceArray& scores = buffer(s.scores[lane], group * (row.position + 1));
           kernels::attend(q.data() + r * hidden + kvh * group * head_dim, group, head_dim, kv, row.position + 1,
                           attn_scale, scores.data(), attn.data() + r * hidden + kvh * group * head_dim);
         }
@@ -318,11 +403,29 @@ std::vector<float> Qwen2Model::forward(std::span<const SequenceChunk> chunks) {
   }
   for (const auto& c : chunks) c.cache->commit(c.tokens.size());
 
-  std::vector<float> final_rows(logit_rows.size() * hidden);
-  for (size_t i = 0; i < logit_rows.size(); ++i)
-    kernels::rms_norm(x.data() + logit_rows[i] * hidden, final_norm_.data(), eps, final_rows.data() + i * hidden, hidden);
-  std::vector<float> logits(logit_rows.size() * lm_head_.rows);
-  matmul(final_rows.data(), logit_rows.size(), lm_head_, nullptr, logits.data());
+  const size_t m = logit_rows.size();
+  enter(norm_context_);
+  {
+    Scratch& s = contexts_[current]->scratch;
+    const float* x = s.x.data();
+    float* final_rows = buffer(s.final_rows, m * hidden).data();
+    for (size_t i = 0; i < m; ++i)
+      kernels::rms_norm(x + logit_rows[i] * hidden, final_norm_.data(), eps, final_rows + i * hidden, hidden);
+  }
+  if (head_context_ != current) {
+    hand_over(*contexts_[current], *contexts_[head_context_], &Scratch::final_rows, m * hidden);
+    current = head_context_;
+    pool_ = contexts_[current]->pool;
+  }
+  Context& head = *contexts_[current];
+  std::vector<float> logits(m * lm_head_.rows);
+  if (host_) {  // runs without a placement write the logits straight into the result
+    matmul(head.scratch.final_rows.data(), m, lm_head_, nullptr, logits.data());
+    return logits;
+  }
+  DeviceArray& out = buffer(head.scratch.logits, m * lm_head_.rows);
+  matmul(head.scratch.final_rows.data(), m, lm_head_, nullptr, out.data());
+  head.device->copy_to_host(std::as_writable_bytes(std::span(logits)), out.buffer(), 0);
   return logits;
 }
 

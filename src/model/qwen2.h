@@ -9,6 +9,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "device/cpu_device.h"
+#include "device/device_array.h"
 #include "io/safetensors.h"
 #include "kernels/matmul.h"
 #include "model/config.h"
@@ -38,12 +40,23 @@ struct SequenceChunk {
   int64_t position_delta = 0;
 };
 
+// Where each part of the model runs (--device_map): its weights are copied into accounted
+// allocations on that device, its KV cache and activations live there, and its kernels run on the
+// device's threads. The devices must outlive the model.
+struct ModelPlacement {
+  Device* embed = nullptr;
+  std::vector<Device*> layers;
+  Device* norm = nullptr;
+  Device* head = nullptr;
+};
+
 class Qwen2Model {
  public:
   // Loads config.json and the checkpoint in `model_dir`; checks every tensor's presence and shape.
-  // `adapter_dirs`: PEFT LoRA adapters applied unmerged (see RuntimeLora).
+  // `adapter_dirs`: PEFT LoRA adapters applied unmerged (see RuntimeLora). Without `placement`
+  // the model runs on the host with `threads` threads and uses the weights in place (memory map).
   Qwen2Model(const std::filesystem::path& model_dir, size_t threads,
-             const std::vector<std::filesystem::path>& adapter_dirs = {});
+             const std::vector<std::filesystem::path>& adapter_dirs = {}, const ModelPlacement* placement = nullptr);
 
   const ModelConfig& config() const { return config_; }
   const Checkpoint& checkpoint() const { return checkpoint_; }
@@ -84,14 +97,38 @@ class Qwen2Model {
   std::vector<float> inv_freq_;  // RoPE frequencies, head_dim / 2
   std::vector<uint8_t> rope_axis_;  // M-RoPE: which position (t, h, w) each frequency uses (mrope_section)
   DType kv_cache_dtype_ = DType::F32;
-  ThreadPool pool_;
 
-  // Activations of forward(), kept between calls so decode steps do not allocate.
+  // Activations of forward() on one device, kept between calls so decode steps do not allocate.
   struct Scratch {
-    std::vector<float> x, normed, q, k, v, attn, tmp, gate, up, cos, sin;
-    std::vector<std::vector<float>> scores;  // attention scores, one buffer per worker
+    explicit Scratch(Device* d)
+        : x(d, "hidden states"), normed(d, "activations"), q(d, "activations"), k(d, "activations"),
+          v(d, "activations"), attn(d, "activations"), tmp(d, "activations"), gate(d, "MLP activations"),
+          up(d, "MLP activations"), cos(d, "rope tables"), sin(d, "rope tables"), final_rows(d, "final norm rows"),
+          logits(d, "logits") {}
+    DeviceArray x, normed, q, k, v, attn, tmp, gate, up, cos, sin, final_rows, logits;
+    std::vector<DeviceArray> scores;  // attention scores, one buffer per worker
   };
-  Scratch scratch_;
+  // A device the model runs on, with its threads and activations.
+  struct Context {
+    Device* device;
+    ThreadPool* pool;
+    Scratch scratch;
+    bool holds_layers = false;
+  };
+  size_t context_of(Device* device);
+  // Copies `count` floats of `from`'s array `member` to the same array of `to`.
+  void hand_over(Context& from, Context& to, DeviceArray Scratch::*member, size_t count);
+  void place_weights(const ModelPlacement& placement);
+
+  std::unique_ptr<CpuDevice> host_;  // the device of runs without a placement
+  std::vector<std::unique_ptr<Context>> contexts_;
+  std::vector<size_t> layer_context_;
+  size_t embed_context_ = 0, norm_context_ = 0, head_context_ = 0;
+  std::vector<Device*> layer_devices_;  // empty without a placement (caches grow on the host)
+  std::vector<DeviceBuffer> placed_weights_;
+  ThreadPool* pool_ = nullptr;     // the pool of the context forward() is in
+  std::vector<float> staging_;     // host copy of activations handed between devices
+  std::vector<float> rope_host_;   // cos and sin for this step's positions, computed on the host
 };
 
 }  // namespace vlmforge
