@@ -57,7 +57,9 @@ std::unique_ptr<PlacedRun> place_model(const fs::path& model_dir, const DeviceMa
       case ModuleKind::kNorm: run->placement.norm = device; break;
       case ModuleKind::kHead: run->placement.head = device; break;
       case ModuleKind::kVision:
-        throw Error(model_dir.string() + ": the vision tower does not run in this build yet; plan it with `vlmforge plan`");
+        throw Error(model_dir.string() +
+                    ": --device_map cannot place a vision tower yet (it runs on the host only); run this "
+                    "Qwen2.5-VL model without --device_map, or plan its placement with `vlmforge plan`");
     }
   }
   return run;

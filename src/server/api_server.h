@@ -36,7 +36,8 @@ struct ServerOptions {
   size_t max_body_bytes = 100u << 20;
   size_t max_model_len = 4096;
   MediaPolicy media;
-  // With --device_map: the devices the model runs on, for per-device memory in /metrics.
+  // With --device_map: the devices the model runs on (they must outlive the server), for
+  // per-device memory in /metrics.
   std::vector<const Device*> devices;
 };
 

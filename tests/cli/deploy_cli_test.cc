@@ -26,5 +26,18 @@ TEST(DeployCli, BadPlacementAndImageFlagsFailBeforeServing) {
   expect({"--min_pixels", "9000", "--max_pixels", "100"}, 2, "larger than max_pixels");
 }
 
+TEST(DeployCli, VisionModelWithDeviceMapSaysWhatToDo) {
+  const fs::path tokenizer = shared_dir() / "tokenizer" / "tokenizer.json";
+  if (!fs::exists(tokenizer)) GTEST_SKIP() << "shared tokenizer missing";
+  TempDir dir;
+  const auto made = run_vlmforge({"generate", "checkpoint", "--preset", "tiny-vl", "--output_dir", (dir / "vl").string(),
+                                  "--dtype", "float32", "--vocab_size", "151936", "--tokenizer", tokenizer.string()});
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  const auto r = run_vlmforge({"deploy", "--model", (dir / "vl").string(), "--port", "0", "--device_map", "auto"});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("without --device_map"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out.find("serving"), std::string::npos) << r.out;
+}
+
 }  // namespace
 }  // namespace vlmforge::test
