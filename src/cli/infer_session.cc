@@ -57,9 +57,8 @@ std::unique_ptr<PlacedRun> place_model(const fs::path& model_dir, const DeviceMa
       case ModuleKind::kNorm: run->placement.norm = device; break;
       case ModuleKind::kHead: run->placement.head = device; break;
       case ModuleKind::kVision:
-        throw Error(model_dir.string() +
-                    ": --device_map cannot place a vision tower yet (it runs on the host only); run this "
-                    "Qwen2.5-VL model without --device_map, or plan its placement with `vlmforge plan`");
+        throw Error(model_dir.string() + ": --device_map does not place the vision tower on devices yet; run this "
+                    "Qwen2.5-VL model without --device_map (planning it with `vlmforge plan` works)");
     }
   }
   return run;

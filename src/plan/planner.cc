@@ -10,6 +10,7 @@
 #include "model/layout.h"
 #include "util/bytes.h"
 #include "util/error.h"
+#include "vision/vision_activations.h"
 
 namespace vlmforge {
 using nlohmann::json;
@@ -352,20 +353,10 @@ DeviceCost device_cost(const ModelShape& shape, const std::vector<size_t>& modul
     floats += rows * hidden;
   }
   if (head) floats += logit_rows * (hidden + static_cast<uint64_t>(c.vocab_size));  // normed rows + logits
-  if (vision && c.vision) {
-    // One image at a time at max_pixels: S patches of C·T·P² values; per block x, normed, qkv,
-    // attention out, projection out (7 × hidden) and the MLP's gate and up (2 × intermediate);
-    // rope cos/sin (head_dim); attention scores in 512-row query blocks per lane; the merger's
-    // output S / m² × out_hidden. See docs/plan.md.
-    const VisionConfig& v = *c.vision;
-    const uint64_t patch = static_cast<uint64_t>(v.patch_size);
-    const uint64_t s = o.max_pixels / (patch * patch);
-    const uint64_t per_patch = static_cast<uint64_t>(v.in_channels * v.temporal_patch_size) * patch * patch;
-    const uint64_t vh = v.hidden_size, vi = v.intermediate_size, vhd = vh / v.num_heads;
-    const uint64_t merge = static_cast<uint64_t>(v.spatial_merge_size * v.spatial_merge_size);
-    floats += s * (per_patch + 7 * vh + 2 * vi + vhd) + lanes * 512 * s + s / merge * v.out_hidden_size;
-  }
-  cost.workspace = floats * kF32;
+  uint64_t vision_bytes = 0;
+  // One image at a time at max_pixels: exactly the buffers VisionTower::encode allocates.
+  if (vision && c.vision) vision_bytes = vision::vision_activation_bytes(*c.vision, o.max_pixels, lanes);
+  cost.workspace = floats * kF32 + vision_bytes;
   return cost;
 }
 

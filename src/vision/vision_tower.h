@@ -11,6 +11,7 @@
 #include "io/safetensors.h"
 #include "kernels/matmul.h"
 #include "model/config.h"
+#include "vision/vision_activations.h"
 #include "model/runtime_lora.h"
 #include "util/thread_pool.h"
 #include "vision/image_processor.h"
@@ -24,18 +25,6 @@ struct WindowLayout {
   std::vector<size_t> boundaries;     // cumulative patch rows: 0, ..., rows
 };
 WindowLayout window_layout(uint32_t grid_h, uint32_t grid_w, const VisionConfig& config);
-
-// The fp32 buffers (in floats) encode() allocates for an image of `rows` patch rows; bytes() is
-// their peak total with `lanes` threads.
-struct VisionActivations {
-  size_t patches, hidden, normed, qkv, attention, mlp_gate, mlp_up, rope, scores_per_lane, merged_hidden, output;
-  uint64_t bytes(size_t lanes) const;
-};
-VisionActivations vision_activations(const VisionConfig& config, size_t rows);
-
-// Peak activation bytes of encoding one image of at most `max_pixels` pixels (the largest patch
-// grid smart_resize can give), for the device planner.
-uint64_t vision_activation_bytes(const VisionConfig& config, uint64_t max_pixels, size_t threads);
 
 class VisionTower {
  public:

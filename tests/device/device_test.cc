@@ -20,15 +20,7 @@ EnvLookup fake_env(std::map<std::string, std::string> vars) {
   };
 }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 TEST(CpuDevice, AccountsAllocationsAndPeak) {
   CpuDevice d(1, 1000, 1);

@@ -16,15 +16,7 @@ namespace vlmforge {
 namespace {
 using nlohmann::json;
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 std::vector<DeviceTarget> devices(const std::string& type, int count, uint64_t bytes) {
   std::vector<DeviceTarget> out;

@@ -2,6 +2,7 @@
 // Helpers shared by the test binaries: temporary directories, the shared golden data, and running
 // the vlmforge executable.
 #include <cstdint>
+#include <exception>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -39,5 +40,16 @@ struct RunOptions {
 
 // Runs vlmforge with `args` (no shell), capturing stdout and stderr.
 CommandResult run_vlmforge(const std::vector<std::string>& args, const RunOptions& options = {});
+
+// The message of the exception f() throws, or "" when it throws none.
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
 
 }  // namespace vlmforge::test
