@@ -1,7 +1,11 @@
 // vlmforge deploy: an OpenAI-compatible HTTP server (chat completions, completions, models,
-// health, metrics) with continuous batching over one model on the CPU.
+// health, metrics) with continuous batching; Qwen2.5-VL checkpoints take images, and --device_map
+// runs the model across devices as infer does.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <optional>
+#include <span>
 #include <thread>
 
 #include "cli/commands.h"
@@ -24,19 +28,20 @@ struct DeployArgs {
   size_t max_batch_size = 8;
   std::string served_model_name;
   std::string api_key;
-  std::string device_map = "auto";
   size_t max_queue = 64;
   double max_body_mb = 100;
   std::string allowed_local_media_path;
   size_t max_model_len = 0;
   size_t threads = 0;
   std::string kv_cache_dtype = "float32";
+  std::optional<uint64_t> min_pixels, max_pixels;
+  size_t image_cache_mb = 512;
+  DeviceMapArgs device_map;
 };
 
-int run(const DeployArgs& a) {
-  // Multi-device placement is issue #6; until then the whole model runs on the CPU.
-  if (a.device_map != "auto" && a.device_map != "cpu")
-    throw UsageError("--device_map " + a.device_map + ": this build runs the model on one device, the CPU (use auto or cpu)");
+int run(DeployArgs a) {
+  // Before --device_map planned placements, "cpu" was how to ask for one host device; it still is.
+  if (a.device_map.placement.device_map == "cpu") a.device_map.placement.device_map.clear();
   if (a.max_batch_size == 0) throw UsageError("--max_batch_size must be at least 1");
   if (a.port < 0 || a.port > 65535) throw UsageError("--port must be 0..65535 (0: any free port)");
   if (!(a.max_body_mb > 0)) throw UsageError("--max_body_mb must be positive");
@@ -47,13 +52,33 @@ int run(const DeployArgs& a) {
     options.media.allowed_local_media_path = a.allowed_local_media_path;
   }
 
-  InferSession session(a.model, a.threads, {a.adapters.begin(), a.adapters.end()});
+  VisionOptions vision_options;
+  vision_options.budget = vision::pixel_budget_from_env(a.min_pixels, a.max_pixels);
+  vision_options.cache_bytes = uint64_t{a.image_cache_mb} << 20;
+  const DType kv_dtype = a.kv_cache_dtype == "bfloat16" ? DType::BF16 : DType::F32;
+  std::unique_ptr<PlacedRun> placed;  // outlives the session: the model's memory lives on its devices
+  if (a.device_map.enabled()) {
+    // Planned for the server's batch: max_batch_size sequences of max_model_len each.
+    PlanOptions o;
+    o.max_batch_size = a.max_batch_size;
+    o.max_model_len = a.max_model_len;
+    o.kv_cache_dtype = kv_dtype;
+    o.threads = a.threads ? a.threads : std::max(1u, std::thread::hardware_concurrency());
+    o.prefill_chunk = GenerationParams{}.prefill_chunk;
+    placed = place_model(a.model, a.device_map, o);
+    placed->print_plan();
+    for (const auto& device : placed->devices) options.devices.push_back(device.get());
+  } else if (a.device_map.memory_report) {
+    throw UsageError("--memory_report reports the devices of a --device_map run; add --device_map auto");
+  }
+  InferSession session(a.model, a.threads, {a.adapters.begin(), a.adapters.end()}, vision_options,
+                       placed ? &placed->placement : nullptr);
   // Caught here rather than as a failed generation on every request.
   if (session.tokenizer.vocab_size() > session.model->vocab_size())
     throw Error(a.model + ": tokenizer.json has " + std::to_string(session.tokenizer.vocab_size()) +
                 " tokens but the model's vocab_size is " + std::to_string(session.model->vocab_size()) +
                 "; use the tokenizer the model was trained with");
-  session.model->set_kv_cache_dtype(a.kv_cache_dtype == "bfloat16" ? DType::BF16 : DType::F32);
+  session.model->set_kv_cache_dtype(kv_dtype);
   const size_t max_model_len = a.max_model_len ? a.max_model_len : session.model->config().max_position_embeddings;
 
   options.host = a.host;
@@ -71,6 +96,18 @@ int run(const DeployArgs& a) {
 
   server::Scheduler scheduler(*session.model, session.tokenizer, {a.max_batch_size, a.max_queue, max_model_len});
   server::ApiServer api(session, scheduler, options);
+  if (session.images) {
+    // Images are decoded and encoded on the request's HTTP thread (ImageEncoder serializes them
+    // and caches by content); the scheduler thread only ever runs the language model, so a
+    // request's images do not stall the decode steps of the sequences already running.
+    api.set_vision_prompt_hook(
+        [&session](const nlohmann::ordered_json& messages, std::span<const server::ImageInput> images) {
+          std::vector<InferSession::ImageData> data;
+          for (size_t i = 0; i < images.size(); ++i)
+            data.push_back({images[i].bytes, "image " + std::to_string(i + 1) + " (" + images[i].source + ")"});
+          return session.prepare_in_memory(messages, data);
+        });
+  }
   const int port = api.bind();
   catch_interrupts();
   std::printf("vlmforge deploy: serving '%s' on http://%s:%d (max_batch_size %zu, max_queue %zu, max_model_len %zu)\n",
@@ -92,6 +129,7 @@ int run(const DeployArgs& a) {
   std::fprintf(stderr, "vlmforge deploy: stopped after %llu finished, %llu cancelled, %llu failed requests\n",
                static_cast<unsigned long long>(stats.finished), static_cast<unsigned long long>(stats.cancelled),
                static_cast<unsigned long long>(stats.failed));
+  if (placed && a.device_map.memory_report) placed->print_memory_report();
   return kExitOk;
 }
 
@@ -105,6 +143,7 @@ void add_deploy_command(CLI::App& app, int& exit_code) {
       "POST /v1/chat/completions, POST /v1/completions (stream as server-sent events), GET /v1/models,\n"
       "GET /health, GET /metrics (Prometheus). Requests join the running batch between decode steps\n"
       "(continuous batching) up to --max_batch_size; beyond --max_queue waiting requests the answer is 429.\n"
+      "Qwen2.5-VL checkpoints take image_url parts (sized by --max_pixels/--min_pixels or MAX_PIXELS/MIN_PIXELS, as infer).\n"
       "SIGTERM or Ctrl-C stops accepting, finishes the requests in flight and exits 0.");
   cmd->add_option("--model", a->model, "Model directory (config.json, *.safetensors, tokenizer.json)")->required();
   cmd->add_option("--adapters,--lora", a->adapters, "PEFT LoRA adapters applied unmerged");
@@ -113,8 +152,6 @@ void add_deploy_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--max_batch_size", a->max_batch_size, "Most sequences decoded together")->capture_default_str();
   cmd->add_option("--served_model_name", a->served_model_name, "The model name clients send (default: --model as given)");
   cmd->add_option("--api_key", a->api_key, "Require 'Authorization: Bearer KEY' on /v1/ routes");
-  cmd->add_option("--device_map", a->device_map, "Device placement: auto or cpu (the model runs on the CPU)")
-      ->capture_default_str();
   cmd->add_option("--max_queue", a->max_queue, "Most requests waiting to join the batch; more get 429 + Retry-After")
       ->capture_default_str();
   cmd->add_option("--max_body_mb", a->max_body_mb, "Largest request body in MiB; larger ones get 413")->capture_default_str();
@@ -125,6 +162,11 @@ void add_deploy_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--kv_cache_dtype", a->kv_cache_dtype, "KV cache storage: bfloat16 halves its memory")
       ->check(CLI::IsMember({"float32", "bfloat16"}))
       ->capture_default_str();
+  cmd->add_option("--max_pixels", a->max_pixels, "Image pixel budget upper bound (default: MAX_PIXELS env or 12845056)");
+  cmd->add_option("--min_pixels", a->min_pixels, "Image pixel budget lower bound (default: MIN_PIXELS env or 3136)");
+  cmd->add_option("--image_cache_mb", a->image_cache_mb, "Memory for cached vision embeddings (LRU by image content)")
+      ->capture_default_str();
+  add_device_map_options(cmd, a->device_map);
   cmd->callback([a, &exit_code] { exit_code = run(*a); });
 }
 

@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 
 #include <cstdio>
+#include <functional>
 
 #include "data/media_check.h"
 #include "io/json_file.h"
@@ -127,24 +128,32 @@ std::vector<int32_t> InferSession::encode_chat(const nlohmann::ordered_json& req
 
 namespace {
 
-// The image references of a rendered request, in the order the Qwen2.5-VL template emits
-// <|image_pad|>: parts with type "image", or an "image" / "image_url" field.
-std::vector<std::string> image_references(const tokenizer::ChatRequest& chat) {
-  std::vector<std::string> out;
+// The image parts of a parsed request, in the order the Qwen2.5-VL template emits <|image_pad|>:
+// parts with type "image", or an "image" / "image_url" field.
+std::vector<const nlohmann::ordered_json*> image_parts(const tokenizer::ChatRequest& chat) {
+  std::vector<const nlohmann::ordered_json*> out;
   for (const auto& message : chat.messages) {
     if (!message.is_object() || !message.contains("content") || !message["content"].is_array()) continue;
     for (const auto& part : message["content"]) {
       if (!part.is_object()) continue;
       const bool typed = part.contains("type") && part["type"] == "image";
-      if (!typed && !part.contains("image") && !part.contains("image_url")) continue;
-      const nlohmann::ordered_json& ref = part.contains("image") ? part["image"] : part.contains("image_url") ? part["image_url"] : part;
-      std::string path;
-      if (ref.is_string()) path = ref.get<std::string>();
-      else if (ref.is_object() && ref.contains("url") && ref["url"].is_string()) path = ref["url"].get<std::string>();
-      else if (ref.is_object() && ref.contains("path") && ref["path"].is_string()) path = ref["path"].get<std::string>();
-      else throw Error("an image in the request has no path (expected a string, {\"path\": ...} or {\"url\": ...})");
-      out.push_back(path);
+      if (typed || part.contains("image") || part.contains("image_url")) out.push_back(&part);
     }
+  }
+  return out;
+}
+
+std::vector<std::string> image_references(const tokenizer::ChatRequest& chat) {
+  std::vector<std::string> out;
+  for (const nlohmann::ordered_json* part_ptr : image_parts(chat)) {
+    const nlohmann::ordered_json& part = *part_ptr;
+    const nlohmann::ordered_json& ref = part.contains("image") ? part["image"] : part.contains("image_url") ? part["image_url"] : part;
+    std::string path;
+    if (ref.is_string()) path = ref.get<std::string>();
+    else if (ref.is_object() && ref.contains("url") && ref["url"].is_string()) path = ref["url"].get<std::string>();
+    else if (ref.is_object() && ref.contains("path") && ref["path"].is_string()) path = ref["path"].get<std::string>();
+    else throw Error("an image in the request has no path (expected a string, {\"path\": ...} or {\"url\": ...})");
+    out.push_back(path);
   }
   return out;
 }
@@ -159,20 +168,19 @@ fs::path image_path(std::string reference, const fs::path& base_dir) {
   return data::resolve_media_path(reference, base_dir);
 }
 
-}  // namespace
-
-PromptInput InferSession::prepare(const nlohmann::ordered_json& request, const fs::path& base_dir) const {
+// The prompt of a parsed request with its `image_count` images, the i-th encoded by encode(i):
+// each <|image_pad|> expanded to its image's token count, the embeddings and M-RoPE positions.
+PromptInput prepare_chat(const InferSession& session, const tokenizer::ChatRequest& chat, size_t image_count,
+                         const std::function<vision::EncodedImage(size_t)>& encode) {
+  if (image_count > 0 && !session.images)
+    throw Error("the request has " + std::to_string(image_count) +
+                " image(s) but this is a text-only model; images need a Qwen2.5-VL model");
   tokenizer::ChatOptions options;
   options.add_generation_prompt = true;
-  const tokenizer::ChatRequest chat = tokenizer::parse_chat_request(request);
-  const std::vector<std::string> references = image_references(chat);
-  if (!references.empty() && !images)
-    throw Error("the request has " + std::to_string(references.size()) +
-                " image(s) but this is a text-only model; images need a Qwen2.5-VL model");
   PromptInput input;
-  input.tokens = tokenizer.encode(tokenizer::render_chat(chat_kind, chat, options));
-  if (references.empty()) return input;
-  const ModelConfig& config = model->config();
+  input.tokens = session.tokenizer.encode(tokenizer::render_chat(session.chat_kind, chat, options));
+  if (image_count == 0) return input;
+  const ModelConfig& config = session.model->config();
   std::vector<ImageGrid> grids;
   std::vector<int32_t> expanded;
   size_t next_image = 0;
@@ -181,21 +189,41 @@ PromptInput InferSession::prepare(const nlohmann::ordered_json& request, const f
       expanded.push_back(token);
       continue;
     }
-    if (next_image >= references.size()) throw Error("the prompt has more <|image_pad|> tokens than images");
-    const vision::EncodedImage image = images->encode(image_path(references[next_image++], base_dir));
+    if (next_image >= image_count) throw Error("the prompt has more <|image_pad|> tokens than images");
+    const vision::EncodedImage image = encode(next_image++);
     grids.push_back({image.grid_t, image.grid_h, image.grid_w});
     expanded.insert(expanded.end(), image.tokens, token);
     input.image_embeds.insert(input.image_embeds.end(), image.embeds->begin(), image.embeds->end());
   }
-  if (next_image != references.size())
+  if (next_image != image_count)
     throw Error("the tokenizer does not map <|image_pad|> to the model's image_token_id " +
                 std::to_string(config.image_token_id) + " (" + std::to_string(next_image) + " of " +
-                std::to_string(references.size()) + " images placed)");
+                std::to_string(image_count) + " images placed)");
   MropePositions positions = mrope_positions(expanded, grids, config);
   input.tokens = std::move(expanded);
   input.positions = std::move(positions.positions);
   input.position_delta = positions.delta;
   return input;
+}
+
+}  // namespace
+
+PromptInput InferSession::prepare(const nlohmann::ordered_json& request, const fs::path& base_dir) const {
+  const tokenizer::ChatRequest chat = tokenizer::parse_chat_request(request);
+  const std::vector<std::string> references = image_references(chat);
+  return prepare_chat(*this, chat, references.size(),
+                      [&](size_t i) { return images->encode(image_path(references[i], base_dir)); });
+}
+
+PromptInput InferSession::prepare_in_memory(const nlohmann::ordered_json& request,
+                                            std::span<const ImageData> image_data) const {
+  const tokenizer::ChatRequest chat = tokenizer::parse_chat_request(request);
+  const size_t parts = image_parts(chat).size();
+  if (parts != image_data.size())
+    throw Error("the request has " + std::to_string(parts) + " image part(s) but " + std::to_string(image_data.size()) +
+                " image(s)");
+  return prepare_chat(*this, chat, parts,
+                      [&](size_t i) { return images->encode(image_data[i].bytes, image_data[i].name); });
 }
 
 json openai_logprobs(const tokenizer::Tokenizer& tokenizer, const std::vector<TokenLogprob>& logprobs) {

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -66,6 +67,14 @@ struct InferSession {
   // token count, the vision embeddings and the M-RoPE positions. Relative image paths that do not
   // exist as given are looked up under `base_dir`. Safe to call while another thread generates.
   PromptInput prepare(const nlohmann::ordered_json& request, const std::filesystem::path& base_dir = {}) const;
+  // prepare() for a request whose image parts carry no path (a server's {"type": "image"} parts):
+  // their bytes are `images`, in order of appearance, decoded and encoded exactly as files are
+  // (same preprocessing, same cache). Safe to call while another thread generates.
+  struct ImageData {
+    std::span<const uint8_t> bytes;
+    std::string name;  // for error messages
+  };
+  PromptInput prepare_in_memory(const nlohmann::ordered_json& request, std::span<const ImageData> images) const;
 };
 
 // OpenAI's logprobs.content for generated tokens.

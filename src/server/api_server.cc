@@ -203,28 +203,37 @@ void ApiServer::record(const std::string& path, int status) {
   ++requests_[{known.count(path) ? path : "other", status}];
 }
 
-std::vector<int32_t> ApiServer::prompt_tokens(const CompletionRequest& request) const {
+PromptInput ApiServer::prompt_input(const CompletionRequest& request) const {
   if (request.endpoint == Endpoint::kCompletions) {
-    if (!request.prompt_is_ids) return session_.tokenizer.encode(request.prompt);
+    if (!request.prompt_is_ids) return text_prompt(session_.tokenizer.encode(request.prompt));
     for (int32_t id : request.prompt_ids)
       if (id < 0 || static_cast<size_t>(id) >= session_.model->vocab_size())
         throw ApiError(400, "token id " + std::to_string(id) + " is outside the vocabulary (0.." +
                                 std::to_string(session_.model->vocab_size() - 1) + ")", "prompt");
-    return request.prompt_ids;
+    return text_prompt(request.prompt_ids);
   }
   if (!request.images.empty()) {
-    if (vision_hook_) return vision_hook_(request.messages, request.images);
+    if (vision_hook_) {
+      try {
+        return vision_hook_(request.messages, request.images);
+      } catch (const ApiError&) {
+        throw;
+      } catch (const Error& e) {
+        // Undecodable pixels, an aspect ratio the processor refuses, a chat template error.
+        throw ApiError(400, std::string("cannot use the request's images: ") + e.what(), "messages");
+      }
+    }
     throw ApiError(400,
                    session_.model->config().is_vision_language()
                        ? "model '" + options_.served_model_name +
-                             "' is a vision-language checkpoint, but this build serves its language model only: "
-                             "image_url parts cannot be used yet"
+                             "' is a vision-language checkpoint, but this server was started without its vision "
+                             "encoder: image_url parts cannot be used"
                        : "model '" + options_.served_model_name +
                              "' is a text-only model (Qwen2ForCausalLM) and cannot take image_url parts",
                    "messages", "image_input_not_supported");
   }
   try {
-    return session_.encode_chat(request.messages);
+    return text_prompt(session_.encode_chat(request.messages));
   } catch (const Error& e) {
     throw ApiError(400, std::string("cannot apply the chat template: ") + e.what(), "messages");
   }
@@ -247,8 +256,8 @@ void ApiServer::handle_completion(Endpoint endpoint, const httplib::Request& req
       throw ApiError(404, "The model '" + request.model + "' does not exist; this server serves '" +
                               options_.served_model_name + "'",
                      "model", "model_not_found");
-    std::vector<int32_t> prompt = prompt_tokens(request);
-    GenerationParams params = generation_params(request, session_.defaults, prompt.size(), options_.max_model_len);
+    PromptInput prompt = prompt_input(request);
+    GenerationParams params = generation_params(request, session_.defaults, prompt.tokens.size(), options_.max_model_len);
     try {
       job = scheduler_.submit(std::move(prompt), std::move(params));
     } catch (const QueueFull& e) {
@@ -366,6 +375,19 @@ std::string ApiServer::metrics_text() const {
   metric("vlmforge_memory_bytes", "gauge", "Memory by device: resident set of the process and the KV caches in it.");
   value("vlmforge_memory_bytes{device=\"cpu\",kind=\"resident\"}", static_cast<double>(current_rss_bytes()));
   value("vlmforge_memory_bytes{device=\"cpu\",kind=\"kv_cache\"}", static_cast<double>(s.kv_cache_bytes));
+  if (!options_.devices.empty()) {
+    metric("vlmforge_device_memory_bytes", "gauge",
+           "Per --device_map device: accounted memory now, its peak, and the device's free and total (a capped "
+           "device: its --max_memory).");
+    for (const Device* d : options_.devices) {
+      const MemoryInfo m = d->memory();
+      const std::string device = "vlmforge_device_memory_bytes{device=\"" + d->name() + "\",kind=\"";
+      value(device + "allocated\"}", static_cast<double>(d->allocated()));
+      value(device + "peak\"}", static_cast<double>(d->peak_allocated()));
+      value(device + "free\"}", static_cast<double>(m.free));
+      value(device + "total\"}", static_cast<double>(m.total));
+    }
+  }
   return out;
 }
 

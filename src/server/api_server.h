@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/infer_session.h"
+#include "device/device.h"
 #include "server/protocol.h"
 #include "server/scheduler.h"
 
@@ -35,13 +36,18 @@ struct ServerOptions {
   size_t max_body_bytes = 100u << 20;
   size_t max_model_len = 4096;
   MediaPolicy media;
+  // With --device_map: the devices the model runs on (they must outlive the server), for
+  // per-device memory in /metrics.
+  std::vector<const Device*> devices;
 };
 
-// THE seam for vision models (issue #7): turns a chat request whose user messages hold image
-// parts ({"type": "image"} in `messages`, the checked image bytes in `images`, same order) into
-// prompt token ids. Unset while no vision model is loaded: such requests are then a 400.
+// The seam for vision models: turns a chat request whose user messages hold image parts
+// ({"type": "image"} in `messages`, the checked image bytes in `images`, same order) into the
+// prompt (tokens with the image tokens expanded, image embeddings, M-RoPE positions). It runs on
+// the request's HTTP thread, so encoding images never holds up the running batch's decode steps.
+// Errors (Error) become a 400. Unset (text-only models): image requests are a 400.
 using VisionPromptHook =
-    std::function<std::vector<int32_t>(const nlohmann::ordered_json& messages, std::span<const ImageInput> images)>;
+    std::function<PromptInput(const nlohmann::ordered_json& messages, std::span<const ImageInput> images)>;
 
 class ApiServer {
  public:
@@ -61,7 +67,7 @@ class ApiServer {
 
  private:
   void handle_completion(Endpoint endpoint, const httplib::Request& req, httplib::Response& res);
-  std::vector<int32_t> prompt_tokens(const CompletionRequest& request) const;
+  PromptInput prompt_input(const CompletionRequest& request) const;
   std::string metrics_text() const;
   void record(const std::string& path, int status);
 

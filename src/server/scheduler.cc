@@ -45,7 +45,7 @@ Scheduler::Scheduler(Qwen2Model& model, const tokenizer::Tokenizer& tokenizer, S
 
 Scheduler::~Scheduler() { drain(); }
 
-std::shared_ptr<Job> Scheduler::submit(std::vector<int32_t> prompt, GenerationParams params) {
+std::shared_ptr<Job> Scheduler::submit(PromptInput prompt, GenerationParams params) {
   auto job = std::make_shared<Job>(std::move(prompt), std::move(params));
   {
     std::lock_guard lock(mutex_);
@@ -160,7 +160,7 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running, std::vector
     auto r = std::make_unique<Running>();
     r->job = job;
     try {
-      r->state = std::make_unique<SequenceState>(model_, tokenizer_, text_prompt(job->prompt_), options_.max_model_len,
+      r->state = std::make_unique<SequenceState>(model_, tokenizer_, std::move(job->prompt_), options_.max_model_len,
                                                  job->params_);
     } catch (const std::exception& e) {
       fail(job, e.what());

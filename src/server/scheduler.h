@@ -36,7 +36,7 @@ class ShuttingDown : public Error {
 // One request's generation, shared by the HTTP handler (reader) and the scheduler (writer).
 class Job {
  public:
-  Job(std::vector<int32_t> prompt, GenerationParams params) : prompt_(std::move(prompt)), params_(std::move(params)) {}
+  Job(PromptInput prompt, GenerationParams params) : prompt_(std::move(prompt)), params_(std::move(params)) {}
 
   // What the handler has not seen yet: text and logprobs past the given counts.
   struct Update {
@@ -60,7 +60,7 @@ class Job {
 
  private:
   friend class Scheduler;
-  const std::vector<int32_t> prompt_;
+  PromptInput prompt_;  // moved into the sequence when the job joins the batch (scheduler thread)
   const GenerationParams params_;
   std::atomic<bool> cancelled_{false};
   mutable std::mutex mutex_;
@@ -95,8 +95,9 @@ class Scheduler {
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
-  // Queues a request; throws QueueFull or ShuttingDown.
-  std::shared_ptr<Job> submit(std::vector<int32_t> prompt, GenerationParams params);
+  // Queues a request (its images already encoded: the scheduler thread only runs the language
+  // model); throws QueueFull or ShuttingDown.
+  std::shared_ptr<Job> submit(PromptInput prompt, GenerationParams params);
   // Removes a job that has not joined the batch yet, or marks a running one for cancellation.
   void cancel(const std::shared_ptr<Job>& job);
   // New submits fail with ShuttingDown; queued and running jobs still complete.

@@ -46,10 +46,19 @@ ImageEncoder::ImageEncoder(VisionTower& tower, const PixelBudget& budget, uint64
 
 EncodedImage ImageEncoder::encode(const std::filesystem::path& path) {
   std::lock_guard lock(mutex_);
-  auto start = Clock::now();
+  const auto start = Clock::now();
   const std::vector<uint8_t> bytes = read_file_bytes(path);
   timings_.read_seconds += since(start);
-  start = Clock::now();
+  return encode_locked(bytes, path.string());
+}
+
+EncodedImage ImageEncoder::encode(std::span<const uint8_t> bytes, const std::string& name) {
+  std::lock_guard lock(mutex_);
+  return encode_locked(bytes, name);
+}
+
+EncodedImage ImageEncoder::encode_locked(std::span<const uint8_t> bytes, const std::string& name) {
+  auto start = Clock::now();
   const Key key{content_hash(bytes), bytes.size()};
   if (const auto it = index_.find(key); it != index_.end()) {
     lru_.splice(lru_.begin(), lru_, it->second);
@@ -62,14 +71,14 @@ EncodedImage ImageEncoder::encode(const std::filesystem::path& path) {
   timings_.lookup_seconds += since(start);
   ++timings_.misses;
   start = Clock::now();
-  const RgbImage rgb = decode_rgb(bytes, path.string());
+  const RgbImage rgb = decode_rgb(bytes, name);
   timings_.decode_seconds += since(start);
   start = Clock::now();
   ImagePatches patches;
   try {
     patches = preprocess_image(rgb, budget_, tower_.config());
   } catch (const Error& e) {
-    throw Error(path.string() + ": " + e.what());
+    throw Error(name + ": " + e.what());
   }
   timings_.preprocess_seconds += since(start);
   start = Clock::now();

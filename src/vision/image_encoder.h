@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <span>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -39,6 +40,8 @@ class ImageEncoder {
 
   // Safe to call from several threads (calls are serialized). Throws Error naming the file.
   EncodedImage encode(const std::filesystem::path& path);
+  // The same for an image already in memory (a server's request body); `name` is used in errors.
+  EncodedImage encode(std::span<const uint8_t> bytes, const std::string& name);
 
   const PixelBudget& budget() const { return budget_; }
   ImageTimings timings() const;
@@ -57,6 +60,8 @@ class ImageEncoder {
     EncodedImage image;
     uint64_t bytes;
   };
+
+  EncodedImage encode_locked(std::span<const uint8_t> bytes, const std::string& name);
 
   VisionTower& tower_;
   PixelBudget budget_;

@@ -65,7 +65,7 @@ TEST_F(DeployScheduler, JoiningSequencesGetWhatEachPromptGetsAlone) {
   std::vector<std::shared_ptr<Job>> jobs;
   // Staggered submissions: later ones join a batch that is already decoding.
   for (size_t i = 0; i < prompts.size(); ++i) {
-    jobs.push_back(scheduler.submit(prompts[i], params(lengths[i], i % 2 ? 0.8f : 0.0f, 100 + i)));
+    jobs.push_back(scheduler.submit(text_prompt(prompts[i]), params(lengths[i], i % 2 ? 0.8f : 0.0f, 100 + i)));
     if (i == 1) wait_until([&] { return jobs[0]->result().tokens.size() >= 2; });
   }
   std::vector<GenerationResult> results;
@@ -97,14 +97,14 @@ TEST_F(DeployScheduler, JoiningSequencesGetWhatEachPromptGetsAlone) {
 
 TEST_F(DeployScheduler, ALongPromptIsPrefilledAChunkPerStepWhileOthersDecode) {
   Scheduler scheduler(*model_, *tokenizer_, {2, 4, 256});
-  auto decoding = scheduler.submit({9707, 11}, params(200, 0, 0));
+  auto decoding = scheduler.submit(text_prompt({9707, 11}), params(200, 0, 0));
   wait_until([&] { return !decoding->result().tokens.empty(); });
   std::vector<int32_t> long_prompt;
   for (int i = 0; i < 40; ++i) long_prompt.push_back(100 + 37 * i);
   GenerationParams chunked = params(5, 0.7f, 11);
   chunked.prefill_chunk = 4;  // 10 chunks
   const size_t before = decoding->result().tokens.size();
-  auto joiner = scheduler.submit(long_prompt, chunked);
+  auto joiner = scheduler.submit(text_prompt(long_prompt), chunked);
   wait_until([&] { return !joiner->result().tokens.empty(); });
   // One decode step of the other sequence per prefill chunk (the last one's step included).
   EXPECT_GE(decoding->result().tokens.size(), before + 9);
@@ -118,7 +118,7 @@ TEST_F(DeployScheduler, ALongPromptIsPrefilledAChunkPerStepWhileOthersDecode) {
 
 TEST_F(DeployScheduler, StreamedUpdatesConcatenateToTheResult) {
   Scheduler scheduler(*model_, *tokenizer_, {2, 4, 128});
-  auto job = scheduler.submit({9707, 11, 1879}, params(30, 0.9f, 5));
+  auto job = scheduler.submit(text_prompt({9707, 11, 1879}), params(30, 0.9f, 5));
   std::string text;
   size_t logprobs = 0;
   for (;;) {
@@ -133,11 +133,11 @@ TEST_F(DeployScheduler, StreamedUpdatesConcatenateToTheResult) {
 
 TEST_F(DeployScheduler, FullQueueRefusesAndCancelFreesTheSequence) {
   Scheduler scheduler(*model_, *tokenizer_, {1, 1, 120});
-  auto running = scheduler.submit({9707, 11}, params(100, 0, 0));
+  auto running = scheduler.submit(text_prompt({9707, 11}), params(100, 0, 0));
   wait_until([&] { return scheduler.stats().running == 1 && scheduler.stats().kv_cache_bytes > 0; });
-  auto queued = scheduler.submit({9707, 12}, params(100, 0, 0));
+  auto queued = scheduler.submit(text_prompt({9707, 12}), params(100, 0, 0));
   EXPECT_EQ(scheduler.stats().queued, 1u);
-  EXPECT_THROW(scheduler.submit({9707, 13}, params(5, 0, 0)), server::QueueFull);
+  EXPECT_THROW(scheduler.submit(text_prompt({9707, 13}), params(5, 0, 0)), server::QueueFull);
 
   scheduler.cancel(queued);  // leaves the queue at once
   EXPECT_EQ(finish(*queued).finish_reason, "abort");
@@ -150,25 +150,25 @@ TEST_F(DeployScheduler, FullQueueRefusesAndCancelFreesTheSequence) {
   EXPECT_EQ(scheduler.stats().kv_cache_bytes, 0u);
   EXPECT_EQ(scheduler.stats().cancelled, 2u);
   // The freed slot serves the next request.
-  EXPECT_EQ(finish(*scheduler.submit({9707, 13}, params(5, 0, 0))).tokens.size(), 5u);
+  EXPECT_EQ(finish(*scheduler.submit(text_prompt({9707, 13}), params(5, 0, 0))).tokens.size(), 5u);
 }
 
 TEST_F(DeployScheduler, DrainFinishesQueuedAndRunningWorkThenRefuses) {
   Scheduler scheduler(*model_, *tokenizer_, {2, 8, 128});
   std::vector<std::shared_ptr<Job>> jobs;
-  for (int i = 0; i < 5; ++i) jobs.push_back(scheduler.submit({9707, 11 + i}, params(10, 0, 0)));
+  for (int i = 0; i < 5; ++i) jobs.push_back(scheduler.submit(text_prompt({9707, 11 + i}), params(10, 0, 0)));
   scheduler.drain();
   for (auto& job : jobs) {
     EXPECT_TRUE(job->wait(0, 0, std::chrono::milliseconds(0)).finished);
     EXPECT_EQ(job->result().tokens.size(), 10u);
   }
-  EXPECT_THROW(scheduler.submit({9707}, params(1, 0, 0)), server::ShuttingDown);
+  EXPECT_THROW(scheduler.submit(text_prompt({9707}), params(1, 0, 0)), server::ShuttingDown);
 }
 
 TEST_F(DeployScheduler, AFailingSequenceIsReportedAndTheOthersContinue) {
   Scheduler scheduler(*model_, *tokenizer_, {2, 8, 16});
-  auto too_long = scheduler.submit(std::vector<int32_t>(16, 9707), params(4, 0, 0));  // no room to generate
-  auto fine = scheduler.submit({9707, 11}, params(4, 0, 0));
+  auto too_long = scheduler.submit(text_prompt(std::vector<int32_t>(16, 9707)), params(4, 0, 0));  // no room to generate
+  auto fine = scheduler.submit(text_prompt({9707, 11}), params(4, 0, 0));
   finish(*too_long);
   EXPECT_NE(too_long->error().find("does not fit max_model_len 16"), std::string::npos) << too_long->error();
   EXPECT_EQ(finish(*fine).tokens.size(), 4u);

@@ -61,5 +61,30 @@ TEST(VisionImageCache, HitsByContentAndLruEviction) {
   EXPECT_EQ(uncached.cached_bytes(), 0u);
 }
 
+TEST(VisionImageCache, BytesInMemoryEncodeAsTheirFileAndShareTheCache) {
+  TempDir dir;
+  const ModelConfig config = preset_config("tiny-vl");
+  generate_checkpoint(config, dir / "model", {.dtype = DType::F32});
+  const Checkpoint ckpt(dir / "model");
+  vision::VisionTower tower(ckpt, config, 1);
+  const std::string png = encoded_png(90, 62);
+  std::ofstream(dir / "a.png", std::ios::binary) << png;
+  const std::vector<uint8_t> bytes(png.begin(), png.end());
+  vision::ImageEncoder uncached(tower, {}, 0);
+  const auto from_memory = uncached.encode(bytes, "request image 1");
+  const auto from_file = uncached.encode(dir / "a.png");
+  EXPECT_EQ(*from_memory.embeds, *from_file.embeds);
+  EXPECT_EQ(from_memory.tokens, from_file.tokens);
+  EXPECT_EQ(from_memory.grid_h, from_file.grid_h);
+  EXPECT_EQ(from_memory.grid_w, from_file.grid_w);
+  vision::ImageEncoder cached(tower, {}, uint64_t{1} << 20);
+  EXPECT_FALSE(cached.encode(dir / "a.png").cache_hit);
+  EXPECT_TRUE(cached.encode(bytes, "request image 1").cache_hit);  // same content, other source
+  // Errors name the image as the caller did.
+  const std::vector<uint8_t> cut(bytes.begin(), bytes.begin() + 100);
+  const std::string error = error_of([&] { uncached.encode(cut, "request image 2"); });
+  EXPECT_NE(error.find("request image 2"), std::string::npos) << error;
+}
+
 }  // namespace
 }  // namespace vlmforge::test

@@ -1,21 +1,24 @@
 // End-to-end test of `vlmforge deploy` through the official openai npm client: plain, streaming,
-// logprobs, runtime LoRA, images (refused by a text-only model), errors, cancellation on disconnect, 429 on a
-// full queue, and SIGTERM finishing the request in flight. Run by run_e2e.sh (ctest deploy_e2e_openai).
+// logprobs, runtime LoRA, images (a tiny Qwen2.5-VL answers as `infer --images`; a text-only model
+// refuses them), --device_map across capped cpu devices, errors, cancellation on disconnect, 429 on
+// a full queue, and SIGTERM finishing the request in flight. Run by run_e2e.sh (ctest deploy_e2e_openai).
 import { spawn, execFileSync } from 'node:child_process';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import OpenAI from 'openai';
 
 const VLMFORGE = process.env.VLMFORGE;
 const MODEL_DIR = process.env.MODEL_DIR;
+const TOKENIZER = process.env.TOKENIZER;
 const KEY = 'test-key';
 const NAME = 'tiny';
 
-function startServer(extra) {
+function startServer(extra, model = MODEL_DIR) {
   const portArgs = extra.includes('--port') ? [] : ['--port', '0'];
-  const child = spawn(VLMFORGE, ['deploy', '--model', MODEL_DIR, ...portArgs, '--served_model_name', NAME,
+  const child = spawn(VLMFORGE, ['deploy', '--model', model, ...portArgs, '--served_model_name', NAME,
     '--max_model_len', '512', '--threads', '2', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d) => { stderr += d; });
@@ -56,8 +59,8 @@ async function expectError(promise, status, check = () => {}) {
   assert.fail(`expected HTTP ${status}`);
 }
 
-function infer(query, maxTokens, extra = []) {
-  const out = execFileSync(VLMFORGE, ['infer', '--model', MODEL_DIR, '--query', query, '--temperature', '0',
+function infer(query, maxTokens, extra = [], model = MODEL_DIR) {
+  const out = execFileSync(VLMFORGE, ['infer', '--model', model, '--query', query, '--temperature', '0',
     '--max_new_tokens', String(maxTokens), '--max_model_len', '512', '--json', ...extra], { stdio: ['ignore', 'pipe', 'ignore'] });
   return JSON.parse(out.toString());
 }
@@ -67,6 +70,45 @@ async function metric(base, series) {
   const line = text.split('\n').find((l) => l.startsWith(series + ' '));
   assert.ok(line, `metric ${series} missing`);
   return Number(line.split(' ')[1]);
+}
+
+// An 8-bit RGB PNG made here (node's zlib): a gradient with a bright square, so the image has detail.
+function gradientPng(width, height) {
+  const table = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; ++k) c = c & 1 ? 0xEDB88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  const crc = (buf) => {
+    let c = 0xFFFFFFFF;
+    for (const b of buf) c = table[(c ^ b) & 0xFF] ^ (c >>> 8);
+    return (c ^ 0xFFFFFFFF) >>> 0;
+  };
+  const chunk = (type, data) => {
+    const body = Buffer.concat([Buffer.from(type, 'ascii'), data]);
+    const out = Buffer.alloc(body.length + 8);
+    out.writeUInt32BE(data.length, 0);
+    body.copy(out, 4);
+    out.writeUInt32BE(crc(body), body.length + 4);
+    return out;
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(width, 0);
+  ihdr.writeUInt32BE(height, 4);
+  ihdr[8] = 8;  // bit depth
+  ihdr[9] = 2;  // RGB
+  const stride = width * 3 + 1;
+  const raw = Buffer.alloc(stride * height);  // filter byte 0 on every row
+  for (let y = 0; y < height; ++y)
+    for (let x = 0; x < width; ++x) {
+      const o = y * stride + 1 + x * 3;
+      const square = x > width / 3 && x < width / 2 && y > height / 4 && y < height / 2;
+      raw[o] = Math.floor((x * 255) / width);
+      raw[o + 1] = Math.floor((y * 255) / height);
+      raw[o + 2] = square ? 255 : 40;
+    }
+  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]), chunk('IHDR', ihdr),
+    chunk('IDAT', zlib.deflateSync(raw)), chunk('IEND', Buffer.alloc(0))]);
 }
 
 const main = startServer(['--api_key', KEY, '--max_batch_size', '4', '--max_body_mb', '1']);
@@ -250,6 +292,72 @@ await test('--adapters: runtime LoRA answers and logprobs equal infer --adapters
 });
 
 // A second server: one sequence at a time and one waiting, so a third request is refused.
+await test('Qwen2.5-VL: data: URL images answer exactly as infer --images, batched with text, under --max_pixels', async () => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'deploy-vl-'));
+  const vl = path.join(work, 'vl');
+  execFileSync(VLMFORGE, ['generate', 'checkpoint', '--preset', 'tiny-vl', '--output_dir', vl, '--dtype', 'float32',
+    '--vocab_size', '151936', '--tokenizer', TOKENIZER], { stdio: 'ignore' });
+  const image = gradientPng(100, 70);
+  fs.writeFileSync(path.join(work, 'same.png'), image);
+  const url = `data:image/png;base64,${image.toString('base64')}`;
+  // 100x70 is 8 image tokens by default; --max_pixels 4000 shrinks it to 28x56, 2 tokens.
+  const flags = ['--max_pixels', '4000'];
+  const server = startServer([...flags, '--max_batch_size', '4'], vl);
+  const c = new OpenAI({ baseURL: `http://127.0.0.1:${await server.port}/v1`, apiKey: 'none', maxRetries: 0 });
+  const ask = (extra = {}) => c.chat.completions.create({ model: NAME, temperature: 0, max_tokens: 12, logprobs: true,
+    messages: user([{ type: 'image_url', image_url: { url } }, { type: 'text', text: 'What is this?' }]), ...extra });
+  const ref = infer('What is this?', 12, [...flags, '--images', path.join(work, 'same.png'), '--logprobs'], vl);
+  const textRef = infer('Tell me a story', 12, [], vl);
+  const [r, text] = await Promise.all([ask(), c.chat.completions.create({ model: NAME, messages: user('Tell me a story'),
+    temperature: 0, max_tokens: 12 })]);
+  assert.equal(r.choices[0].message.content, ref.response);
+  assert.equal(r.usage.prompt_tokens, ref.prompt_tokens);
+  assert.deepEqual(r.choices[0].logprobs.content.map((t) => t.logprob), ref.logprobs.content.map((t) => t.logprob));
+  assert.equal(text.choices[0].message.content, textRef.response);
+  const unbounded = infer('What is this?', 1, ['--images', path.join(work, 'same.png')], vl);
+  assert.equal(unbounded.prompt_tokens - ref.prompt_tokens, 6);  // the flag is what sized the image
+  // Again, streamed: the embeddings now come from the image cache, the answer is the same.
+  let streamed = '';
+  for await (const chunk of await ask({ stream: true, logprobs: false })) streamed += chunk.choices[0]?.delta?.content ?? '';
+  assert.equal(streamed, ref.response);
+  // Pixels that do not decode (the header is fine, the data cut short) are a 400 from the encoder.
+  const cut = `data:image/png;base64,${image.subarray(0, 60).toString('base64')}`;
+  await expectError(c.chat.completions.create({ model: NAME, messages: user([{ type: 'image_url', image_url: { url: cut } }]) }),
+    400, (e) => assert.match(e.message, /cannot use the request's images/));
+  server.child.kill('SIGTERM');
+  assert.equal((await server.exited).code, 0);
+  fs.rmSync(work, { recursive: true });
+});
+
+await test('--device_map across three capped cpu devices answers like one device; /metrics has each device', async () => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'deploy-map-'));
+  const map = path.join(work, 'map.json');
+  fs.writeFileSync(map, JSON.stringify({ 'model.embed_tokens': 'cpu:0', 'model.layers.0': 'cpu:1', 'model.layers.1': 'cpu:2',
+    'model.norm': 'cpu:2', lm_head: 'cpu:0' }));
+  const placed = startServer(['--device_map', map, '--devices', 'cpu:0,cpu:1,cpu:2', '--max_memory', '256MiB',
+    '--max_batch_size', '4', '--memory_report']);
+  const pbase = `http://127.0.0.1:${await placed.port}`;
+  const c = new OpenAI({ baseURL: `${pbase}/v1`, apiKey: 'none', maxRetries: 0 });
+  const queries = ['one', 'two words', 'a somewhat longer question here'];
+  const replies = await Promise.all(queries.map((q) => c.chat.completions.create(
+    { model: NAME, messages: user(q), temperature: 0, max_tokens: 16, logprobs: true })));
+  queries.forEach((q, i) => {
+    const ref = infer(q, 16, ['--logprobs']);
+    assert.equal(replies[i].choices[0].message.content, ref.response, q);
+    assert.deepEqual(replies[i].choices[0].logprobs.content.map((t) => t.logprob), ref.logprobs.content.map((t) => t.logprob), q);
+  });
+  for (const d of ['cpu:0', 'cpu:1', 'cpu:2']) {
+    assert.ok(await metric(pbase, `vlmforge_device_memory_bytes{device="${d}",kind="peak"}`) > 0, d);
+    assert.equal(await metric(pbase, `vlmforge_device_memory_bytes{device="${d}",kind="total"}`), 256 * 1024 * 1024, d);
+  }
+  placed.child.kill('SIGTERM');
+  const exit = await placed.exited;
+  assert.equal(exit.code, 0, exit.stderr);
+  assert.match(exit.stderr, /\[device_map\] cpu:0: .*cpu:1: .*cpu:2: /);
+  assert.equal((exit.stderr.match(/\[memory\] cpu:\d: peak/g) ?? []).length, 3, exit.stderr);
+  fs.rmSync(work, { recursive: true });
+});
+
 await test('a full queue answers 429 with Retry-After', async () => {
   const small = startServer(['--max_batch_size', '1', '--max_queue', '1']);
   const sbase = `http://127.0.0.1:${await small.port}`;

@@ -11,4 +11,5 @@ cd "$work"
 npm ci --no-audit --no-fund --loglevel=error
 # A minimal valid 1x1 PNG for the image cases.
 printf '\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00\x90wS\xde\x00\x00\x00\x0cIDATx\x9cc\xf8\xcf\xc0\x00\x00\x03\x01\x01\x00\xc9\xfe\x92\xef\x00\x00\x00\x00IEND\xaeB`\x82' > pixel.png
-VLMFORGE="$vlmforge" MODEL_DIR="$shared/golden/qwen2-tiny-f32" PNG_FILE="$work/pixel.png" exec node e2e.mjs
+VLMFORGE="$vlmforge" MODEL_DIR="$shared/golden/qwen2-tiny-f32" TOKENIZER="$shared/tokenizer/tokenizer.json" \
+  PNG_FILE="$work/pixel.png" exec node e2e.mjs

@@ -1,0 +1,43 @@
+// deploy's placement and image flags are checked before the server starts: bad values are usage
+// errors (exit 2) or clear failures (exit 1), never a server that half starts. Serving itself is
+// tested end to end in tests/server/e2e (ctest deploy_e2e_openai).
+#include <gtest/gtest.h>
+
+#include "support/test_support.h"
+
+namespace vlmforge::test {
+namespace {
+namespace fs = std::filesystem;
+
+TEST(DeployCli, BadPlacementAndImageFlagsFailBeforeServing) {
+  const fs::path model = shared_dir() / "golden" / "qwen2-tiny-f32";
+  if (!fs::exists(model / "config.json")) GTEST_SKIP() << "shared golden data missing";
+  auto expect = [&](std::vector<std::string> extra, int code, const std::string& text) {
+    std::vector<std::string> args{"deploy", "--model", model.string(), "--port", "0"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const auto r = run_vlmforge(args);
+    EXPECT_EQ(r.exit_code, code) << text << ": " << r.err;
+    EXPECT_NE(r.err.find(text), std::string::npos) << r.err;
+    EXPECT_EQ(r.out.find("serving"), std::string::npos) << r.out;
+  };
+  expect({"--memory_report"}, 2, "--device_map auto");
+  expect({"--device_map", "nearest"}, 2, "neither auto");
+  expect({"--device_map", "auto", "--devices", "cpu:0,cpu:1", "--max_memory", "2MiB"}, 1, "never split");
+  expect({"--min_pixels", "9000", "--max_pixels", "100"}, 2, "larger than max_pixels");
+}
+
+TEST(DeployCli, VisionModelWithDeviceMapSaysWhatToDo) {
+  const fs::path tokenizer = shared_dir() / "tokenizer" / "tokenizer.json";
+  if (!fs::exists(tokenizer)) GTEST_SKIP() << "shared tokenizer missing";
+  TempDir dir;
+  const auto made = run_vlmforge({"generate", "checkpoint", "--preset", "tiny-vl", "--output_dir", (dir / "vl").string(),
+                                  "--dtype", "float32", "--vocab_size", "151936", "--tokenizer", tokenizer.string()});
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  const auto r = run_vlmforge({"deploy", "--model", (dir / "vl").string(), "--port", "0", "--device_map", "auto"});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("without --device_map"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out.find("serving"), std::string::npos) << r.out;
+}
+
+}  // namespace
+}  // namespace vlmforge::test
