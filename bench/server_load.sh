@@ -38,7 +38,7 @@ peer() {
     --max_model_len 512 --json < "$work/prompts.txt" 2> "$work/infer.err" > /dev/null
   python3 - "$(grep '\[stats\]' "$work/infer.err")" <<'PY'
 import re, sys
-m = re.search(r"prefill (\d+) tokens ([\d.]+) tok/s, decode (\d+) tokens ([\d.]+) tok/s", sys.argv[1])
+m = re.search(r"prefill (\d+) tokens ([\d.]+) tok/s(?: \([\d.]+ s\))?, decode (\d+) tokens ([\d.]+) tok/s", sys.argv[1])
 prefill_n, prefill_rate, decode_n, decode_rate = int(m[1]), float(m[2]), int(m[3]), float(m[4])
 print(f"{decode_n / (prefill_n / prefill_rate + decode_n / decode_rate):.1f}")
 PY
