@@ -342,19 +342,10 @@ int run(const InferArgs& a) {
   vision_options.budget = vision::pixel_budget_from_env(a.min_pixels, a.max_pixels);
   vision_options.cache_bytes = uint64_t{a.image_cache_mb} << 20;
   const DType kv_dtype = a.kv_cache_dtype == "bfloat16" ? DType::BF16 : DType::F32;
-  std::unique_ptr<PlacedRun> placed;  // outlives the session: the model's memory lives on its devices
-  if (a.device_map.enabled()) {
-    PlanOptions o;
-    o.max_batch_size = a.max_batch_size;
-    o.max_model_len = a.max_model_len;
-    o.kv_cache_dtype = kv_dtype;
-    o.threads = a.threads ? a.threads : std::max(1u, std::thread::hardware_concurrency());
-    o.prefill_chunk = GenerationParams{}.prefill_chunk;
-    placed = place_model(a.model, a.device_map, o);
-    placed->print_plan();
-  } else if (a.device_map.memory_report) {
-    throw UsageError("--memory_report reports the devices of a --device_map run; add --device_map auto");
-  }
+  PlanOptions plan_options = generation_plan_options(a.max_batch_size, a.max_model_len, kv_dtype);
+  plan_options.threads = a.threads;
+  // Outlives the session: the model's memory lives on its devices.
+  const std::unique_ptr<PlacedRun> placed = place_model(a.model, a.device_map, plan_options);
   InferSession session(a.model, a.threads, {a.adapters.begin(), a.adapters.end()}, vision_options,
                        placed ? &placed->placement : nullptr);
   session.model->set_kv_cache_dtype(kv_dtype);

@@ -48,19 +48,16 @@ int run(const ScoreArgs& a) {
     return !a.ids.empty() ? parse_ids(a.ids) : !a.text.empty() ? t.encode(a.text) : t.encode(read_text_file(a.file));
   };
   std::vector<int32_t> ids;
-  std::unique_ptr<PlacedRun> placed;  // outlives the session: the model's memory lives on its devices
+  PlanOptions plan_options;
+  plan_options.threads = a.threads;
   if (a.device_map.enabled()) {
     // The plan needs the token count (one forward over all of them), so tokenize first.
     ids = !a.ids.empty() ? parse_ids(a.ids) : encode(tokenizer::Tokenizer::load(fs::path(a.model) / "tokenizer.json"));
     if (ids.empty()) throw UsageError("nothing to score: the input has no tokens");
-    PlanOptions o;
-    o.max_model_len = o.prefill_chunk = o.logit_rows = ids.size();
-    o.threads = a.threads ? a.threads : std::max(1u, std::thread::hardware_concurrency());
-    placed = place_model(a.model, a.device_map, o);
-    placed->print_plan();
-  } else if (a.device_map.memory_report) {
-    throw UsageError("--memory_report reports the devices of a --device_map run; add --device_map auto");
+    plan_options.max_model_len = plan_options.prefill_chunk = plan_options.logit_rows = ids.size();
   }
+  // Outlives the session: the model's memory lives on its devices.
+  const std::unique_ptr<PlacedRun> placed = place_model(a.model, a.device_map, plan_options);
   InferSession session(a.model, a.threads, {}, {}, placed ? &placed->placement : nullptr);
   if (!placed) ids = encode(session.tokenizer);
   if (ids.empty()) throw UsageError("nothing to score: the input has no tokens");

@@ -2,8 +2,10 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <functional>
+#include <thread>
 
 #include "data/media_check.h"
 #include "io/json_file.h"
@@ -39,7 +41,22 @@ void add_device_map_options(CLI::App* cmd, DeviceMapArgs& a) {
                 "After the run, print each device's peak accounted memory next to the plan's estimate");
 }
 
+PlanOptions generation_plan_options(size_t max_batch_size, size_t max_model_len, DType kv_cache_dtype) {
+  PlanOptions o;
+  o.max_batch_size = max_batch_size;
+  o.max_model_len = max_model_len;
+  o.kv_cache_dtype = kv_cache_dtype;
+  o.prefill_chunk = GenerationParams{}.prefill_chunk;
+  return o;
+}
+
 std::unique_ptr<PlacedRun> place_model(const fs::path& model_dir, const DeviceMapArgs& args, PlanOptions options) {
+  if (!args.enabled()) {
+    if (args.memory_report)
+      throw UsageError("--memory_report reports the devices of a --device_map run; add --device_map auto");
+    return nullptr;
+  }
+  if (options.threads == 0) options.threads = std::max(1u, std::thread::hardware_concurrency());
   auto run = std::make_unique<PlacedRun>();
   const DeviceRegistry registry = DeviceRegistry::builtin();
   run->plan = plan_from_flags(ModelShape::from_checkpoint(model_dir), args.placement, options, registry,
@@ -61,6 +78,7 @@ std::unique_ptr<PlacedRun> place_model(const fs::path& model_dir, const DeviceMa
                     "Qwen2.5-VL model without --device_map (planning it with `vlmforge plan` works)");
     }
   }
+  run->print_plan();
   return run;
 }
 

@@ -46,8 +46,12 @@ struct PlacedRun {
   void print_plan() const;
   void print_memory_report() const;
 };
+// With --device_map: plans with `options` (threads 0 = all hardware threads), opens the devices and
+// prints the plan. Without it: nullptr (and --memory_report alone is a usage error).
 std::unique_ptr<PlacedRun> place_model(const std::filesystem::path& model_dir, const DeviceMapArgs& args,
                                        PlanOptions options);
+// Plan options for generating up to max_batch_size sequences of max_model_len tokens.
+PlanOptions generation_plan_options(size_t max_batch_size, size_t max_model_len, DType kv_cache_dtype);
 
 struct InferSession {
   InferSession(const std::filesystem::path& model_dir, size_t threads,
