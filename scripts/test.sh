@@ -60,7 +60,9 @@ open(f"{out}/a.gif", "wb").write(b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0x80, 0
                                 + bytes.fromhex("21f9040100000000") + b"," + struct.pack("<HHHHB", 0, 0, 1, 1, 0)
                                 + bytes.fromhex("0202440100") + b";")
 PY
-build-fuzz/fuzz/fuzz_image_decode "$corpus/images" -seed=1 -runs=300000 -max_len=16384 -rss_limit_mb=2048 \
+# Also bounded in time: inputs declaring screens of tens of megapixels (within the bomb limit) are
+# legitimately slow to fill under ASan, and one session met many more of them than another.
+build-fuzz/fuzz/fuzz_image_decode "$corpus/images" -seed=1 -runs=300000 -max_total_time=180 -max_len=16384 -rss_limit_mb=2048 \
   -artifact_prefix=build-fuzz/ 2>&1 | tail -n 3
 
 echo "== fuzz: --devices / --max_memory / visible devices / device maps (bounded, seeded)"
