@@ -52,13 +52,10 @@ int run(DeployArgs a) {
     options.media.allowed_local_media_path = a.allowed_local_media_path;
   }
 
-  VisionOptions vision_options;
-  vision_options.budget = vision::pixel_budget_from_env(a.min_pixels, a.max_pixels);
-  vision_options.cache_bytes = uint64_t{a.image_cache_mb} << 20;
+  const auto vision_options = VisionOptions::from_flags(a.min_pixels, a.max_pixels, a.image_cache_mb);
   const DType kv_dtype = a.kv_cache_dtype == "bfloat16" ? DType::BF16 : DType::F32;
   // Planned for the server's batch: max_batch_size sequences of max_model_len each.
-  PlanOptions plan_options = generation_plan_options(a.max_batch_size, a.max_model_len, kv_dtype);
-  plan_options.threads = a.threads;
+  const PlanOptions plan_options = generation_plan_options(a.max_batch_size, a.max_model_len, kv_dtype, a.threads);
   // Outlives the session: the model's memory lives on its devices.
   const std::unique_ptr<PlacedRun> placed = place_model(a.model, a.device_map, plan_options);
   if (placed)

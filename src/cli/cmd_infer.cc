@@ -338,12 +338,9 @@ int run(const InferArgs& a) {
     throw UsageError("--infer_backend: vlmforge runs its own native engine ('native'); got '" + a.infer_backend + "'");
   if (a.max_batch_size == 0) throw UsageError("--max_batch_size must be at least 1");
   if (!a.images.empty() && a.query.empty()) throw UsageError("--images goes with --query (or use <image> tags in --val_dataset rows or the chat)");
-  VisionOptions vision_options;
-  vision_options.budget = vision::pixel_budget_from_env(a.min_pixels, a.max_pixels);
-  vision_options.cache_bytes = uint64_t{a.image_cache_mb} << 20;
+  const auto vision_options = VisionOptions::from_flags(a.min_pixels, a.max_pixels, a.image_cache_mb);
   const DType kv_dtype = a.kv_cache_dtype == "bfloat16" ? DType::BF16 : DType::F32;
-  PlanOptions plan_options = generation_plan_options(a.max_batch_size, a.max_model_len, kv_dtype);
-  plan_options.threads = a.threads;
+  const PlanOptions plan_options = generation_plan_options(a.max_batch_size, a.max_model_len, kv_dtype, a.threads);
   // Outlives the session: the model's memory lives on its devices.
   const std::unique_ptr<PlacedRun> placed = place_model(a.model, a.device_map, plan_options);
   InferSession session(a.model, a.threads, {a.adapters.begin(), a.adapters.end()}, vision_options,

@@ -41,8 +41,9 @@ void add_device_map_options(CLI::App* cmd, DeviceMapArgs& a) {
                 "After the run, print each device's peak accounted memory next to the plan's estimate");
 }
 
-PlanOptions generation_plan_options(size_t max_batch_size, size_t max_model_len, DType kv_cache_dtype) {
+PlanOptions generation_plan_options(size_t max_batch_size, size_t max_model_len, DType kv_cache_dtype, size_t threads) {
   PlanOptions o;
+  o.threads = threads;
   o.max_batch_size = max_batch_size;
   o.max_model_len = max_model_len;
   o.kv_cache_dtype = kv_cache_dtype;

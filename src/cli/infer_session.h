@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <span>
 #include <string>
@@ -23,6 +24,12 @@ namespace vlmforge::cli {
 struct VisionOptions {
   vision::PixelBudget budget;
   uint64_t cache_bytes = uint64_t{512} << 20;
+
+  // --min_pixels / --max_pixels (else MIN_PIXELS / MAX_PIXELS, as swift) and --image_cache_mb.
+  static VisionOptions from_flags(std::optional<uint64_t> min_pixels, std::optional<uint64_t> max_pixels,
+                                  size_t image_cache_mb) {
+    return {vision::pixel_budget_from_env(min_pixels, max_pixels), uint64_t{image_cache_mb} << 20};
+  }
 };
 
 // --device_map and its companions, shared by infer and score.
@@ -51,7 +58,7 @@ struct PlacedRun {
 std::unique_ptr<PlacedRun> place_model(const std::filesystem::path& model_dir, const DeviceMapArgs& args,
                                        PlanOptions options);
 // Plan options for generating up to max_batch_size sequences of max_model_len tokens.
-PlanOptions generation_plan_options(size_t max_batch_size, size_t max_model_len, DType kv_cache_dtype);
+PlanOptions generation_plan_options(size_t max_batch_size, size_t max_model_len, DType kv_cache_dtype, size_t threads);
 
 struct InferSession {
   InferSession(const std::filesystem::path& model_dir, size_t threads,
