@@ -7,6 +7,7 @@
 #include "cli/commands.h"
 #include "util/bytes.h"
 #include "util/error.h"
+#include "util/simd_targets.h"
 
 int main(int argc, char** argv) {
   // A file-size limit (ulimit -f) should surface as a write error we can report, not a kill.
@@ -32,6 +33,7 @@ int main(int argc, char** argv) {
   vlmforge::cli::add_devices_command(app, exit_code);
   vlmforge::cli::add_plan_command(app, exit_code);
   try {
+    vlmforge::limit_simd_target_from_environment();
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);

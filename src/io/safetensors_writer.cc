@@ -5,7 +5,9 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include "util/error.h"
 
@@ -14,7 +16,11 @@ namespace fs = std::filesystem;
 
 namespace {
 constexpr size_t kWriteBufferBytes = 4u << 20;
-}
+// Direct I/O needs the buffer address, the file offset and the length aligned to the device's
+// logical block size; 4 KiB covers 512-byte and 4K-sector devices alike.
+constexpr size_t kDirectAlignment = 4096;
+static_assert(kWriteBufferBytes % kDirectAlignment == 0);
+}  // namespace
 
 uint64_t TensorSpec::num_elements() const {
   uint64_t elements = 1;
@@ -47,8 +53,13 @@ std::string encode_safetensors_header(std::span<const TensorSpec> tensors,
   return text;
 }
 
-OutputFile::OutputFile(fs::path path) : path_(std::move(path)), buffer_(kWriteBufferBytes) {
-  fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+OutputFile::OutputFile(fs::path path)
+    : path_(std::move(path)), buffer_(static_cast<std::byte*>(std::aligned_alloc(kDirectAlignment, kWriteBufferBytes))) {
+  if (!buffer_) throw std::bad_alloc();
+  fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_DIRECT, 0644);
+  direct_ = fd_ >= 0;
+  // File systems without direct I/O refuse the flag when the file is opened.
+  if (fd_ < 0 && errno == EINVAL) fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) throw Error(path_.string() + ": cannot create: " + errno_message(errno));
 }
 
@@ -56,11 +67,24 @@ OutputFile::~OutputFile() {
   if (fd_ >= 0) ::close(fd_);
 }
 
+void OutputFile::leave_direct_mode() {
+  const int flags = fcntl(fd_, F_GETFL);
+  if (flags < 0 || fcntl(fd_, F_SETFL, flags & ~O_DIRECT) != 0)
+    throw Error(path_.string() + ": cannot switch off direct I/O: " + errno_message(errno));
+  direct_ = false;
+}
+
 void OutputFile::write_fully(const std::byte* data, size_t size) {
   while (size > 0) {
     const ssize_t n = ::write(fd_, data, size);
     if (n < 0) {
       if (errno == EINTR) continue;
+      // Some file systems take O_DIRECT at open but refuse the writes (a larger alignment than
+      // ours): the page cache takes them instead.
+      if (errno == EINVAL && direct_) {
+        leave_direct_mode();
+        continue;
+      }
       throw Error(path_.string() + ": write failed: " + errno_message(errno));
     }
     data += n;
@@ -68,26 +92,53 @@ void OutputFile::write_fully(const std::byte* data, size_t size) {
   }
 }
 
+// Direct I/O writes only whole blocks, so an unaligned rest (only ever the end of the file) goes
+// through the page cache.
 void OutputFile::flush() {
-  if (buffered_) write_fully(buffer_.data(), buffered_);
+  const size_t aligned = direct_ ? buffered_ / kDirectAlignment * kDirectAlignment : buffered_;
+  write_fully(buffer_.get(), aligned);
+  if (aligned < buffered_) {
+    leave_direct_mode();
+    write_fully(buffer_.get() + aligned, buffered_ - aligned);
+  }
   buffered_ = 0;
 }
 
 void OutputFile::write(std::span<const std::byte> bytes) {
   if (fd_ < 0) throw Error(path_.string() + ": write after close");
   position_ += bytes.size();
-  if (bytes.size() >= buffer_.size()) {
+  if (!direct_ && bytes.size() >= kWriteBufferBytes) {
     flush();
     write_fully(bytes.data(), bytes.size());
     return;
   }
-  if (buffered_ + bytes.size() > buffer_.size()) flush();
-  std::memcpy(buffer_.data() + buffered_, bytes.data(), bytes.size());
-  buffered_ += bytes.size();
+  while (!bytes.empty()) {
+    const size_t n = std::min(bytes.size(), kWriteBufferBytes - buffered_);
+    std::memcpy(buffer_.get() + buffered_, bytes.data(), n);
+    buffered_ += n;
+    bytes = bytes.subspan(n);
+    if (buffered_ == kWriteBufferBytes) flush();
+  }
 }
 
 void OutputFile::copy_from(const MappedFile& source, uint64_t offset, uint64_t length) {
   if (fd_ < 0) throw Error(path_.string() + ": write after close");
+  if (direct_) {
+    // A direct-I/O file takes only aligned writes, which copy_file_range cannot promise: read
+    // into the write buffer instead (one pread per buffer, no pages mapped into this process).
+    for (uint64_t done = 0; done < length;) {
+      const size_t want = static_cast<size_t>(std::min<uint64_t>(length - done, kWriteBufferBytes - buffered_));
+      const ssize_t n = ::pread(source.fd(), buffer_.get() + buffered_, want, static_cast<off_t>(offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) throw Error(source.path().string() + ": read failed: " + errno_message(errno));
+      if (n == 0) throw Error(source.path().string() + ": file is shorter than its header says (changed while in use?)");
+      buffered_ += static_cast<size_t>(n);
+      done += static_cast<uint64_t>(n);
+      if (buffered_ == kWriteBufferBytes) flush();
+    }
+    position_ += length;
+    return;
+  }
   flush();
   uint64_t done = 0;
   while (done < length) {
@@ -110,6 +161,7 @@ void OutputFile::copy_from(const MappedFile& source, uint64_t offset, uint64_t l
 void OutputFile::close() {
   if (fd_ < 0) return;
   flush();
+  if (::fsync(fd_) != 0) throw Error(path_.string() + ": fsync failed: " + errno_message(errno));
   const int fd = fd_;
   fd_ = -1;
   if (::close(fd) != 0) throw Error(path_.string() + ": close failed: " + errno_message(errno));

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <span>
 #include <string>
@@ -30,7 +31,11 @@ struct TensorSpec {
 std::string encode_safetensors_header(std::span<const TensorSpec> tensors,
                                       const std::map<std::string, std::string>& metadata);
 
-// A sequential, buffered writer of one file; every error names the file.
+// A sequential writer of one file; every error names the file. Data goes to the disk with direct
+// I/O where the file system allows it (no copy into the page cache, no dirty pages piling up; on
+// a virtual machine that copy into freshly allocated pages cost more than a merge's arithmetic),
+// through an aligned buffer; elsewhere (tmpfs) it is an ordinary buffered write. close() fsyncs,
+// so a file that was closed without an error is on disk.
 class OutputFile {
  public:
   explicit OutputFile(std::filesystem::path path);
@@ -39,19 +44,27 @@ class OutputFile {
   OutputFile& operator=(const OutputFile&) = delete;
 
   void write(std::span<const std::byte> bytes);
-  // Appends `length` bytes of `source` at `offset`, in the kernel where possible (copy_file_range).
+  // Appends `length` bytes of `source` at `offset`: read into the write buffer with direct I/O,
+  // in the kernel (copy_file_range) otherwise.
   void copy_from(const MappedFile& source, uint64_t offset, uint64_t length);
-  void close();  // flushes; throws on error
+  void close();  // flushes and fsyncs; throws on error
   uint64_t position() const { return position_; }
   const std::filesystem::path& path() const { return path_; }
+  bool direct() const { return direct_; }
 
  private:
+  struct FreeDeleter {
+    void operator()(std::byte* p) const { std::free(p); }
+  };
+
   void flush();
   void write_fully(const std::byte* data, size_t size);
+  void leave_direct_mode();
 
   std::filesystem::path path_;
   int fd_ = -1;
-  std::vector<std::byte> buffer_;
+  bool direct_ = false;
+  std::unique_ptr<std::byte, FreeDeleter> buffer_;
   size_t buffered_ = 0;
   uint64_t position_ = 0;
 };

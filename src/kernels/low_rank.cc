@@ -38,11 +38,15 @@ HWY_INLINE void Tile(float* rows, size_t cols, const float* left, const float* r
     }
 }
 
-// Targets with 32 vector registers (AVX-512, NEON) hold a 4×4 tile of accumulators; those with
-// 16 (AVX2, SSE4) a 4×2 tile. Either way each load of `right` (from L2) feeds four rows.
+// A tile of kTileRows × kTileVecs accumulators plus kTileVecs loads of `right` and one broadcast
+// must fit the register file. 32 registers (AVX-512, NEON): 4 × 4 (16 accumulators, 8 loads per
+// 16 FMAs). 16 registers (AVX2, SSE4): 6 × 2 (12 accumulators, enough to hide the FMA latency of
+// two ports; 4 × 2 left Zen's FMA pipes waiting on dependent adds).
 #if HWY_ARCH_X86 && HWY_TARGET > HWY_AVX3
+constexpr size_t kTileRows = 6;
 constexpr size_t kTileVecs = 2;
 #else
+constexpr size_t kTileRows = 4;
 constexpr size_t kTileVecs = 4;
 #endif
 
@@ -65,6 +69,16 @@ HWY_INLINE void RowGroup(float* rows, size_t stride, size_t width, const float* 
   }
 }
 
+// The rows left over after whole tiles (fewer than kTileRows), as one group of that height.
+template <size_t kRows = kTileRows - 1>
+HWY_INLINE void RemainderRows(size_t n, float* rows, size_t stride, size_t width, const float* left,
+                              const float* right, size_t rank, float scale) {
+  if constexpr (kRows > 0) {
+    if (n == kRows) return RowGroup<kRows>(rows, stride, width, left, right, rank, scale);
+    RemainderRows<kRows - 1>(n, rows, stride, width, left, right, rank, scale);
+  }
+}
+
 // Columns are processed in panels so the panel of `right` ([rank, kPanel] fp32, 128 KiB at
 // rank 64) stays in L2 while every row passes over it; a whole wide `right` (rank × 18944 for a
 // 7B down_proj: 4.6 MiB) would be streamed from memory once per row group.
@@ -75,10 +89,9 @@ void AddLowRank(float* rows, size_t n_rows, size_t cols, const float* left, cons
   for (size_t col0 = 0; col0 < cols; col0 += kPanel) {
     const size_t width = std::min(kPanel, cols - col0);
     size_t row = 0;
-    for (; row + 4 <= n_rows; row += 4)
-      RowGroup<4>(rows + row * cols + col0, cols, width, left + row * rank, right + col0, rank, scale);
-    for (; row < n_rows; ++row)
-      RowGroup<1>(rows + row * cols + col0, cols, width, left + row * rank, right + col0, rank, scale);
+    for (; row + kTileRows <= n_rows; row += kTileRows)
+      RowGroup<kTileRows>(rows + row * cols + col0, cols, width, left + row * rank, right + col0, rank, scale);
+    RemainderRows(n_rows - row, rows + row * cols + col0, cols, width, left + row * rank, right + col0, rank, scale);
   }
 }
 

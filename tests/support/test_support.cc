@@ -11,6 +11,10 @@
 #include <sstream>
 #include <stdexcept>
 
+#include <hwy/targets.h>
+
+#include "util/simd_targets.h"
+
 namespace vlmforge::test {
 namespace fs = std::filesystem;
 
@@ -82,6 +86,16 @@ CommandResult run_vlmforge(const std::vector<std::string>& args, const RunOption
   waitpid(pid, &status, 0);
   const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return {code, slurp(out_path), slurp(err_path)};
+}
+
+void for_each_simd_target(const std::function<void(const std::string& target)>& body) {
+  struct RestoreDispatch {
+    ~RestoreDispatch() { hwy::SetSupportedTargetsForTest(0); }
+  } restore;
+  for (const SimdTarget& target : usable_simd_targets()) {
+    hwy::SetSupportedTargetsForTest(target.bit);
+    body(target.name);
+  }
 }
 
 }  // namespace vlmforge::test

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <exception>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,11 @@ struct RunOptions {
 
 // Runs vlmforge with `args` (no shell), capturing stdout and stderr.
 CommandResult run_vlmforge(const std::vector<std::string>& args, const RunOptions& options = {});
+
+// Runs body(target name) once for every SIMD target compiled in and usable on this CPU, with
+// run-time dispatch held to that target, then restores the normal choice: kernel tests check the
+// AVX2 and the AVX-512 code (and SSE4, ...) wherever they run.
+void for_each_simd_target(const std::function<void(const std::string& target)>& body);
 
 // The message of the exception f() throws, or "" when it throws none.
 template <typename F>
