@@ -23,6 +23,7 @@ struct MergeArgs {
   size_t threads = 0;
   bool dry_run = false;
   bool overwrite = false;
+  bool allow_nonfinite = false;
   bool strict = false;
   bool json = false;
   std::string device_map;
@@ -101,7 +102,7 @@ int run(const MergeArgs& args) {
   options.dtype = parse_output_dtype(args.dtype);
   options.threads = args.threads;
   options.overwrite = args.overwrite;
-  options.strict = args.strict;
+  options.allow_nonfinite = args.allow_nonfinite;
   options.progress = !args.json && ProgressBar::stderr_is_terminal();
 
   const Checkpoint base(options.model_dir);
@@ -155,7 +156,9 @@ void add_merge_lora_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--threads", args->threads, "Worker threads (default: all cores)");
   cmd->add_flag("--dry_run", args->dry_run, "Print the changed tensors and output shards; write nothing");
   cmd->add_flag("--overwrite", args->overwrite, "Replace a non-empty output directory");
-  cmd->add_flag("--strict", args->strict, "Treat NaN/Inf values in an adapter as errors");
+  cmd->add_flag("--allow_nonfinite", args->allow_nonfinite,
+                "Merge an adapter holding NaN/Inf values (a warning instead of an error)");
+  cmd->add_flag("--strict", args->strict, "Accepted for older scripts: NaN/Inf values are errors by default");
   cmd->add_flag("--json", args->json, "Print the plan / result as JSON on stdout");
   cmd->add_option("--device_map", args->device_map, "Accepted for swift compatibility; merging runs on the CPU");
   cmd->add_option("--safe_serialization", args->safe_serialization,

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "io/convert.h"
+#include "util/error.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/convert.cc"
@@ -49,6 +50,33 @@ void F32ToBf16(const float* src, std::byte* dst, size_t count) {
   for (; i < count; ++i) store_float(DType::BF16, dst, i, src[i]);
 }
 
+// Values whose exponent bits are all ones (Inf, NaN) among `count` words of type T.
+template <typename T>
+size_t CountAllOnesExponent(const std::byte* src, size_t count, T exponent_mask) {
+  const hn::ScalableTag<T> d;
+  const size_t lanes = hn::Lanes(d);
+  const auto* in = reinterpret_cast<const T*>(src);
+  const auto mask = hn::Set(d, exponent_mask);
+  size_t bad = 0, i = 0;
+  for (; i + lanes <= count; i += lanes) {
+    const auto v = hn::LoadU(d, in + i);
+    bad += hn::CountTrue(d, hn::Eq(hn::And(v, mask), mask));
+  }
+  T word;
+  for (; i < count; ++i) {
+    std::memcpy(&word, in + i, sizeof word);
+    bad += (word & exponent_mask) == exponent_mask;
+  }
+  return bad;
+}
+
+size_t CountNonFinite16(const std::byte* src, size_t count, uint16_t exponent_mask) {
+  return CountAllOnesExponent<uint16_t>(src, count, exponent_mask);
+}
+size_t CountNonFinite32(const std::byte* src, size_t count) {
+  return CountAllOnesExponent<uint32_t>(src, count, 0x7f800000u);
+}
+
 }  // namespace vlmforge::kernels::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
 
@@ -57,6 +85,17 @@ namespace vlmforge::kernels {
 
 HWY_EXPORT(Bf16ToF32);
 HWY_EXPORT(F32ToBf16);
+HWY_EXPORT(CountNonFinite16);
+HWY_EXPORT(CountNonFinite32);
+
+size_t count_non_finite(DType dtype, const std::byte* src, size_t count) {
+  switch (dtype) {
+    case DType::BF16: return HWY_DYNAMIC_DISPATCH(CountNonFinite16)(src, count, 0x7f80);
+    case DType::F16: return HWY_DYNAMIC_DISPATCH(CountNonFinite16)(src, count, 0x7c00);
+    case DType::F32: return HWY_DYNAMIC_DISPATCH(CountNonFinite32)(src, count);
+    default: throw Error("count_non_finite: " + std::string(dtype_name(dtype)) + " is not a float type");
+  }
+}
 
 void to_f32(DType dtype, const std::byte* src, float* dst, size_t count) {
   switch (dtype) {

@@ -14,6 +14,9 @@ void to_f32(DType dtype, const std::byte* src, float* dst, size_t count);
 // Round-to-nearest-even, NaN preserved.
 void from_f32(DType dtype, const float* src, std::byte* dst, size_t count);
 
+// How many of `count` BF16/F16/F32 values are Inf or NaN.
+size_t count_non_finite(DType dtype, const std::byte* src, size_t count);
+
 // A whole BF16/F16/F32 tensor as fp32 values.
 std::vector<float> tensor_to_f32(const TensorRef& tensor);
 

@@ -4,8 +4,8 @@
 #include <map>
 #include <set>
 
-#include "io/convert.h"
 #include "io/json_file.h"
+#include "kernels/convert.h"
 #include "util/error.h"
 #include "util/regex.h"
 
@@ -261,10 +261,7 @@ std::vector<std::string> Adapter::non_finite_report() const {
   std::vector<std::string> report;
   for (const auto& ref : tensors_.tensors()) {
     if (!is_compute_float(ref.info->dtype)) continue;
-    const std::byte* data = ref.data().data();
-    uint64_t bad = 0;
-    const uint64_t n = ref.info->num_elements();
-    for (uint64_t i = 0; i < n; ++i) bad += !std::isfinite(load_float(ref.info->dtype, data, i));
+    const uint64_t bad = kernels::count_non_finite(ref.info->dtype, ref.data().data(), ref.info->num_elements());
     ref.release();  // keep RSS flat: the merge reads each tensor again only once
     if (bad) report.push_back(ref.name() + ": " + std::to_string(bad) + " non-finite value" + (bad > 1 ? "s" : ""));
   }

@@ -22,7 +22,7 @@ struct MergeOptions {
   std::optional<DType> dtype;  // nullopt ("auto"): every tensor keeps its dtype
   size_t threads = 0;          // 0: all cores
   bool overwrite = false;
-  bool strict = false;         // non-finite adapter values are errors, not warnings
+  bool allow_nonfinite = false;  // non-finite adapter values are warnings, not errors
   bool progress = false;
 };
 
@@ -63,6 +63,11 @@ struct MergeStats {
 // Writes the merged checkpoint into a temporary directory next to plan.output_dir and renames it
 // into place at the end; on any error the temporary directory is removed.
 MergeStats execute_merge(const Checkpoint& base, const MergePlan& plan, const MergeOptions& options);
+
+// `dir` as an absolute path without "." / ".." parts or a trailing separator ("out/" and
+// "out/." are "/cwd/out"), so names derived from it (the "-merged" default, the temporary
+// directory beside it) are siblings, not children.
+std::filesystem::path directory_path(const std::filesystem::path& dir);
 
 // The files of a model directory that are not weights (config, tokenizer, processor, templates).
 std::vector<std::filesystem::path> non_weight_files(const std::filesystem::path& model_dir);

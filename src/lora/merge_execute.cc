@@ -1,6 +1,10 @@
 // Executing a merge plan: stream every output tensor block by block into a temporary directory,
 // then rename it into place.
+#include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <chrono>
 #include <cmath>
@@ -416,6 +420,43 @@ class TemporaryDirectory {
   bool committed_ = false;
 };
 
+// Temporary (".NAME.tmp-PID") and set-aside (".NAME.old-PID") directories of merges into the same
+// output whose process no longer exists: a killed merge (SIGKILL, power loss) leaves them behind.
+void remove_stale_temporaries(const fs::path& output) {
+  const std::string prefix = std::string(".").append(output.filename().string()).append(".");
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(output.parent_path(), ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!name.starts_with(prefix)) continue;
+    const std::string rest = name.substr(prefix.size());
+    // A set-aside directory is the previous output when the merge died between its two renames.
+    if (!rest.starts_with("tmp-") && !(rest.starts_with("old-") && fs::exists(output, ec))) continue;
+    const std::string pid_text = rest.substr(4);
+    if (pid_text.empty() || pid_text.find_first_not_of("0123456789") != std::string::npos || pid_text.size() > 9)
+      continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
+    // ESRCH: no such process. A live one (ours or another user's, EPERM) keeps its directory.
+    if (pid == getpid() || kill(pid, 0) == 0 || errno != ESRCH) continue;
+    if (entry.is_directory(ec) && !entry.is_symlink(ec)) fs::remove_all(entry.path(), ec);
+  }
+}
+
+void fsync_path(const fs::path& path, bool directory) {
+  const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  if (fd < 0) throw Error(path.string() + ": cannot open to sync: " + errno_message(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) throw Error(path.string() + ": fsync failed: " + errno_message(err));
+}
+
+// Every file and directory below `dir` is on disk before the rename makes the output visible.
+void fsync_tree(const fs::path& dir) {
+  for (const auto& entry : fs::recursive_directory_iterator(dir))
+    if (entry.is_regular_file() || entry.is_directory()) fsync_path(entry.path(), entry.is_directory());
+  fsync_path(dir, true);
+}
+
 std::string torch_dtype_name(DType d) {
   return d == DType::BF16 ? "bfloat16" : d == DType::F16 ? "float16" : "float32";
 }
@@ -443,7 +484,8 @@ void copy_non_weight_files(const fs::path& model_dir, const fs::path& out_dir, s
 MergeStats execute_merge(const Checkpoint& base, const MergePlan& plan, const MergeOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   check_output_location(plan.output_dir, options);
-  const fs::path output = fs::absolute(plan.output_dir);
+  const fs::path output = directory_path(plan.output_dir);
+  remove_stale_temporaries(output);
   TemporaryDirectory temp(output.parent_path() / ("." + output.filename().string() + ".tmp-" + std::to_string(getpid())));
 
   ThreadPool pool(options.threads);
@@ -479,6 +521,7 @@ MergeStats execute_merge(const Checkpoint& base, const MergePlan& plan, const Me
                     make_shard_index(plan.total_bytes, weight_map).dump(2) + "\n");
   copy_non_weight_files(base.root(), temp.path(), options.dtype);
   progress.finish();
+  fsync_tree(temp.path());
 
   // Swap into place: the output directory only ever holds a complete merge.
   if (fs::exists(output)) {
@@ -491,6 +534,7 @@ MergeStats execute_merge(const Checkpoint& base, const MergePlan& plan, const Me
     fs::rename(temp.path(), output);
     temp.commit();
   }
+  fsync_path(output.parent_path(), true);
   return {std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), plan.total_bytes};
 }
 

@@ -65,6 +65,12 @@ std::vector<fs::path> non_weight_files(const fs::path& model_dir) {
   return files;
 }
 
+fs::path directory_path(const fs::path& dir) {
+  fs::path normal = fs::absolute(dir).lexically_normal();
+  if (!normal.has_filename() && normal.has_relative_path()) normal = normal.parent_path();
+  return normal;
+}
+
 MergePlan plan_merge(const Checkpoint& base, const std::vector<Adapter>& adapters, const MergeOptions& options) {
   MergePlan plan;
   std::unordered_map<std::string_view, size_t> index_of;
@@ -79,7 +85,9 @@ MergePlan plan_merge(const Checkpoint& base, const std::vector<Adapter>& adapter
     const Adapter& adapter = adapters[ai];
     const std::string where = adapter.dir().string();
     for (const auto& issue : adapter.non_finite_report()) {
-      if (options.strict) throw Error(where + ": non-finite values in the adapter: " + issue);
+      if (!options.allow_nonfinite)
+        throw Error(where + ": non-finite values in the adapter: " + issue +
+                    " (a diverged training run?); pass --allow_nonfinite to merge it anyway");
       plan.warnings.push_back(where + ": non-finite values in the adapter: " + issue);
     }
     for (const auto& m : adapter.modules()) {
@@ -134,12 +142,11 @@ MergePlan plan_merge(const Checkpoint& base, const std::vector<Adapter>& adapter
   }
   plan.shards = plan_shards(specs, options.max_shard_size);
 
-  plan.output_dir = options.output_dir;
-  if (plan.output_dir.empty()) {
+  if (!options.output_dir.empty()) {
+    plan.output_dir = directory_path(options.output_dir);
+  } else {
     if (options.adapter_dirs.empty()) throw UsageError("--output_dir is required when no adapter is given");
-    fs::path first = options.adapter_dirs.front();
-    if (!first.has_filename()) first = first.parent_path();  // "ckpt/" -> "ckpt"
-    plan.output_dir = first.string() + "-merged";
+    plan.output_dir = directory_path(options.adapter_dirs.front()).string() + "-merged";
   }
   return plan;
 }

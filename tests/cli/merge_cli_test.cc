@@ -1,6 +1,9 @@
 // End-to-end: the vlmforge executable in temporary directories, as a user runs it.
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -56,6 +59,28 @@ TEST_F(MergeCli, MergesShardsAndCopiesNonWeightFiles) {
   // No temporary directory is left behind.
   for (const auto& entry : fs::directory_iterator(out_dir.path()))
     EXPECT_EQ(entry.path().filename(), "merged") << entry.path();
+}
+
+TEST_F(MergeCli, TrailingSlashOutputIsTheDirectoryAndStaleTemporariesOfDeadMergesAreRemoved) {
+  // A killed merge leaves ".merged.tmp-PID"; one of a live process (this test's) must stay.
+  const pid_t dead = fork();
+  if (dead == 0) _exit(0);
+  ASSERT_GT(dead, 0);
+  waitpid(dead, nullptr, 0);
+  const fs::path stale = out_dir / (".merged.tmp-" + std::to_string(dead));
+  const fs::path live = out_dir / (".merged.tmp-" + std::to_string(getpid()));
+  const fs::path other = out_dir / (".unrelated.tmp-" + std::to_string(dead));
+  for (const auto& d : {stale, live, other}) fs::create_directories(d / "sub");
+  const auto r = run_vlmforge({"merge-lora", "--model", base().string(), "--adapters", adapter().string() + "/",
+                               "--output_dir", (out_dir / "merged").string() + "/"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(out_dir / "merged" / "config.json"));
+  EXPECT_FALSE(fs::exists(stale));
+  EXPECT_TRUE(fs::exists(live));
+  EXPECT_TRUE(fs::exists(other));
+  EXPECT_FALSE(fs::exists(out_dir / "merged" / ".merged.tmp-0"));
+  for (const auto& entry : fs::directory_iterator(out_dir / "merged"))
+    EXPECT_FALSE(entry.path().filename().string().starts_with(".")) << entry.path();
 }
 
 TEST_F(MergeCli, DryRunWritesNothingAndDefaultOutputIsNamedLikeSwift) {

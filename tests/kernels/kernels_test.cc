@@ -70,6 +70,10 @@ TEST(Kernels, ConversionsMatchScalarReferenceOnEverySimdTarget) {
       from_f32(d, values.data(), packed.data(), values.size());
       for (size_t i = 0; i < values.size(); ++i) store_float(d, expected.data(), i, values[i]);
       EXPECT_EQ(packed, expected) << dtype_name(d);
+      size_t non_finite = 0;
+      for (size_t i = 0; i < values.size(); ++i) non_finite += !std::isfinite(load_float(d, packed.data(), i));
+      EXPECT_GT(non_finite, 0u) << dtype_name(d);
+      EXPECT_EQ(count_non_finite(d, packed.data(), values.size()), non_finite) << dtype_name(d);
       std::vector<float> back(values.size());
       to_f32(d, packed.data(), back.data(), values.size());
       for (size_t i = 0; i < values.size(); ++i) {

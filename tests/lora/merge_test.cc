@@ -275,13 +275,23 @@ TEST_F(MergeTest, RejectsInconsistentAdapters) {
   EXPECT_NE(err.find("rank from adapter_config.json is 3"), std::string::npos) << err;
 
   write_adapter(q, {2, 6}, {8, 2}, lora_config(2, 2), NAN);
-  MergeOptions strict;
-  strict.strict = true;
-  err = merge_error(base, adapter, dir / "o5", strict);
+  err = merge_error(base, adapter, dir / "o5");
   EXPECT_NE(err.find("non-finite"), std::string::npos) << err;
-  EXPECT_EQ(merge_error(base, adapter, dir / "o6"), "") << "without --strict NaN is a warning";
+  EXPECT_NE(err.find("--allow_nonfinite"), std::string::npos) << err;
+  MergeOptions allow;
+  allow.allow_nonfinite = true;
+  EXPECT_EQ(merge_error(base, adapter, dir / "o6", allow), "") << "with --allow_nonfinite NaN is a warning";
 
   for (const char* out : {"o1", "o2", "o3", "o4", "o5"}) EXPECT_FALSE(fs::exists(dir / out)) << out;
+}
+
+TEST(MergePaths, DirectoryPathDropsTrailingSeparatorsAndDots) {
+  const fs::path cwd = fs::current_path();
+  EXPECT_EQ(directory_path("out/"), cwd / "out");
+  EXPECT_EQ(directory_path("out/."), cwd / "out");
+  EXPECT_EQ(directory_path("a/../out//"), cwd / "out");
+  EXPECT_EQ(directory_path("."), cwd);
+  EXPECT_EQ(directory_path("/"), fs::path("/"));
 }
 
 TEST_F(MergeTest, RefusesUnsafeOutputLocations) {
