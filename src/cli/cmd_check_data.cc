@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/vision_flags.h"
 #include "data/checker.h"
 #include "util/error.h"
 
@@ -134,7 +135,7 @@ int run_check_data(const CheckDataArgs& args) {
     if (!fs::is_directory(args.base_dir, ec)) throw UsageError("--base_dir: " + args.base_dir + " is not a directory");
     options.base_dir = fs::absolute(args.base_dir);
   }
-  options.budget = vision::pixel_budget_from_env(args.min_pixels, args.max_pixels);
+  options.budget = pixel_budget_flags(args.min_pixels, args.max_pixels);
   options.max_length = args.max_length;
   options.max_record_bytes = args.max_line_bytes;
   options.threads = args.threads;
