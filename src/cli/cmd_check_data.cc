@@ -216,7 +216,7 @@ void add_check_data_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--base_dir", args->base_dir, "Directory relative media paths resolve against (default: the dataset's)");
   cmd->add_flag("--json", args->json, "Findings as JSON lines, then one summary object");
   cmd->add_option("--fix", args->fix, "Write a corrected copy (JSONL) with the unambiguous fixes applied");
-  cmd->add_flag("--deep", args->deep, "Decode every image fully (finds data cut short after a good header)");
+  cmd->add_flag("--deep", args->deep, "Decode every image fully (finds damaged data; files cut short are found without it)");
   cmd->add_option("--threads", args->threads, "Worker threads (default: all cores)");
   cmd->add_option("--max_errors", args->max_errors, "Print at most this many error findings (counts stay complete)");
   cmd->add_option("--max_line_bytes", args->max_line_bytes, "Refuse rows longer than this (default 64 MiB)");
