@@ -150,6 +150,18 @@ TEST(VisionImageInfo, InspectReadsTheExifOrientation) {
   EXPECT_EQ(vision::orientation_name(6), "rotate 90° clockwise");
 }
 
+TEST(VisionImageInfo, InspectNeverCrashesOnDamagedStructure) {
+  // Flipped bytes in lengths, markers and block sizes: a result (any) for each, never a crash or a hang.
+  for (const std::string& full : {encoded_png(24, 16), encoded_jpeg(24, 16), encoded_webp(24, 16), gif_with_blocks(),
+                                  jpeg_with_orientation(24, 16, 6, true)})
+    for (size_t at = 0; at < full.size(); ++at) {
+      std::string damaged = full;
+      damaged[at] = static_cast<char>(damaged[at] ^ 0xA5);
+      const auto info = inspect(damaged);
+      EXPECT_TRUE(info.orientation >= 1 && info.orientation <= 8);
+    }
+}
+
 TEST(VisionImageInfo, InspectFilesAndUnreadablePaths) {
   TempDir dir;
   const std::string png = encoded_png(40, 30);
