@@ -170,11 +170,6 @@ ImageInfo cut_short(ImageInfo info, const std::string& where, uint64_t size) {
                       "the file is cut short: it ends " + where + " (" + std::to_string(size) + " bytes)");
 }
 
-bool holds_byte(ByteSource& source, uint64_t offset) {
-  uint8_t byte;
-  return source.read_at(offset, std::span(&byte, 1)) == 1;
-}
-
 // The orientation in an EXIF payload at `offset` (its first 64 KiB: the tag sits in IFD0, near the start).
 int orientation_at(ByteSource& source, uint64_t offset, uint64_t length) {
   std::vector<uint8_t> exif(std::min<uint64_t>(length, 65536));
@@ -207,25 +202,32 @@ class ByteCursor {
   std::vector<uint8_t> buffer_;
 };
 
-// Chunk headers from the signature to IEND, each chunk's last byte (its CRC) probed.
+// Chunk headers from the signature to IEND, one read each: a chunk cut short shows as the next
+// header lying past the end of the file.
 ImageInfo inspect_png(ByteSource& source, ImageInfo info) {
   const uint64_t size = source.size();
   bool seen_idat = false;
+  std::string previous;  // type and offset of the chunk before `pos`, for the message
+  uint64_t previous_pos = 0;
   for (uint64_t pos = 8;;) {
+    if (pos > size)
+      return cut_short(std::move(info), "inside the " + previous + " chunk at byte " + std::to_string(previous_pos) +
+                                            ", which declares " + std::to_string(pos - previous_pos - 12) + " data bytes",
+                       size);
     std::array<uint8_t, 8> header{};
     const size_t got = source.read_at(pos, header);
     if (got == 0) return cut_short(std::move(info), "without an IEND chunk", size);
     if (got < 8) return cut_short(std::move(info), "inside a chunk header at byte " + std::to_string(pos), size);
     const uint32_t length = be32(header.data());
-    const std::string type(reinterpret_cast<const char*>(header.data() + 4), 4);
+    std::string type(reinterpret_cast<const char*>(header.data() + 4), 4);
     if (length > 0x7FFFFFFFu)
       return with_problem(std::move(info), ImageProblem::kCorrupt, "the " + type + " chunk at byte " + std::to_string(pos) + " declares " + std::to_string(length) + " bytes (at most 2^31 - 1)");
     const uint64_t end = pos + 12 + length;  // length, type, data, CRC
-    if (!holds_byte(source, end - 1))
-      return cut_short(std::move(info), "inside the " + type + " chunk at byte " + std::to_string(pos) + ", which declares " + std::to_string(length) + " data bytes", size);
-    if (type == "IEND") return info;
+    if (type == "IEND") return end <= size ? info : cut_short(std::move(info), "inside the IEND chunk", size);
     if (type == "IDAT") seen_idat = true;
     if (type == "eXIf" && !seen_idat) info.orientation = orientation_at(source, pos + 8, length);
+    previous = std::move(type);
+    previous_pos = pos;
     pos = end;
   }
 }
