@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/vision_flags.h"
 #include "data/checker.h"
 #include "util/error.h"
 
@@ -134,7 +135,7 @@ int run_check_data(const CheckDataArgs& args) {
     if (!fs::is_directory(args.base_dir, ec)) throw UsageError("--base_dir: " + args.base_dir + " is not a directory");
     options.base_dir = fs::absolute(args.base_dir);
   }
-  options.budget = vision::pixel_budget_from_env(args.min_pixels, args.max_pixels);
+  options.budget = pixel_budget_flags(args.min_pixels, args.max_pixels);
   options.max_length = args.max_length;
   options.max_record_bytes = args.max_line_bytes;
   options.threads = args.threads;
@@ -215,7 +216,7 @@ void add_check_data_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--base_dir", args->base_dir, "Directory relative media paths resolve against (default: the dataset's)");
   cmd->add_flag("--json", args->json, "Findings as JSON lines, then one summary object");
   cmd->add_option("--fix", args->fix, "Write a corrected copy (JSONL) with the unambiguous fixes applied");
-  cmd->add_flag("--deep", args->deep, "Decode every image fully (finds data cut short after a good header)");
+  cmd->add_flag("--deep", args->deep, "Decode every image fully (finds damaged data; files cut short are found without it)");
   cmd->add_option("--threads", args->threads, "Worker threads (default: all cores)");
   cmd->add_option("--max_errors", args->max_errors, "Print at most this many error findings (counts stay complete)");
   cmd->add_option("--max_line_bytes", args->max_line_bytes, "Refuse rows longer than this (default 64 MiB)");

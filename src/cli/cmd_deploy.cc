@@ -8,6 +8,7 @@
 #include <span>
 #include <thread>
 
+#include "cli/base_model.h"
 #include "cli/commands.h"
 #include "cli/infer_session.h"
 #include "server/api_server.h"
@@ -36,10 +37,12 @@ struct DeployArgs {
   std::string kv_cache_dtype = "float32";
   std::optional<uint64_t> min_pixels, max_pixels;
   size_t image_cache_mb = 512;
+  bool exif_transpose = false;
   DeviceMapArgs device_map;
 };
 
 int run(DeployArgs a) {
+  a.model = resolve_base_model(a.model, a.adapters);
   // Before --device_map planned placements, "cpu" was how to ask for one host device; it still is.
   if (a.device_map.placement.device_map == "cpu") a.device_map.placement.device_map.clear();
   if (a.max_batch_size == 0) throw UsageError("--max_batch_size must be at least 1");
@@ -52,10 +55,11 @@ int run(DeployArgs a) {
     options.media.allowed_local_media_path = a.allowed_local_media_path;
   }
 
-  const auto vision_options = VisionOptions::from_flags(a.min_pixels, a.max_pixels, a.image_cache_mb);
+  const auto vision_options = VisionOptions::from_flags(a.min_pixels, a.max_pixels, a.image_cache_mb, a.exif_transpose);
   const DType kv_dtype = a.kv_cache_dtype == "bfloat16" ? DType::BF16 : DType::F32;
   // Planned for the server's batch: max_batch_size sequences of max_model_len each.
-  const PlanOptions plan_options = generation_plan_options(a.max_batch_size, a.max_model_len, kv_dtype, a.threads);
+  const PlanOptions plan_options =
+      generation_plan_options(a.max_batch_size, a.max_model_len, kv_dtype, a.threads, vision_options.budget);
   // Outlives the session: the model's memory lives on its devices.
   const std::unique_ptr<PlacedRun> placed = place_model(a.model, a.device_map, plan_options);
   if (placed)
@@ -134,7 +138,9 @@ void add_deploy_command(CLI::App& app, int& exit_code) {
       "(continuous batching) up to --max_batch_size; beyond --max_queue waiting requests the answer is 429.\n"
       "Qwen2.5-VL checkpoints take image_url parts (sized by --max_pixels/--min_pixels or MAX_PIXELS/MIN_PIXELS, as infer).\n"
       "SIGTERM or Ctrl-C stops accepting, finishes the requests in flight and exits 0.");
-  cmd->add_option("--model", a->model, "Model directory (config.json, *.safetensors, tokenizer.json)")->required();
+  cmd->add_option("--model", a->model,
+                  "Model directory (config.json, *.safetensors, tokenizer.json); with --adapters CKPT, default: the base "
+                  "model its args.json / adapter_config.json names");
   cmd->add_option("--adapters,--lora", a->adapters, "PEFT LoRA adapters applied unmerged");
   cmd->add_option("--host", a->host, "Address to listen on")->capture_default_str();
   cmd->add_option("--port", a->port, "Port to listen on (0: any free port, printed at start)")->capture_default_str();
@@ -155,6 +161,7 @@ void add_deploy_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--min_pixels", a->min_pixels, "Image pixel budget lower bound (default: MIN_PIXELS env or 3136)");
   cmd->add_option("--image_cache_mb", a->image_cache_mb, "Memory for cached vision embeddings (LRU by image content)")
       ->capture_default_str();
+  cmd->add_flag("--exif_transpose", a->exif_transpose, "Turn EXIF-rotated photos upright before resizing (off, as swift)");
   add_device_map_options(cmd, a->device_map);
   cmd->callback([a, &exit_code] { exit_code = run(*a); });
 }

@@ -9,6 +9,7 @@
 #include <iostream>
 #include <thread>
 
+#include "cli/base_model.h"
 #include "cli/commands.h"
 #include "cli/infer_session.h"
 #include "io/json_file.h"
@@ -48,6 +49,7 @@ struct InferArgs {
   std::optional<uint64_t> min_pixels, max_pixels;
   size_t image_cache_mb = 512;
   std::string overlap_images = "true";
+  bool exif_transpose = false;
   DeviceMapArgs device_map;
 };
 
@@ -74,38 +76,6 @@ ordered_json user_request(const std::string& system, const std::string& query) {
   return messages;
 }
 
-// A swift dataset row: the prompt request and, if present, the reference answer.
-std::pair<ordered_json, std::optional<std::string>> dataset_row(const ordered_json& row, const std::string& where) {
-  if (!row.is_object()) throw Error(where + ": row is not a JSON object");
-  ordered_json request = row;
-  std::optional<std::string> labels;
-  if (row.contains("messages")) {
-    auto& messages = request["messages"];
-    if (!messages.is_array() || messages.empty()) throw Error(where + ": \"messages\" must be a non-empty array");
-    if (messages.back().value("role", "") == "assistant") {
-      if (messages.back()["content"].is_string()) labels = messages.back()["content"].get<std::string>();
-      messages.erase(messages.end() - 1);
-    }
-    return {request, labels};
-  }
-  if (row.contains("query")) {
-    ordered_json messages = ordered_json::array();
-    if (row.contains("system")) messages.push_back({{"role", "system"}, {"content", row["system"]}});
-    if (row.contains("history") && row["history"].is_array())
-      for (const auto& turn : row["history"]) {
-        messages.push_back({{"role", "user"}, {"content", turn.at(0)}});
-        messages.push_back({{"role", "assistant"}, {"content", turn.at(1)}});
-      }
-    messages.push_back({{"role", "user"}, {"content", row["query"]}});
-    if (row.contains("response") && row["response"].is_string()) labels = row["response"].get<std::string>();
-    ordered_json out = {{"messages", messages}};
-    for (const char* key : {"images", "videos"})
-      if (row.contains(key)) out[key] = row[key];
-    return {out, labels};
-  }
-  throw Error(where + ": row has neither \"messages\" nor \"query\"");
-}
-
 void print_stats(const InferSession& session, const Generator& generator) {
   const auto& t = generator.total_timings();
   if (session.images) {
@@ -127,7 +97,7 @@ json result_json(const InferSession& session, const GenerationResult& r, const G
             {"finish_reason", r.finish_reason},
             {"prompt_tokens", r.prompt_tokens},
             {"completion_tokens", r.tokens.size()}};
-  if (params.logprobs) j["logprobs"] = openai_logprobs(session.tokenizer, r.logprobs);
+  if (params.logprobs) j["logprobs"] = openai_logprobs(session.tokenizer, r.logprobs, /*with_token_ids=*/true);
   return j;
 }
 
@@ -333,14 +303,16 @@ int run_session(InferSession& session, const InferArgs& a) {
   return kExitOk;
 }
 
-int run(const InferArgs& a) {
+int run(InferArgs a) {
+  a.model = resolve_base_model(a.model, a.adapters);
   if (a.infer_backend != "native" && a.infer_backend != "pt")
     throw UsageError("--infer_backend: vlmforge runs its own native engine ('native'); got '" + a.infer_backend + "'");
   if (a.max_batch_size == 0) throw UsageError("--max_batch_size must be at least 1");
   if (!a.images.empty() && a.query.empty()) throw UsageError("--images goes with --query (or use <image> tags in --val_dataset rows or the chat)");
-  const auto vision_options = VisionOptions::from_flags(a.min_pixels, a.max_pixels, a.image_cache_mb);
+  const auto vision_options = VisionOptions::from_flags(a.min_pixels, a.max_pixels, a.image_cache_mb, a.exif_transpose);
   const DType kv_dtype = a.kv_cache_dtype == "bfloat16" ? DType::BF16 : DType::F32;
-  const PlanOptions plan_options = generation_plan_options(a.max_batch_size, a.max_model_len, kv_dtype, a.threads);
+  const PlanOptions plan_options =
+      generation_plan_options(a.max_batch_size, a.max_model_len, kv_dtype, a.threads, vision_options.budget);
   // Outlives the session: the model's memory lives on its devices.
   const std::unique_ptr<PlacedRun> placed = place_model(a.model, a.device_map, plan_options);
   InferSession session(a.model, a.threads, {a.adapters.begin(), a.adapters.end()}, vision_options,
@@ -362,7 +334,9 @@ void add_infer_command(CLI::App& app, int& exit_code) {
                "Images (Qwen2.5-VL): --images with --query, <image> tags + \"images\" in dataset rows, <image> in the chat;\n"
                "sized by --max_pixels/--min_pixels or the MAX_PIXELS/MIN_PIXELS environment, as swift.\n"
                "Sampling defaults come from generation_config.json; --temperature 0 is greedy.");
-  cmd->add_option("--model", a->model, "Model directory (config.json, *.safetensors, tokenizer.json)")->required();
+  cmd->add_option("--model", a->model,
+                  "Model directory (config.json, *.safetensors, tokenizer.json); with --adapters CKPT, default: the base "
+                  "model its args.json / adapter_config.json names, as swift's --load_args");
   cmd->add_option("--adapters,--lora", a->adapters, "PEFT LoRA adapters applied unmerged (same outputs as the merged model)");
   cmd->add_option("--infer_backend", a->infer_backend, "Accepted for swift compatibility: native")->capture_default_str();
   cmd->add_option("--query", a->query, "The user message");
@@ -378,7 +352,8 @@ void add_infer_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--max_model_len", a->max_model_len, "Longest sequence (prompt + answer); default from config.json");
   cmd->add_option("--val_dataset", a->val_dataset, "swift-format JSONL dataset to answer");
   cmd->add_option("--result_path", a->result_path, "Where --val_dataset results go (default: <dataset>-result.jsonl)");
-  cmd->add_flag("--logprobs", a->logprobs, "Include the chosen tokens' logprobs (OpenAI logprobs.content shape)");
+  cmd->add_flag("--logprobs", a->logprobs,
+                "Include the chosen tokens' logprobs (OpenAI logprobs.content shape, plus each token's \"id\")");
   cmd->add_option("--top_logprobs", a->top_logprobs, "Alternatives per token with --logprobs");
   cmd->add_option("--stop_words", a->stop_words, "Text that ends an answer (not included)");
   cmd->add_option("--threads", a->threads, "Worker threads (default: all cores)");
@@ -393,6 +368,9 @@ void add_infer_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--min_pixels", a->min_pixels, "Image pixel budget lower bound (default: MIN_PIXELS env or 3136)");
   cmd->add_option("--image_cache_mb", a->image_cache_mb, "Memory for cached vision embeddings (LRU by image content)")
       ->capture_default_str();
+  cmd->add_flag("--exif_transpose", a->exif_transpose,
+                "Turn EXIF-rotated photos upright (PIL's ImageOps.exif_transpose) before resizing; off by default, "
+                "as swift and qwen_vl_utils train and infer on the stored pixels");
   cmd->add_option("--overlap_images", a->overlap_images,
                   "--val_dataset: encode the next batch's images while the current batch generates (true/false)")
       ->capture_default_str();

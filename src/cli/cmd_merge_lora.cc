@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "cli/base_model.h"
 #include "cli/commands.h"
 #include "lora/merge.h"
 #include "util/bytes.h"
@@ -94,7 +95,7 @@ int run(const MergeArgs& args) {
   if (args.safe_serialization != "true" && args.safe_serialization != "True" && args.safe_serialization != "1")
     throw UsageError("--safe_serialization: vlmforge always writes safetensors; only 'true' is accepted");
   MergeOptions options;
-  options.model_dir = args.model;
+  options.model_dir = resolve_base_model(args.model, args.adapters);
   for (const auto& a : args.adapters) options.adapter_dirs.emplace_back(a);
   options.output_dir = args.output_dir;
   options.max_shard_size = parse_byte_size(args.max_shard_size, "--max_shard_size");
@@ -144,7 +145,9 @@ void add_merge_lora_command(CLI::App& app, int& exit_code) {
       "output dtype. Supports LoRA, rsLoRA, DoRA, rank/alpha patterns, fan_in_fan_out, embedding LoRA,\n"
       "lora_B biases and modules_to_save. The output is always safetensors, written to a temporary\n"
       "directory and renamed into place when complete.");
-  cmd->add_option("--model", args->model, "Base model directory (config.json + *.safetensors)")->required();
+  cmd->add_option("--model", args->model,
+                  "Base model directory (config.json + *.safetensors); default: the one the first adapter's args.json "
+                  "(swift) or adapter_config.json names");
   cmd->add_option("--adapters,--lora", args->adapters,
                   "Adapter directories (adapter_config.json + adapter_model.safetensors), applied in order")
       ->delimiter(',');

@@ -2,9 +2,11 @@
 // device needs (weights, KV cache, activation workspace, reserve), from checkpoint headers, a
 // config.json or a preset: no weights are read, and the devices need not be present.
 #include <cstdio>
+#include <optional>
 #include <thread>
 
 #include "cli/commands.h"
+#include "cli/vision_flags.h"
 #include "plan/plan_flags.h"
 #include "util/bytes.h"
 #include "util/error.h"
@@ -23,7 +25,7 @@ struct PlanArgs {
   size_t max_model_len = 0;
   std::string kv_cache_dtype = "float32";
   size_t threads = 0;
-  uint64_t max_pixels = 12845056;
+  std::optional<uint64_t> max_pixels;
   bool json = false;
 };
 
@@ -34,7 +36,7 @@ int run(PlanArgs a) {
   o.max_model_len = a.max_model_len;
   o.kv_cache_dtype = a.kv_cache_dtype == "bfloat16" ? DType::BF16 : DType::F32;
   o.threads = a.threads ? a.threads : std::max(1u, std::thread::hardware_concurrency());
-  o.max_pixels = a.max_pixels;
+  o.max_pixels = pixel_budget_flags(std::nullopt, a.max_pixels).max_pixels;
   if (a.placement.device_map.empty() || a.placement.device_map == "auto") a.placement.device_map = a.strategy;
   else if (a.strategy != "auto") throw UsageError("give --strategy or --device_map FILE, not both");
   const Plan plan = plan_from_flags(shape, a.placement, o, DeviceRegistry::builtin(), process_environment());
@@ -86,7 +88,8 @@ void add_plan_command(CLI::App& app, int& exit_code) {
       ->check(CLI::IsMember({"float32", "bfloat16"}))
       ->capture_default_str();
   cmd->add_option("--threads", a->threads, "Host threads per cpu device (default: all cores)");
-  cmd->add_option("--max_pixels", a->max_pixels, "Largest image for the vision tower's workspace")->capture_default_str();
+  cmd->add_option("--max_pixels", a->max_pixels,
+                  "Largest image for the vision tower's workspace (default: MAX_PIXELS env or 12845056, as infer)");
   cmd->add_flag("--json", a->json, "JSON output: devices, totals, device_map, warnings");
   cmd->callback([a, &exit_code] { exit_code = run(*a); });
 }

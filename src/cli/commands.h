@@ -21,5 +21,6 @@ void add_check_data_command(CLI::App& app, int& exit_code);
 void add_deploy_command(CLI::App& app, int& exit_code);
 void add_devices_command(CLI::App& app, int& exit_code);
 void add_plan_command(CLI::App& app, int& exit_code);
+void add_verify_merge_command(CLI::App& app, int& exit_code);
 
 }  // namespace vlmforge::cli

@@ -41,8 +41,10 @@ void add_device_map_options(CLI::App* cmd, DeviceMapArgs& a) {
                 "After the run, print each device's peak accounted memory next to the plan's estimate");
 }
 
-PlanOptions generation_plan_options(size_t max_batch_size, size_t max_model_len, DType kv_cache_dtype, size_t threads) {
+PlanOptions generation_plan_options(size_t max_batch_size, size_t max_model_len, DType kv_cache_dtype, size_t threads,
+                                    const vision::PixelBudget& budget) {
   PlanOptions o;
+  o.max_pixels = budget.max_pixels;
   o.threads = threads;
   o.max_batch_size = max_batch_size;
   o.max_model_len = max_model_len;
@@ -134,7 +136,8 @@ InferSession::InferSession(const fs::path& model_dir, size_t threads, const std:
                   std::to_string(model->config().vision->out_hidden_size) + " differs from hidden_size " +
                   std::to_string(model->config().hidden_size));
     vision_tower = std::make_unique<vision::VisionTower>(model->checkpoint(), model->config(), threads, model->lora());
-    images = std::make_unique<vision::ImageEncoder>(*vision_tower, vision_options.budget, vision_options.cache_bytes);
+    images = std::make_unique<vision::ImageEncoder>(*vision_tower, vision_options.budget, vision_options.cache_bytes,
+                                                    vision_options.decode);
   }
 }
 
@@ -245,13 +248,49 @@ PromptInput InferSession::prepare_in_memory(const nlohmann::ordered_json& reques
                       [&](size_t i) { return images->encode(image_data[i].bytes, image_data[i].name); });
 }
 
-json openai_logprobs(const tokenizer::Tokenizer& tokenizer, const std::vector<TokenLogprob>& logprobs) {
+std::pair<nlohmann::ordered_json, std::optional<std::string>> dataset_row(const nlohmann::ordered_json& row,
+                                                                     const std::string& where) {
+  if (!row.is_object()) throw Error(where + ": row is not a JSON object");
+  nlohmann::ordered_json request = row;
+  std::optional<std::string> labels;
+  if (row.contains("messages")) {
+    auto& messages = request["messages"];
+    if (!messages.is_array() || messages.empty()) throw Error(where + ": \"messages\" must be a non-empty array");
+    if (messages.back().value("role", "") == "assistant") {
+      if (messages.back()["content"].is_string()) labels = messages.back()["content"].get<std::string>();
+      messages.erase(messages.end() - 1);
+    }
+    return {request, labels};
+  }
+  if (row.contains("query")) {
+    nlohmann::ordered_json messages = nlohmann::ordered_json::array();
+    if (row.contains("system")) messages.push_back({{"role", "system"}, {"content", row["system"]}});
+    if (row.contains("history") && row["history"].is_array())
+      for (const auto& turn : row["history"]) {
+        messages.push_back({{"role", "user"}, {"content", turn.at(0)}});
+        messages.push_back({{"role", "assistant"}, {"content", turn.at(1)}});
+      }
+    messages.push_back({{"role", "user"}, {"content", row["query"]}});
+    if (row.contains("response") && row["response"].is_string()) labels = row["response"].get<std::string>();
+    nlohmann::ordered_json out = {{"messages", messages}};
+    for (const char* key : {"images", "videos"})
+      if (row.contains(key)) out[key] = row[key];
+    return {out, labels};
+  }
+  throw Error(where + ": row has neither \"messages\" nor \"query\"");
+}
+
+
+json openai_logprobs(const tokenizer::Tokenizer& tokenizer, const std::vector<TokenLogprob>& logprobs,
+                     bool with_token_ids) {
   auto entry = [&](int32_t id, double logprob) {
     // As OpenAI: the token's text (a partial UTF-8 character shows as U+FFFD) and its exact bytes.
     const std::string_view raw = generated_token_bytes(tokenizer, id);
     json bytes = json::array();
     for (unsigned char c : raw) bytes.push_back(c);
-    return json{{"token", display_text(raw)}, {"logprob", logprob}, {"bytes", bytes}};
+    json out{{"token", display_text(raw)}, {"logprob", logprob}, {"bytes", bytes}};
+    if (with_token_ids) out["id"] = id;
+    return out;
   };
   json content = json::array();
   for (const auto& lp : logprobs) {

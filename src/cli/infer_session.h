@@ -8,8 +8,10 @@
 #include <nlohmann/json.hpp>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "cli/vision_flags.h"
 #include "device/device.h"
 #include "model/generator.h"
 #include "model/qwen2.h"
@@ -20,15 +22,17 @@
 
 namespace vlmforge::cli {
 
-// Qwen2.5-VL image handling: the pixel budget (swift's MIN_PIXELS / MAX_PIXELS) and the image cache.
+// Qwen2.5-VL image handling: the pixel budget (swift's MIN_PIXELS / MAX_PIXELS), the image cache and
+// whether EXIF orientations are applied (swift does not apply them).
 struct VisionOptions {
   vision::PixelBudget budget;
   uint64_t cache_bytes = uint64_t{512} << 20;
+  vision::DecodeOptions decode;
 
-  // --min_pixels / --max_pixels (else MIN_PIXELS / MAX_PIXELS, as swift) and --image_cache_mb.
+  // --min_pixels / --max_pixels (else MIN_PIXELS / MAX_PIXELS, as swift), --image_cache_mb, --exif_transpose.
   static VisionOptions from_flags(std::optional<uint64_t> min_pixels, std::optional<uint64_t> max_pixels,
-                                  size_t image_cache_mb) {
-    return {vision::pixel_budget_from_env(min_pixels, max_pixels), uint64_t{image_cache_mb} << 20};
+                                  size_t image_cache_mb, bool exif_transpose = false) {
+    return {pixel_budget_flags(min_pixels, max_pixels), uint64_t{image_cache_mb} << 20, {exif_transpose}};
   }
 };
 
@@ -57,8 +61,10 @@ struct PlacedRun {
 // prints the plan. Without it: nullptr (and --memory_report alone is a usage error).
 std::unique_ptr<PlacedRun> place_model(const std::filesystem::path& model_dir, const DeviceMapArgs& args,
                                        PlanOptions options);
-// Plan options for generating up to max_batch_size sequences of max_model_len tokens.
-PlanOptions generation_plan_options(size_t max_batch_size, size_t max_model_len, DType kv_cache_dtype, size_t threads);
+// Plan options for generating up to max_batch_size sequences of max_model_len tokens, with the vision
+// workspace for the largest image the budget allows.
+PlanOptions generation_plan_options(size_t max_batch_size, size_t max_model_len, DType kv_cache_dtype, size_t threads,
+                                    const vision::PixelBudget& budget);
 
 struct InferSession {
   InferSession(const std::filesystem::path& model_dir, size_t threads,
@@ -88,8 +94,16 @@ struct InferSession {
   PromptInput prepare_in_memory(const nlohmann::ordered_json& request, std::span<const ImageData> images) const;
 };
 
-// OpenAI's logprobs.content for generated tokens.
-nlohmann::json openai_logprobs(const tokenizer::Tokenizer& tokenizer, const std::vector<TokenLogprob>& logprobs);
+// A swift dataset row ("messages", or "query" / "response" / "history" / "system") as a chat request
+// without its final assistant turn, and that turn's text when there is one. `where` ("file:line")
+// prefixes errors.
+std::pair<nlohmann::ordered_json, std::optional<std::string>> dataset_row(const nlohmann::ordered_json& row,
+                                                                     const std::string& where);
+
+// OpenAI's logprobs.content for generated tokens. `with_token_ids` adds each token's "id" (infer's
+// output): ids the tokenizer has no text for (past its vocabulary) all show as token "".
+nlohmann::json openai_logprobs(const tokenizer::Tokenizer& tokenizer, const std::vector<TokenLogprob>& logprobs,
+                               bool with_token_ids = false);
 
 // Token bytes as valid UTF-8 text (invalid sequences become U+FFFD).
 std::string display_text(std::string_view bytes);

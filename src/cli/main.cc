@@ -15,8 +15,8 @@ int main(int argc, char** argv) {
 
   CLI::App app{
       "vlmforge: the last mile after fine-tuning Qwen2.5 / Qwen2.5-VL: merge LoRA adapters in bounded memory,\n"
-      "run text and image inference, plan and run placements across memory-limited devices, check datasets,\n"
-      "serve an OpenAI-compatible API, tokenize, inspect and generate checkpoints. Computes on the CPU.\n"
+      "verify merges, run text and image inference, plan and run placements across memory-limited devices,\n"
+      "check datasets, serve an OpenAI-compatible API, tokenize, inspect and generate checkpoints. Computes on the CPU.\n"
       "Exit codes: 0 success, 1 failure (bad input, failed operation), 2 usage error."};
   app.require_subcommand(1);
   app.set_version_flag("--version", "vlmforge 0.1.0");
@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   vlmforge::cli::add_deploy_command(app, exit_code);
   vlmforge::cli::add_devices_command(app, exit_code);
   vlmforge::cli::add_plan_command(app, exit_code);
+  vlmforge::cli::add_verify_merge_command(app, exit_code);
   try {
     vlmforge::limit_simd_target_from_environment();
     app.parse(argc, argv);

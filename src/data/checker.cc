@@ -193,7 +193,7 @@ void DatasetChecker::report(Row& row, const std::string& name, const fs::path& b
       emit(*check.problem, name, row.line, 0, check.detail);
       continue;
     }
-    if (check.warning) emit(*check.warning, name, row.line, 0, check.detail);
+    for (const MediaWarning& w : check.warnings) emit(w.code, name, row.line, 0, w.detail);
     if (m.kind != MediaKind::kImage) continue;
     const auto& info = check.image;
     const auto resized = vision::smart_resize(info.height, info.width, options_.budget);

@@ -36,6 +36,7 @@ constexpr std::array<FindingInfo, kFindingCodeCount> kInfos{{
     {"not-an-image", kError, "point to a JPEG, PNG, WebP, GIF or BMP file"},
     {"image-corrupt", kError, "re-export the image; its header is damaged or cut short"},
     {"image-wrong-extension", kWarning, "rename the file so its extension matches its format"},
+    {"image-exif-rotated", kWarning, "swift trains on the stored pixels, not the upright photo: rotate the pixels and drop the EXIF orientation if the model should see it upright"},
     {"image-aspect-ratio", kError, "crop or pad the image: Qwen2-VL refuses an aspect ratio above 200"},
     {"too-long", kError, "shorten the row, lower --max_pixels, or raise --max_length"},
 }};

@@ -36,6 +36,7 @@ enum class FindingCode {
   kNotAnImage,
   kImageCorrupt,
   kImageWrongExtension,
+  kImageExifRotated,
   kImageAspectRatio,
   kTooLong,
 };

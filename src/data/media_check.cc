@@ -52,7 +52,7 @@ std::optional<MediaCheck> check_exists(const fs::path& path) {
 MediaCheck check_image_file(const fs::path& path, bool deep) {
   if (auto missing = check_exists(path)) return *missing;
   MediaCheck check;
-  check.image = vision::read_image_info(path);
+  check.image = vision::inspect_image(path);
   switch (check.image.problem) {
     case vision::ImageProblem::kNone: break;
     case vision::ImageProblem::kUnreadable: check.problem = FindingCode::kImageUnreadable; break;
@@ -72,10 +72,14 @@ MediaCheck check_image_file(const fs::path& path, bool deep) {
     }
   }
   const vision::ImageFormat named = vision::format_from_extension(path.extension().string());
-  if (named != vision::ImageFormat::kUnknown && named != check.image.format) {
-    check.warning = FindingCode::kImageWrongExtension;
-    check.detail = path.string() + " is a " + std::string(vision::image_format_name(check.image.format)) + " file";
-  }
+  if (named != vision::ImageFormat::kUnknown && named != check.image.format)
+    check.warnings.push_back({FindingCode::kImageWrongExtension,
+                              path.string() + " is a " + std::string(vision::image_format_name(check.image.format)) + " file"});
+  if (check.image.orientation != 1)
+    check.warnings.push_back({FindingCode::kImageExifRotated,
+                              path.string() + " has EXIF orientation " + std::to_string(check.image.orientation) + " (" +
+                                  std::string(vision::orientation_name(check.image.orientation)) +
+                                  "): training sees the stored pixels, unrotated; infer and deploy do too unless --exif_transpose"});
   return check;
 }
 

@@ -5,6 +5,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "data/finding.h"
 #include "vision/image_info.h"
@@ -16,15 +17,21 @@ bool is_remote(std::string_view path);  // http(s)://, s3://, gs://, ftp://, oss
 // `path` as written in the row, resolved: absolute paths as is, others under `base_dir`.
 std::filesystem::path resolve_media_path(std::string_view path, const std::filesystem::path& base_dir);
 
+struct MediaWarning {
+  FindingCode code;  // kImageWrongExtension, kImageExifRotated
+  std::string detail;
+};
+
 struct MediaCheck {
   std::optional<FindingCode> problem;  // kImageMissing, kImageUnreadable, kNotAnImage, kImageCorrupt
-  std::optional<FindingCode> warning;  // kImageWrongExtension
-  std::string detail;
+  std::string detail;                  // of the problem
+  std::vector<MediaWarning> warnings;
   vision::ImageInfo image;             // dimensions when the header was read
 };
 
-// Reads the header of an image file, and with `deep` decodes it fully (safe to call from
-// several threads).
+// Reads the header of an image file and checks its structure is complete (vision::inspect_image:
+// files cut short are kImageCorrupt), and with `deep` decodes it fully (safe to call from several
+// threads).
 MediaCheck check_image_file(const std::filesystem::path& path, bool deep);
 // Existence and readability only (videos, audios): kMediaMissing, kImageUnreadable.
 MediaCheck check_media_file(const std::filesystem::path& path);

@@ -55,7 +55,7 @@ void jpeg_emit_message(j_common_ptr cinfo, int level) {
   }
 }
 
-RgbImage decode_jpeg(std::span<const uint8_t> bytes, int& orientation) {
+RgbImage decode_jpeg(std::span<const uint8_t> bytes) {
   jpeg_decompress_struct cinfo{};
   JpegError error{};
   RgbImage image;
@@ -70,13 +70,7 @@ RgbImage decode_jpeg(std::span<const uint8_t> bytes, int& orientation) {
   }
   jpeg_create_decompress(&cinfo);
   jpeg_mem_src(&cinfo, bytes.data(), static_cast<unsigned long>(bytes.size()));
-  jpeg_save_markers(&cinfo, JPEG_APP0 + 1, 0xFFFF);
   jpeg_read_header(&cinfo, TRUE);
-  for (jpeg_saved_marker_ptr m = cinfo.marker_list; m != nullptr; m = m->next)
-    if (m->marker == JPEG_APP0 + 1 && m->data_length > 6 && std::memcmp(m->data, "Exif\0\0", 6) == 0) {
-      orientation = exif_orientation({m->data + 6, m->data_length - 6});
-      break;
-    }
   // libjpeg's defaults (islow DCT, fancy upsampling) are what PIL decodes with; grayscale
   // becomes RGB by replication, as convert("RGB") does. Four-component (CMYK / YCCK) files are
   // decoded to CMYK and converted below.
@@ -127,7 +121,7 @@ void png_error_exit(png_structp png, png_const_charp message) {
 
 void png_ignore_warning(png_structp, png_const_charp) {}
 
-RgbImage decode_png(std::span<const uint8_t> bytes, int& orientation) {
+RgbImage decode_png(std::span<const uint8_t> bytes) {
   PngState state{bytes};
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &state, png_error_exit, png_ignore_warning);
   if (png == nullptr) throw Error("libpng could not start");
@@ -144,11 +138,6 @@ RgbImage decode_png(std::span<const uint8_t> bytes, int& orientation) {
   png_read_info(png, info);
   const uint32_t width = png_get_image_width(png, info), height = png_get_image_height(png, info);
   const int bit_depth = png_get_bit_depth(png, info), color_type = png_get_color_type(png, info);
-#ifdef PNG_eXIf_SUPPORTED
-  png_bytep exif = nullptr;
-  png_uint_32 exif_size = 0;
-  if (png_get_eXIf_1(png, info, &exif_size, &exif) != 0 && exif != nullptr) orientation = exif_orientation({exif, exif_size});
-#endif
   // PIL reads 16-bit samples by their high byte, except 16-bit grayscale (mode I;16), whose
   // convert("RGB") clips values above 255 to 255.
   const bool gray16 = bit_depth == 16 && (color_type & PNG_COLOR_MASK_COLOR) == 0;
@@ -179,24 +168,7 @@ RgbImage decode_png(std::span<const uint8_t> bytes, int& orientation) {
 
 // ---- WebP (libwebp) ----
 
-// The EXIF chunk of an extended (VP8X) WebP file, walked chunk by chunk ("RIFF" size "WEBP",
-// then FourCC + little-endian size + data padded to even). Empty when there is none.
-std::span<const uint8_t> webp_exif(std::span<const uint8_t> bytes) {
-  for (size_t at = 12; at + 8 <= bytes.size();) {
-    const uint32_t size = bytes[at + 4] | bytes[at + 5] << 8 | bytes[at + 6] << 16 | uint32_t{bytes[at + 7]} << 24;
-    if (size > bytes.size() - at - 8) break;
-    if (std::memcmp(bytes.data() + at, "EXIF", 4) == 0) {
-      std::span<const uint8_t> exif = bytes.subspan(at + 8, size);
-      // Some writers keep JPEG's "Exif\0\0" prefix.
-      if (exif.size() >= 6 && std::memcmp(exif.data(), "Exif\0\0", 6) == 0) exif = exif.subspan(6);
-      return exif;
-    }
-    at += 8 + size + (size & 1);
-  }
-  return {};
-}
-
-RgbImage decode_webp(std::span<const uint8_t> bytes, int& orientation) {
+RgbImage decode_webp(std::span<const uint8_t> bytes) {
   WebPBitstreamFeatures features;
   if (WebPGetFeatures(bytes.data(), bytes.size(), &features) != VP8_STATUS_OK)
     throw Error("libwebp could not read the bitstream header");
@@ -206,7 +178,6 @@ RgbImage decode_webp(std::span<const uint8_t> bytes, int& orientation) {
   if (WebPDecodeRGBInto(bytes.data(), bytes.size(), image.pixels.data(), image.pixels.size(),
                         static_cast<int>(image.width * 3)) == nullptr)
     throw Error("libwebp could not decode the image data");
-  orientation = exif_orientation(webp_exif(bytes));
   return image;
 }
 
@@ -358,11 +329,11 @@ RgbImage decode_bmp(std::span<const uint8_t> bytes) {
   return image;
 }
 
-RgbImage decode_pixels(ImageFormat format, std::span<const uint8_t> bytes, int& orientation) {
+RgbImage decode_pixels(ImageFormat format, std::span<const uint8_t> bytes) {
   switch (format) {
-    case ImageFormat::kJpeg: return decode_jpeg(bytes, orientation);
-    case ImageFormat::kPng: return decode_png(bytes, orientation);
-    case ImageFormat::kWebp: return decode_webp(bytes, orientation);
+    case ImageFormat::kJpeg: return decode_jpeg(bytes);
+    case ImageFormat::kPng: return decode_png(bytes);
+    case ImageFormat::kWebp: return decode_webp(bytes);
     case ImageFormat::kGif: return decode_gif(bytes);
     case ImageFormat::kBmp: return decode_bmp(bytes);
     case ImageFormat::kUnknown: break;
@@ -372,46 +343,7 @@ RgbImage decode_pixels(ImageFormat format, std::span<const uint8_t> bytes, int& 
 
 DecodeResult failure(std::string error) { return {false, std::move(error)}; }
 
-// --deep keeps its header-size check for BMP: RLE and bit-field files are valid, just not decoded here.
-DecodeResult check_bmp(const fs::path& path, const ImageInfo& info) {
-  std::ifstream in(path, std::ios::binary);
-  unsigned char h[34] = {};
-  in.read(reinterpret_cast<char*>(h), sizeof h);
-  if (in.gcount() < 34) return failure("the BMP headers are cut short");
-  const uint32_t offset = le32(h + 10), bits = le16(h + 28), compression = le32(h + 30);
-  if (compression != 0) return {};  // RLE / bitfields: sizes vary, header check only
-  const uint64_t row_bytes = (uint64_t{info.width} * bits + 31) / 32 * 4;
-  const uint64_t needed = offset + row_bytes * info.height;
-  std::error_code ec;
-  const uint64_t size = fs::file_size(path, ec);
-  if (ec) return failure(ec.message());
-  if (size < needed)
-    return failure("the pixel data is cut short (" + std::to_string(size) + " of " + std::to_string(needed) + " bytes)");
-  return {};
-}
-
 }  // namespace
-
-int exif_orientation(std::span<const uint8_t> tiff) {
-  if (tiff.size() < 8) return 1;
-  const bool little = tiff[0] == 'I' && tiff[1] == 'I';
-  if (!little && !(tiff[0] == 'M' && tiff[1] == 'M')) return 1;
-  auto u16 = [&](size_t at) -> uint32_t { return little ? tiff[at] | tiff[at + 1] << 8 : tiff[at] << 8 | tiff[at + 1]; };
-  auto u32 = [&](size_t at) -> uint32_t { return little ? u16(at) | u16(at + 2) << 16 : u16(at) << 16 | u16(at + 2); };
-  if (u16(2) != 42) return 1;
-  const size_t ifd = u32(4);
-  if (ifd > tiff.size() - 2) return 1;
-  const size_t entries = u16(ifd);
-  for (size_t i = 0; i < entries; ++i) {
-    const size_t e = ifd + 2 + 12 * i;
-    if (e + 12 > tiff.size()) break;
-    if (u16(e) != 0x0112) continue;
-    const uint32_t type = u16(e + 2);
-    const uint32_t value = type == 3 ? u16(e + 8) : type == 4 ? u32(e + 8) : 1;
-    return value >= 1 && value <= 8 ? static_cast<int>(value) : 1;
-  }
-  return 1;
-}
 
 RgbImage apply_orientation(const RgbImage& in, int orientation) {
   if (orientation < 2 || orientation > 8) return in;
@@ -443,34 +375,40 @@ std::vector<uint8_t> read_file_bytes(const fs::path& path) {
   return bytes;
 }
 
-RgbImage decode_rgb(std::span<const uint8_t> bytes, const std::string& name) {
-  const ImageInfo info = read_image_info(bytes);
+RgbImage decode_rgb(std::span<const uint8_t> bytes, const std::string& name, const DecodeOptions& options) {
+  // Files cut short go on to the decoder, which fails on missing pixels as PIL does (a PNG without
+  // IEND, a GIF without its trailer still decode, as in PIL).
+  const ImageInfo info = options.exif_transpose ? inspect_image(bytes) : read_image_info(bytes);
   if (info.problem == ImageProblem::kNotImage)
     throw Error(name + ": not a supported image (JPEG, PNG, WebP, GIF or BMP expected)");
-  if (!info.ok()) throw Error(name + ": " + info.detail);
+  if (!info.ok() && info.problem != ImageProblem::kTruncated) throw Error(name + ": " + info.detail);
   const uint64_t pixels = uint64_t{info.width} * info.height;
   if (pixels > kMaxImagePixels)
     throw Error(name + ": " + std::to_string(info.width) + "x" + std::to_string(info.height) + " = " +
                 std::to_string(pixels) + " pixels exceeds the decompression-bomb limit of " +
                 std::to_string(kMaxImagePixels) + " pixels (PIL's); not decoded");
-  int orientation = 1;
   RgbImage image;
   try {
-    image = decode_pixels(info.format, bytes, orientation);
+    image = decode_pixels(info.format, bytes);
   } catch (const Error& e) {
     throw Error(name + ": " + std::string(image_format_name(info.format)) + " decode failed: " + e.what());
   }
-  return orientation == 1 ? image : apply_orientation(image, orientation);
+  return info.orientation == 1 ? image : apply_orientation(image, info.orientation);
 }
 
-RgbImage load_rgb(const fs::path& path) { return decode_rgb(read_file_bytes(path), path.string()); }
+RgbImage load_rgb(const fs::path& path, const DecodeOptions& options) {
+  return decode_rgb(read_file_bytes(path), path.string(), options);
+}
 
 DecodeResult decode_image(const fs::path& path, ImageFormat format) {
   if (format == ImageFormat::kUnknown) return {};
-  if (format == ImageFormat::kBmp) return check_bmp(path, read_image_info(path));
+  // RLE and bit-field BMPs are valid, just not decoded here: the structure check is all --deep does.
+  if (format == ImageFormat::kBmp) {
+    const ImageInfo info = inspect_image(path);
+    return info.ok() ? DecodeResult{} : failure(info.detail);
+  }
   try {
-    int orientation = 1;
-    decode_pixels(format, read_file_bytes(path), orientation);
+    decode_pixels(format, read_file_bytes(path));
   } catch (const Error& e) {
     return failure(e.what());
   }

@@ -1,8 +1,8 @@
 #pragma once
 // Full image decodes with the format's reference library (libjpeg-turbo, libpng, libwebp, giflib;
-// BMP read here), giving the RGB8 pixels PIL gives for Image.open(f) → exif_transpose →
-// convert("RGB"): grayscale replicated, palettes looked up, alpha dropped (not composited),
-// 16-bit samples as PIL reads them, the EXIF orientation applied.
+// BMP read here), giving the RGB8 pixels PIL gives for Image.open(f) → convert("RGB"): grayscale
+// replicated, palettes looked up, alpha dropped (not composited), 16-bit samples as PIL reads them.
+// The EXIF orientation is applied only when asked (ImageOps.exif_transpose).
 //
 // check-data --deep uses decode_image() to find files whose header is fine but whose data is cut
 // short or damaged (pixels discarded).
@@ -28,18 +28,21 @@ struct RgbImage {
   const uint8_t* at(uint32_t x, uint32_t y) const { return pixels.data() + (size_t{y} * width + x) * 3; }
 };
 
+struct DecodeOptions {
+  // swift's load_image and qwen_vl_utils' fetch_image open images without ImageOps.exif_transpose,
+  // so a model is fine-tuned on the stored pixels of an EXIF-rotated photo; true turns them upright.
+  bool exif_transpose = false;
+};
+
 // Decodes an image file's bytes; `name` is used in error messages. Throws Error for unknown
 // formats, corrupt or truncated data, unsupported variants (RLE or 16-bit BMP, animated WebP) and
 // images over kMaxImagePixels.
-RgbImage decode_rgb(std::span<const uint8_t> bytes, const std::string& name);
-RgbImage load_rgb(const std::filesystem::path& path);
+RgbImage decode_rgb(std::span<const uint8_t> bytes, const std::string& name, const DecodeOptions& options = {});
+RgbImage load_rgb(const std::filesystem::path& path, const DecodeOptions& options = {});
 
 // Reads a whole file; Error naming the path when it cannot be read.
 std::vector<uint8_t> read_file_bytes(const std::filesystem::path& path);
 
-// The EXIF orientation tag (1-8) of a TIFF-structured EXIF block ("II*\0" / "MM\0*" header, as in a
-// JPEG APP1 after "Exif\0\0", a PNG eXIf chunk or a WebP EXIF chunk); 1 when absent or unreadable.
-int exif_orientation(std::span<const uint8_t> tiff);
 // PIL's ImageOps.exif_transpose for an orientation value: 2 mirror, 3 rotate 180, 4 flip,
 // 5 transpose, 6 rotate 90° clockwise, 7 transverse, 8 rotate 90° counter-clockwise.
 RgbImage apply_orientation(const RgbImage& image, int orientation);

@@ -41,8 +41,9 @@ uint64_t content_hash(std::span<const uint8_t> bytes) {
   return mix(a ^ mix(b ^ tail));
 }
 
-ImageEncoder::ImageEncoder(VisionTower& tower, const PixelBudget& budget, uint64_t cache_bytes)
-    : tower_(tower), budget_(budget), capacity_(cache_bytes) {}
+ImageEncoder::ImageEncoder(VisionTower& tower, const PixelBudget& budget, uint64_t cache_bytes,
+                           const DecodeOptions& decode)
+    : tower_(tower), budget_(budget), decode_(decode), capacity_(cache_bytes) {}
 
 EncodedImage ImageEncoder::encode(const std::filesystem::path& path) {
   std::lock_guard lock(mutex_);
@@ -71,7 +72,7 @@ EncodedImage ImageEncoder::encode_locked(std::span<const uint8_t> bytes, const s
   timings_.lookup_seconds += since(start);
   ++timings_.misses;
   start = Clock::now();
-  const RgbImage rgb = decode_rgb(bytes, name);
+  const RgbImage rgb = decode_rgb(bytes, name, decode_);
   timings_.decode_seconds += since(start);
   start = Clock::now();
   ImagePatches patches;

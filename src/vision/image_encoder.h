@@ -13,6 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "vision/image_decode.h"
 #include "vision/smart_resize.h"
 #include "vision/vision_tower.h"
 
@@ -36,7 +37,7 @@ struct ImageTimings {
 class ImageEncoder {
  public:
   // `tower` must outlive the encoder. cache_bytes 0 disables the cache.
-  ImageEncoder(VisionTower& tower, const PixelBudget& budget, uint64_t cache_bytes);
+  ImageEncoder(VisionTower& tower, const PixelBudget& budget, uint64_t cache_bytes, const DecodeOptions& decode = {});
 
   // Safe to call from several threads (calls are serialized). Throws Error naming the file.
   EncodedImage encode(const std::filesystem::path& path);
@@ -65,6 +66,7 @@ class ImageEncoder {
 
   VisionTower& tower_;
   PixelBudget budget_;
+  DecodeOptions decode_;
   uint64_t capacity_;
   uint64_t used_ = 0;
   std::list<Entry> lru_;  // most recently used first

@@ -46,10 +46,14 @@ PixelBudget pixel_budget_from_env(std::optional<uint64_t> min_flag, std::optiona
   if (auto v = env_pixels("MAX_PIXELS")) budget.max_pixels = *v;
   if (min_flag) budget.min_pixels = *min_flag;
   if (max_flag) budget.max_pixels = *max_flag;
-  if (budget.min_pixels > budget.max_pixels)
-    throw UsageError("min_pixels (" + std::to_string(budget.min_pixels) + ") is larger than max_pixels (" +
-                     std::to_string(budget.max_pixels) + ")");
   return budget;
+}
+
+std::string budget_warning(const PixelBudget& budget) {
+  if (budget.min_pixels <= budget.max_pixels) return "";
+  return "min_pixels (" + std::to_string(budget.min_pixels) + ") is larger than max_pixels (" +
+         std::to_string(budget.max_pixels) + "); as in transformers, images that round above max_pixels shrink to it " +
+         "(as few as 1 token) and smaller ones grow to min_pixels";
 }
 
 }  // namespace vlmforge::vision

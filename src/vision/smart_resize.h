@@ -31,8 +31,12 @@ struct ResizedImage {
 std::optional<ResizedImage> smart_resize(uint32_t height, uint32_t width, const PixelBudget& budget = {});
 
 // The budget swift uses: the MIN_PIXELS / MAX_PIXELS environment variables over the defaults;
-// flags (when given, > 0) override both. Throws UsageError for a non-numeric variable or
-// min_pixels > max_pixels.
+// flags (when given, > 0) override both. Throws UsageError for a variable that is not a positive
+// integer. min_pixels > max_pixels is accepted, as transformers' processor accepts it.
 PixelBudget pixel_budget_from_env(std::optional<uint64_t> min_flag, std::optional<uint64_t> max_flag);
+
+// Why a budget transformers accepts is likely a mistake, "" when it is not: with min_pixels above
+// max_pixels most images shrink to max_pixels (a 640x480 image under min 3136, max 784 is one token).
+std::string budget_warning(const PixelBudget& budget);
 
 }  // namespace vlmforge::vision

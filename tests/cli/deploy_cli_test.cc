@@ -9,7 +9,7 @@ namespace vlmforge::test {
 namespace {
 namespace fs = std::filesystem;
 
-TEST(DeployCli, BadPlacementAndImageFlagsFailBeforeServing) {
+TEST(DeployCli, BadPlacementFlagsFailBeforeServing) {
   const fs::path model = shared_dir() / "golden" / "qwen2-tiny-f32";
   if (!fs::exists(model / "config.json")) GTEST_SKIP() << "shared golden data missing";
   auto expect = [&](std::vector<std::string> extra, int code, const std::string& text) {
@@ -23,7 +23,6 @@ TEST(DeployCli, BadPlacementAndImageFlagsFailBeforeServing) {
   expect({"--memory_report"}, 2, "--device_map auto");
   expect({"--device_map", "nearest"}, 2, "neither auto");
   expect({"--device_map", "auto", "--devices", "cpu:0,cpu:1", "--max_memory", "2MiB"}, 1, "never split");
-  expect({"--min_pixels", "9000", "--max_pixels", "100"}, 2, "larger than max_pixels");
 }
 
 TEST(DeployCli, VisionModelWithDeviceMapSaysWhatToDo) {

@@ -122,6 +122,20 @@ TEST_F(InferCli, ValDatasetWritesOneResultPerRowWithLabels) {
   EXPECT_NE(bad.err.find("bad.jsonl:1"), std::string::npos) << bad.err;
 }
 
+TEST_F(InferCli, LogprobsCarryTokenIds) {
+  const auto r = run_vlmforge({"infer", "--model", tiny("qwen2-tiny-f32").string(), "--query", "hello", "--max_new_tokens",
+                               "3", "--temperature", "0", "--logprobs", "--top_logprobs", "2", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json content = json::parse(r.out)["logprobs"]["content"];
+  ASSERT_FALSE(content.empty()) << r.out;
+  for (const auto& entry : content) {
+    // Token bytes alone cannot tell ids apart that have no text (every id past the tokenizer shows as "").
+    ASSERT_TRUE(entry.contains("id")) << entry;
+    EXPECT_EQ(entry["id"], entry["top_logprobs"][0]["id"]) << entry;  // greedy: the most likely token
+    EXPECT_NE(entry["top_logprobs"][0]["id"], entry["top_logprobs"][1]["id"]) << entry;
+  }
+}
+
 TEST_F(InferCli, RejectsPromptsLongerThanMaxModelLen) {
   const auto r = run_vlmforge({"infer", "--model", tiny("qwen2-tiny-f32").string(), "--query", "a long question",
                                "--max_model_len", "8"});

@@ -166,5 +166,37 @@ TEST(GenerateCli, PublishedShapesAreExact) {
   EXPECT_TRUE(ckpt.sharded());
 }
 
+// swift's --load_args: a checkpoint names its base model in args.json ("model"); PEFT records it in
+// adapter_config.json ("base_model_name_or_path").
+TEST_F(MergeCli, AdaptersWithoutModelUseTheBaseTheCheckpointNames) {
+  const fs::path ckpt = out_dir / "checkpoint-10";
+  fs::copy(adapter(), ckpt);
+  std::ofstream(ckpt / "args.json") << nlohmann::json{{"model", base().string()}, {"model_type", "qwen2_5_vl"}}.dump();
+  const auto r = run_vlmforge({"merge-lora", "--adapters", ckpt.string(), "--dry_run", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("base model " + base().string() + " (from " + (ckpt / "args.json").string()), std::string::npos) << r.err;
+  EXPECT_GT(nlohmann::json::parse(r.out)["changed_tensors"].size(), 0u);
+
+  // A hub id in args.json is not downloaded: adapter_config.json's local path is used instead.
+  std::ofstream(ckpt / "args.json") << R"({"model": "Qwen/Qwen2.5-VL-7B-Instruct"})";
+  const auto fallback = run_vlmforge({"merge-lora", "--adapters", ckpt.string(), "--dry_run"});
+  ASSERT_EQ(fallback.exit_code, 0) << fallback.err;
+  EXPECT_NE(fallback.err.find("adapter_config.json"), std::string::npos) << fallback.err;
+
+  // Neither names a local directory: an error saying what was found and what to do.
+  nlohmann::json config = nlohmann::json::parse(std::ifstream(ckpt / "adapter_config.json"));
+  config["base_model_name_or_path"] = "Qwen/Qwen2.5-VL-7B-Instruct";
+  std::ofstream(ckpt / "adapter_config.json") << config.dump();
+  const auto none = run_vlmforge({"merge-lora", "--adapters", ckpt.string(), "--dry_run"});
+  EXPECT_EQ(none.exit_code, 1) << none.err;
+  EXPECT_NE(none.err.find("give --model"), std::string::npos) << none.err;
+  EXPECT_NE(none.err.find("Qwen/Qwen2.5-VL-7B-Instruct"), std::string::npos) << none.err;
+  // An explicit --model still wins.
+  const auto given = run_vlmforge({"merge-lora", "--model", base().string(), "--adapters", ckpt.string(), "--dry_run"});
+  EXPECT_EQ(given.exit_code, 0) << given.err;
+  const auto neither = run_vlmforge({"merge-lora", "--dry_run"});
+  EXPECT_EQ(neither.exit_code, 2) << neither.err;
+}
+
 }  // namespace
 }  // namespace vlmforge::test

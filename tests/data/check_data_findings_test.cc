@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "data/check_data_fixture.h"
+#include "vision/encoded_images.h"
 #include "vision/image_bytes.h"
 
 namespace vlmforge::test {
@@ -190,6 +191,34 @@ TEST(CheckDataFindings, ImageFileProblems) {
   EXPECT_EQ(out.summary["images_checked"], 8);  // each distinct file once
   EXPECT_EQ(out.summary["largest_image"]["width"], 640);
   EXPECT_EQ(out.summary["largest_image"]["tokens"], 17 * 23);  // 480x640 -> 476x644
+}
+
+TEST(CheckDataFindings, FilesCutShortAreFoundWithoutDeep) {
+  TempDir dir;
+  const std::string png = encoded_png(64, 48), jpeg = encoded_jpeg(64, 48), webp = encoded_webp(64, 48);
+  write_file(dir / "third.png", png.substr(0, png.size() / 3));  // the header reads, the pixels are gone
+  write_file(dir / "cut.jpg", jpeg.substr(0, jpeg.size() - 100));
+  write_file(dir / "cut.webp", webp.substr(0, webp.size() - 10));
+  write_file(dir / "whole.png", png);
+  auto with = [](const std::string& image) { return row("<image>q", "a", R"(,"images":[")" + image + R"("])") + "\n"; };
+  const auto out = check_dataset(dir, with("third.png") + with("cut.jpg") + with("cut.webp") + row("<image>w", "a", R"(,"images":["whole.png"])"));
+  expect_findings(out, {{"image-corrupt", 1}, {"image-corrupt", 2}, {"image-corrupt", 3}}, 1);
+  EXPECT_NE(out.finding_objects[0]["message"].get<std::string>().find("cut short"), std::string::npos) << out.result.out;
+  EXPECT_NE(out.finding_objects[1]["message"].get<std::string>().find("FF D9"), std::string::npos) << out.result.out;
+}
+
+TEST(CheckDataFindings, ExifRotatedImagesAreWarnedAbout) {
+  TempDir dir;
+  write_file(dir / "turned.jpg", jpeg_with_orientation(64, 32, 6, false));
+  write_file(dir / "upright.jpg", jpeg_with_orientation(64, 32, 1, false));
+  const auto out = check_dataset(dir, row("<image>q", "a", R"(,"images":["turned.jpg"])") + "\n" +
+                                          row("<image>r", "a", R"(,"images":["upright.jpg"])") + "\n");
+  expect_findings(out, {{"image-exif-rotated", 1}}, 0);
+  const std::string message = out.finding_objects[0]["message"].get<std::string>();
+  EXPECT_NE(message.find("orientation 6 (rotate 90° clockwise)"), std::string::npos) << message;
+  EXPECT_NE(message.find("unrotated"), std::string::npos) << message;
+  // Training sees the stored 64x32 pixels: the token count is the unrotated image's.
+  EXPECT_EQ(out.summary["largest_image"]["width"], 64);
 }
 
 TEST(CheckDataFindings, BaseDirResolvesRelativePaths) {

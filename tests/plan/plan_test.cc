@@ -2,6 +2,7 @@
 // (no split layers, tied weights together, strategies, offload), explicit maps, errors.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -255,4 +256,40 @@ TEST(PlanCli, PlansPresetsAndConfigsWithoutWeights) {
 }
 
 }  // namespace
+// Sets an environment variable for the scope of a test (the vlmforge children inherit it).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) { ::setenv(name, value, 1); }
+  ~ScopedEnv() { ::unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+};
+
+TEST(PlanCli, VisionWorkspaceFollowsTheMaxPixelsEnvironmentAsInfer) {
+  auto workspace = [](std::vector<std::string> extra) {
+    std::vector<std::string> args{"plan", "--preset", "tiny-vl", "--max_model_len", "256", "--json"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const auto r = test::run_vlmforge(args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return r.exit_code == 0 ? json::parse(r.out)["workspace"].get<uint64_t>() : 0;
+  };
+  const uint64_t by_default = workspace({});
+  const uint64_t by_flag = workspace({"--max_pixels", "200704"});
+  EXPECT_LT(by_flag, by_default);
+  {
+    const ScopedEnv env("MAX_PIXELS", "200704");  // swift's way to bound image memory
+    EXPECT_EQ(workspace({}), by_flag);
+    EXPECT_EQ(workspace({"--max_pixels", "12845056"}), by_default);  // the flag wins, as in infer
+  }
+  {
+    const ScopedEnv env("MIN_PIXELS", "401408");
+    const auto r = test::run_vlmforge({"plan", "--preset", "tiny-vl", "--max_model_len", "256", "--max_pixels", "200704", "--json"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.err.find("larger than max_pixels"), std::string::npos) << r.err;
+  }
+}
+
 }  // namespace vlmforge

@@ -8,6 +8,8 @@
 #include <png.h>
 #include <webp/encode.h>
 
+#include "vision/image_bytes.h"
+
 namespace vlmforge::test {
 
 inline std::vector<unsigned char> gradient_rgb(int width, int height) {
@@ -55,6 +57,17 @@ inline std::string encoded_jpeg(int width, int height) {
   std::string out(reinterpret_cast<char*>(buffer), size);
   std::free(buffer);
   return out;
+}
+
+// A JPEG with an APP1 Exif block carrying `orientation` (little- or big-endian TIFF).
+inline std::string jpeg_with_orientation(int width, int height, int orientation, bool big_endian) {
+  const std::string plain = encoded_jpeg(width, height);
+  std::string tiff = big_endian ? std::string("MM\0*", 4) + be32(8) + be16(1) + be16(0x0112) + be16(3) + be32(1) +
+                                      be16(static_cast<uint32_t>(orientation)) + be16(0) + be32(0)
+                                : std::string("II*\0", 4) + le32(8) + le16(1) + le16(0x0112) + le16(3) + le32(1) +
+                                      le16(static_cast<uint32_t>(orientation)) + le16(0) + le32(0);
+  const std::string payload = std::string("Exif\0\0", 6) + tiff;
+  return plain.substr(0, 2) + "\xFF\xE1" + be16(static_cast<uint32_t>(payload.size() + 2)) + payload + plain.substr(2);
 }
 
 inline std::string encoded_webp(int width, int height) {

@@ -1,5 +1,6 @@
 #pragma once
-// Tiny image files written byte by byte: just enough header for each format's size fields.
+// Tiny image files written byte by byte: just enough header for each format's size fields, and
+// structurally complete (PNG up to IEND, JPEG up to EOI, GIF up to its trailer) but without pixels.
 #include <cstdint>
 #include <string>
 
@@ -12,17 +13,20 @@ inline std::string le32(uint32_t v) { return le16(v & 0xFFFF) + le16(v >> 16); }
 
 inline std::string png_bytes(uint32_t width, uint32_t height) {
   return std::string("\x89PNG\r\n\x1a\n", 8) + be32(13) + "IHDR" + be32(width) + be32(height) + std::string("\x08\x02\x00\x00\x00", 5) +
-         be32(0);
+         be32(0) + be32(0) + "IDAT" + be32(0x35AF061E) + be32(0) + "IEND" + be32(0xAE426082);
 }
 
-// SOI, an APP0 segment (so the reader must skip a segment), then SOF0.
+// SOI, an APP0 segment (so the reader must skip a segment), SOF0, a scan header and a few data bytes, EOI.
 inline std::string jpeg_bytes(uint32_t width, uint32_t height) {
   std::string app0 = std::string("\xFF\xE0", 2) + be16(16) + std::string("JFIF\0\x01\x01\0\0\x01\0\x01\0\0", 14);
   std::string sof = std::string("\xFF\xC0", 2) + be16(17) + "\x08" + be16(height) + be16(width) + std::string(10, '\x01');
-  return std::string("\xFF\xD8", 2) + app0 + sof + std::string("\xFF\xD9", 2);
+  std::string sos = std::string("\xFF\xDA", 2) + be16(12) + std::string(10, '\x01') + std::string("\x12\xFF\x00\x34", 4);
+  return std::string("\xFF\xD8", 2) + app0 + sof + sos + std::string("\xFF\xD9", 2);
 }
 
-inline std::string gif_bytes(uint32_t width, uint32_t height) { return "GIF89a" + le16(width) + le16(height) + std::string(3, '\0'); }
+inline std::string gif_bytes(uint32_t width, uint32_t height) {
+  return "GIF89a" + le16(width) + le16(height) + std::string(3, '\0') + "\x3B";
+}
 
 inline std::string bmp_bytes(uint32_t width, int32_t height) {
   return "BM" + le32(70) + le32(0) + le32(54) + le32(40) + le32(width) + le32(static_cast<uint32_t>(height)) + le16(1) + le16(24) +

@@ -1,5 +1,5 @@
-// Decoding to RGB8 as PIL's Image.open → exif_transpose → convert("RGB") gives it: every format,
-// grayscale / palette / alpha / 16-bit conversions, EXIF orientation, and the refusals.
+// Decoding to RGB8 as PIL's Image.open → convert("RGB") gives it (→ exif_transpose when asked): every
+// format, grayscale / palette / alpha / 16-bit conversions, EXIF orientation, and the refusals.
 #include <gif_lib.h>
 #include <gtest/gtest.h>
 
@@ -95,23 +95,15 @@ TEST(VisionImageLoad, OrientationsMatchPilTranspose) {
   EXPECT_EQ(grid(vision::apply_orientation(in, 8)), std::tuple(2u, 3u, std::vector<int>{2, 12, 1, 11, 0, 10}));
 }
 
-// A JPEG with an APP1 Exif block carrying `orientation` (little- or big-endian TIFF).
-std::string jpeg_with_orientation(int width, int height, int orientation, bool big_endian) {
-  const std::string plain = encoded_jpeg(width, height);
-  std::string tiff = big_endian ? std::string("MM\0*", 4) + be32(8) + be16(1) + be16(0x0112) + be16(3) + be32(1) +
-                                      be16(static_cast<uint32_t>(orientation)) + be16(0) + be32(0)
-                                : std::string("II*\0", 4) + le32(8) + le16(1) + le16(0x0112) + le16(3) + le32(1) +
-                                      le16(static_cast<uint32_t>(orientation)) + le16(0) + le32(0);
-  const std::string payload = std::string("Exif\0\0", 6) + tiff;
-  return plain.substr(0, 2) + "\xFF\xE1" + be16(static_cast<uint32_t>(payload.size() + 2)) + payload + plain.substr(2);
-}
-
-TEST(VisionImageLoad, JpegExifOrientationIsApplied) {
+TEST(VisionImageLoad, JpegExifOrientationIsAppliedOnlyWhenAsked) {
   const RgbImage plain = vision::decode_rgb(as_bytes(encoded_jpeg(24, 16)), "a.jpg");
   ASSERT_EQ(plain.width, 24u);
   for (int orientation = 1; orientation <= 8; ++orientation)
     for (bool big_endian : {false, true}) {
-      const RgbImage turned = vision::decode_rgb(as_bytes(jpeg_with_orientation(24, 16, orientation, big_endian)), "b.jpg");
+      const std::string file = jpeg_with_orientation(24, 16, orientation, big_endian);
+      // As swift's load_image and qwen_vl_utils: the stored pixels.
+      EXPECT_EQ(vision::decode_rgb(as_bytes(file), "b.jpg").pixels, plain.pixels) << orientation;
+      const RgbImage turned = vision::decode_rgb(as_bytes(file), "b.jpg", {.exif_transpose = true});
       const RgbImage expected = vision::apply_orientation(plain, orientation);
       EXPECT_EQ(turned.width, expected.width) << orientation;
       EXPECT_EQ(turned.pixels, expected.pixels) << orientation;
@@ -173,7 +165,7 @@ TEST(VisionImageLoad, CmykJpegConvertsAsPil) {
     }
 }
 
-TEST(VisionImageLoad, WebpExifOrientationIsApplied) {
+TEST(VisionImageLoad, WebpExifOrientationIsAppliedOnlyWhenAsked) {
   // An extended WebP: VP8X (EXIF flag) + the lossless bitstream + an EXIF chunk with orientation 8.
   const std::string simple = encoded_webp(6, 4);
   const std::string bitstream = simple.substr(12);  // the VP8L chunk
@@ -184,7 +176,8 @@ TEST(VisionImageLoad, WebpExifOrientationIsApplied) {
   const std::string body = "WEBP" + vp8x + bitstream + exif;
   const std::string file = "RIFF" + le32(static_cast<uint32_t>(body.size())) + body;
   const RgbImage plain = vision::decode_rgb(as_bytes(simple), "a.webp");
-  const RgbImage turned = vision::decode_rgb(as_bytes(file), "b.webp");
+  EXPECT_EQ(vision::decode_rgb(as_bytes(file), "b.webp").pixels, plain.pixels);
+  const RgbImage turned = vision::decode_rgb(as_bytes(file), "b.webp", {.exif_transpose = true});
   EXPECT_EQ(turned.width, 4u);
   EXPECT_EQ(turned.pixels, vision::apply_orientation(plain, 8).pixels);
 }

@@ -74,7 +74,24 @@ TEST(VisionSmartResize, BudgetFromEnvAndFlags) {
   ::setenv("MAX_PIXELS", "lots", 1);
   EXPECT_THROW(pixel_budget_from_env(std::nullopt, std::nullopt), UsageError);
   ::unsetenv("MAX_PIXELS");
-  EXPECT_THROW(pixel_budget_from_env(20000000, std::nullopt), UsageError);  // min above the default max
+}
+
+TEST(VisionSmartResize, MinAboveMaxFollowsTransformersWithAWarning) {
+  // transformers' processor accepts min_pixels > max_pixels: images rounding above max_pixels shrink
+  // to it (at least one 28x28 cell), smaller ones grow towards min_pixels.
+  const PixelBudget budget = pixel_budget_from_env(20000000, std::nullopt);  // min above the default max
+  EXPECT_EQ(budget.min_pixels, 20000000u);
+  EXPECT_NE(budget_warning(budget).find("larger than max_pixels"), std::string::npos);
+  EXPECT_EQ(budget_warning(PixelBudget{}), "");
+  const auto one = smart_resize(480, 640, {3136, 784});
+  ASSERT_TRUE(one);
+  EXPECT_EQ(one->height, 28u);
+  EXPECT_EQ(one->width, 28u);
+  EXPECT_EQ(one->tokens(), 1u);
+  const auto grown = smart_resize(10, 10, {9000, 100});  // rounds to 0x0, below max: grows to min
+  ASSERT_TRUE(grown);
+  EXPECT_EQ(grown->height, 112u);
+  EXPECT_EQ(grown->width, 112u);
 }
 
 }  // namespace
