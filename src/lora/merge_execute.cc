@@ -33,9 +33,13 @@ constexpr size_t kReadAheadTensors = 2;
 
 // Each block's fp32 working copy is at most this large; memory does not grow with the model.
 constexpr uint64_t kBlockFloats = (16u << 20) / sizeof(float);
-// Rows are converted, updated and rounded in groups of this many floats per thread: with the
-// low-rank kernel's panel of `right` (128 KiB at rank 64) they fit a 512 KiB L2 cache.
-constexpr size_t kGroupFloats = (192u << 10) / sizeof(float);
+// Rows are converted, updated and rounded in groups of about this many floats per thread: with
+// the low-rank kernel's panel of `right` (128 KiB at rank 64) they fit a 512 KiB L2 cache. A group
+// has at least kMinGroupRows rows (two of the kernel's 6-row tiles, three of its 4-row ones):
+// fewer, on wide rows (a 7B down_proj has 18944 columns), leave each load of `right` feeding
+// only a row or two, and the update kernel then waits on the cache instead of computing.
+constexpr size_t kMinGroupRows = 12;
+constexpr size_t kGroupFloats = (256u << 10) / sizeof(float);
 
 // An adapter tensor as fp32; its pages are dropped afterwards (it is read only this once).
 std::vector<float> adapter_to_f32(const TensorRef& t) {
@@ -290,7 +294,7 @@ class TensorMerger {
   template <typename PerGroup, typename AfterBlock>
   void for_blocks(const TensorRef& source, size_t rows, size_t cols, PerGroup&& per_group, AfterBlock&& after_block) {
     const size_t block_rows = std::max<size_t>(1, kBlockFloats / std::max<size_t>(cols, 1));
-    const size_t group_rows = std::max<size_t>(1, kGroupFloats / std::max<size_t>(cols, 1));
+    const size_t group_rows = std::max<size_t>(kMinGroupRows, kGroupFloats / std::max<size_t>(cols, 1));
     const size_t element_bytes = dtype_info(source.info->dtype).bits / 8;
     const std::byte* src = source.data().data();
     for (size_t row0 = 0; row0 < rows; row0 += block_rows) {
