@@ -5,16 +5,17 @@
 #include <csetjmp>
 #include <algorithm>
 #include <array>
-#include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <memory>
+
+#include <unistd.h>
 
 #include <gif_lib.h>
 #include <jpeglib.h>
 #include <png.h>
 #include <webp/decode.h>
 
+#include "io/regular_file.h"
 #include "util/error.h"
 
 namespace vlmforge::vision {
@@ -373,18 +374,14 @@ RgbImage decode_pixels(ImageFormat format, std::span<const uint8_t> bytes, int& 
 DecodeResult failure(std::string error) { return {false, std::move(error)}; }
 
 // --deep keeps its header-size check for BMP: RLE and bit-field files are valid, just not decoded here.
-DecodeResult check_bmp(const fs::path& path, const ImageInfo& info) {
-  std::ifstream in(path, std::ios::binary);
+DecodeResult check_bmp(const RegularFile& file, const ImageInfo& info) {
   unsigned char h[34] = {};
-  in.read(reinterpret_cast<char*>(h), sizeof h);
-  if (in.gcount() < 34) return failure("the BMP headers are cut short");
+  if (::pread(file.fd(), h, sizeof h, 0) < static_cast<ssize_t>(sizeof h)) return failure("the BMP headers are cut short");
   const uint32_t offset = le32(h + 10), bits = le16(h + 28), compression = le32(h + 30);
   if (compression != 0) return {};  // RLE / bitfields: sizes vary, header check only
   const uint64_t row_bytes = (uint64_t{info.width} * bits + 31) / 32 * 4;
   const uint64_t needed = offset + row_bytes * info.height;
-  std::error_code ec;
-  const uint64_t size = fs::file_size(path, ec);
-  if (ec) return failure(ec.message());
+  const uint64_t size = file.size();
   if (size < needed)
     return failure("the pixel data is cut short (" + std::to_string(size) + " of " + std::to_string(needed) + " bytes)");
   return {};
@@ -435,13 +432,7 @@ RgbImage apply_orientation(const RgbImage& in, int orientation) {
   return out;
 }
 
-std::vector<uint8_t> read_file_bytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path.string() + ": cannot open: " + errno_message(errno));
-  std::vector<uint8_t> bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-  if (in.bad()) throw Error(path.string() + ": read failed: " + errno_message(errno));
-  return bytes;
-}
+std::vector<uint8_t> read_file_bytes(const fs::path& path) { return read_regular_file(path, kMaxImageFileBytes); }
 
 RgbImage decode_rgb(std::span<const uint8_t> bytes, const std::string& name) {
   const ImageInfo info = read_image_info(bytes);
@@ -467,8 +458,8 @@ RgbImage load_rgb(const fs::path& path) { return decode_rgb(read_file_bytes(path
 
 DecodeResult decode_image(const fs::path& path, ImageFormat format) {
   if (format == ImageFormat::kUnknown) return {};
-  if (format == ImageFormat::kBmp) return check_bmp(path, read_image_info(path));
   try {
+    if (format == ImageFormat::kBmp) return check_bmp(RegularFile(path), read_image_info(path));
     int orientation = 1;
     decode_pixels(format, read_file_bytes(path), orientation);
   } catch (const Error& e) {

@@ -34,7 +34,11 @@ struct RgbImage {
 RgbImage decode_rgb(std::span<const uint8_t> bytes, const std::string& name);
 RgbImage load_rgb(const std::filesystem::path& path);
 
-// Reads a whole file; Error naming the path when it cannot be read.
+// The largest image file read: every uncompressed 24-bit image within kMaxImagePixels fits (537 MB).
+inline constexpr uint64_t kMaxImageFileBytes = uint64_t{1} << 30;
+
+// Reads a whole image file; Error naming the path when it cannot be read, is not a regular file
+// (a FIFO would block, a device such as /dev/zero never ends) or is over kMaxImageFileBytes.
 std::vector<uint8_t> read_file_bytes(const std::filesystem::path& path);
 
 // The EXIF orientation tag (1-8) of a TIFF-structured EXIF block ("II*\0" / "MM\0*" header, as in a
