@@ -7,6 +7,7 @@
 #include "cli/commands.h"
 #include "cli/vision_flags.h"
 #include "data/checker.h"
+#include "io/atomic_output.h"
 #include "util/error.h"
 
 namespace vlmforge::cli {
@@ -95,37 +96,38 @@ nlohmann::ordered_json summary_json(const data::CheckSummary& s, bool with_token
   return j;
 }
 
-void print_summary(const data::CheckSummary& s, bool with_tokens, const CheckDataArgs& args) {
-  std::printf("\n%llu rows, %.1f MB", static_cast<unsigned long long>(s.rows), static_cast<double>(s.bytes) / 1e6);
+void print_summary(std::FILE* out, const data::CheckSummary& s, bool with_tokens, const CheckDataArgs& args) {
+  std::fprintf(out, "\n%llu rows, %.1f MB", static_cast<unsigned long long>(s.rows), static_cast<double>(s.bytes) / 1e6);
   std::string formats;
   for (int i = 0; i < data::kRowFormatCount; ++i)
     if (s.rows_per_format[i] > 0)
       formats += (formats.empty() ? "" : ", ") + std::string(data::row_format_name(static_cast<data::RowFormat>(i))) + " " +
                  std::to_string(s.rows_per_format[i]);
-  std::printf(" (%s)\n", formats.empty() ? "no valid rows" : formats.c_str());
-  std::printf("%llu errors, %llu warnings\n", static_cast<unsigned long long>(s.errors), static_cast<unsigned long long>(s.warnings));
+  std::fprintf(out, " (%s)\n", formats.empty() ? "no valid rows" : formats.c_str());
+  std::fprintf(out, "%llu errors, %llu warnings\n", static_cast<unsigned long long>(s.errors), static_cast<unsigned long long>(s.warnings));
   for (int i = 0; i < data::kFindingCodeCount; ++i)
     if (s.findings_per_code[i] > 0)
-      std::printf("  %-26s %llu\n", std::string(data::finding_info(static_cast<data::FindingCode>(i)).name).c_str(),
-                  static_cast<unsigned long long>(s.findings_per_code[i]));
-  std::printf("images: %llu files checked, %llu readable; %llu remote and %llu inline not checked\n",
-              static_cast<unsigned long long>(s.images_checked), static_cast<unsigned long long>(s.images_ok),
-              static_cast<unsigned long long>(s.remote_media), static_cast<unsigned long long>(s.inline_media));
+      std::fprintf(out, "  %-26s %llu\n", std::string(data::finding_info(static_cast<data::FindingCode>(i)).name).c_str(),
+                   static_cast<unsigned long long>(s.findings_per_code[i]));
+  std::fprintf(out, "images: %llu files checked, %llu readable; %llu remote and %llu inline not checked\n",
+               static_cast<unsigned long long>(s.images_checked), static_cast<unsigned long long>(s.images_ok),
+               static_cast<unsigned long long>(s.remote_media), static_cast<unsigned long long>(s.inline_media));
   if (!s.largest_image.empty())
-    std::printf("largest image: %s (%ux%u, %llu tokens)\n", s.largest_image.c_str(), s.largest_width, s.largest_height,
-                static_cast<unsigned long long>(s.largest_tokens));
+    std::fprintf(out, "largest image: %s (%ux%u, %llu tokens)\n", s.largest_image.c_str(), s.largest_width, s.largest_height,
+                 static_cast<unsigned long long>(s.largest_tokens));
   if (with_tokens) {
     for (const auto& [label, values] : {std::pair{"total", &s.total_tokens}, std::pair{"text", &s.text_tokens},
                                         std::pair{"image", &s.image_tokens}}) {
       const Stats st = stats_of(values->values);
-      std::printf("tokens %-5s min %llu  mean %.1f  p50 %llu  p95 %llu  max %llu\n", label,
-                  static_cast<unsigned long long>(st.min), st.mean, static_cast<unsigned long long>(st.p50),
-                  static_cast<unsigned long long>(st.p95), static_cast<unsigned long long>(st.max));
+      std::fprintf(out, "tokens %-5s min %llu  mean %.1f  p50 %llu  p95 %llu  max %llu\n", label,
+                   static_cast<unsigned long long>(st.min), st.mean, static_cast<unsigned long long>(st.p50),
+                   static_cast<unsigned long long>(st.p95), static_cast<unsigned long long>(st.max));
     }
   }
   if (!args.fix.empty())
-    std::printf("--fix: wrote %llu rows to %s (%llu changed, %llu dropped)\n", static_cast<unsigned long long>(s.written_rows),
-                args.fix.c_str(), static_cast<unsigned long long>(s.fixed_rows), static_cast<unsigned long long>(s.dropped_rows));
+    std::fprintf(out, "--fix: wrote %llu rows to %s (%llu changed, %llu dropped)\n",
+                 static_cast<unsigned long long>(s.written_rows), args.fix == "-" ? "standard output" : args.fix.c_str(),
+                 static_cast<unsigned long long>(s.fixed_rows), static_cast<unsigned long long>(s.dropped_rows));
 }
 
 int run_check_data(const CheckDataArgs& args) {
@@ -144,14 +146,10 @@ int run_check_data(const CheckDataArgs& args) {
 
   std::optional<data::TokenCounter> tokens;
   if (!args.model.empty()) tokens.emplace(data::TokenCounter::load(args.model));
-  std::optional<data::FixWriter> fix;
-  if (!args.fix.empty()) {
-    for (const std::string& file : args.files) {
-      std::error_code ec;
-      if (file != "-" && fs::equivalent(file, args.fix, ec)) throw UsageError("--fix must not overwrite the input " + file);
-    }
-    fix.emplace(args.fix);
-  }
+  std::optional<AtomicOutput> fix;
+  if (!args.fix.empty()) fix.emplace(args.fix, args.files, "--fix");
+  // --fix - writes the corrected rows to stdout, so the report goes to stderr.
+  std::FILE* const report = fix && fix->is_stdout() ? stderr : stdout;
 
   uint64_t printed_errors = 0, hidden = 0;
   auto sink = [&](const data::Finding& f) {
@@ -161,13 +159,13 @@ int run_check_data(const CheckDataArgs& args) {
       return;
     }
     if (args.json) {
-      std::printf("%s\n", finding_json(f).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+      std::fprintf(report, "%s\n", finding_json(f).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
       return;
     }
     std::string where = f.file + ":" + std::to_string(f.line);
     if (f.column > 0) where += ":" + std::to_string(f.column);
-    std::printf("%s: %s[%s]: %s (hint: %s)\n", where.c_str(), std::string(data::severity_name(info.severity)).c_str(),
-                std::string(info.name).c_str(), f.message.c_str(), std::string(info.hint).c_str());
+    std::fprintf(report, "%s: %s[%s]: %s (hint: %s)\n", where.c_str(),
+                 std::string(data::severity_name(info.severity)).c_str(), std::string(info.name).c_str(), f.message.c_str(), std::string(info.hint).c_str());
   };
   data::DatasetChecker checker(options, tokens ? &*tokens : nullptr, fix ? &*fix : nullptr, sink);
   for (const std::string& name : args.files) {
@@ -191,10 +189,10 @@ int run_check_data(const CheckDataArgs& args) {
   if (args.json) {
     auto j = summary_json(s, tokens.has_value(), fix.has_value());
     if (hidden > 0) j["errors_not_shown"] = hidden;
-    std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    std::fprintf(report, "%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
-    if (hidden > 0) std::printf("(%llu more errors not shown: --max_errors)\n", static_cast<unsigned long long>(hidden));
-    print_summary(s, tokens.has_value(), args);
+    if (hidden > 0) std::fprintf(report, "(%llu more errors not shown: --max_errors)\n", static_cast<unsigned long long>(hidden));
+    print_summary(report, s, tokens.has_value(), args);
   }
   return s.errors > 0 ? kExitFailure : kExitOk;
 }
@@ -215,7 +213,10 @@ void add_check_data_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--max_length", args->max_length, "Report rows longer than this many tokens (text + image; needs --model)");
   cmd->add_option("--base_dir", args->base_dir, "Directory relative media paths resolve against (default: the dataset's)");
   cmd->add_flag("--json", args->json, "Findings as JSON lines, then one summary object");
-  cmd->add_option("--fix", args->fix, "Write a corrected copy (JSONL) with the unambiguous fixes applied");
+  cmd->add_option("--fix", args->fix,
+                  "Write a corrected copy (JSONL) with the unambiguous fixes applied (temporary file, then rename;\n"
+                  "- writes it to stdout and the report to stderr). Refuses a path that is an input or not a\n"
+                  "regular file (device, FIFO, directory, symbolic link) and read-only files.");
   cmd->add_flag("--deep", args->deep, "Decode every image fully (finds damaged data; files cut short are found without it)");
   cmd->add_option("--threads", args->threads, "Worker threads (default: all cores)");
   cmd->add_option("--max_errors", args->max_errors, "Print at most this many error findings (counts stay complete)");

@@ -7,11 +7,14 @@
 #include <fstream>
 #include <future>
 #include <iostream>
+#include <optional>
 #include <thread>
+#include <tuple>
 
 #include "cli/base_model.h"
 #include "cli/commands.h"
 #include "cli/infer_session.h"
+#include "io/atomic_output.h"
 #include "io/json_file.h"
 #include "util/bytes.h"
 #include "util/error.h"
@@ -103,104 +106,157 @@ json result_json(const InferSession& session, const GenerationResult& r, const G
 
 using Clock = std::chrono::steady_clock;
 
-// Rows of one --val_dataset batch.
+// One --val_dataset row: the request and its reference answer, or why the row cannot be answered.
+struct DatasetRow {
+  size_t line = 0;
+  ordered_json request;
+  std::optional<std::string> labels;
+  std::string error;  // set: the row gets a result line with this "error" and no answer
+};
+
+// The rows of one batch, their prompts with images decoded, preprocessed and encoded (`inputs[i]`
+// for rows[i], unused where the row failed), and how long preparing took.
 struct DatasetBatch {
-  std::vector<std::pair<ordered_json, std::optional<std::string>>> rows;
-  std::vector<size_t> lines;
-};
-
-// The batch's prompts with their images decoded, preprocessed and encoded, and how long that took.
-struct PreparedBatch {
+  std::vector<DatasetRow> rows;
   std::vector<PromptInput> inputs;
-  double seconds = 0;
+  double prepare_seconds = 0;
 };
 
-PreparedBatch prepare_batch(const InferSession& session, const DatasetBatch& batch, const fs::path& base_dir,
-                            const std::string& dataset) {
+DatasetBatch prepare_batch(const InferSession& session, DatasetBatch batch, const fs::path& base_dir,
+                           const std::string& dataset) {
   const auto start = Clock::now();
-  PreparedBatch out;
+  batch.inputs.resize(batch.rows.size());
   for (size_t i = 0; i < batch.rows.size(); ++i) {
+    DatasetRow& row = batch.rows[i];
+    if (!row.error.empty()) continue;
     try {
-      out.inputs.push_back(session.prepare(batch.rows[i].first, base_dir));
+      batch.inputs[i] = session.prepare(row.request, base_dir);
     } catch (const Error& e) {
-      throw Error(dataset + ":" + std::to_string(batch.lines[i]) + ": " + e.what());
+      row.error = dataset + ":" + std::to_string(row.line) + ": " + e.what();
     }
   }
-  out.seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  return out;
+  batch.prepare_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  return batch;
 }
 
-int run_dataset(InferSession& session, Generator& generator, const GenerationParams& params, const InferArgs& a) {
+// Answers the batch's prepared rows. When the generator refuses the batch (one prompt over
+// --max_model_len, say), its rows are generated one at a time so that only the bad one fails.
+// Returns the answers by row (none where the row failed) and the generation timings.
+std::pair<std::vector<std::optional<GenerationResult>>, GenerationTimings> answer_batch(
+    Generator& generator, DatasetBatch& batch, const GenerationParams& params, const std::string& dataset) {
+  std::vector<size_t> good;
+  std::vector<PromptInput> inputs;
+  for (size_t i = 0; i < batch.rows.size(); ++i)
+    if (batch.rows[i].error.empty()) {
+      good.push_back(i);
+      inputs.push_back(std::move(batch.inputs[i]));
+    }
+  std::vector<std::optional<GenerationResult>> answers(batch.rows.size());
+  if (good.empty()) return {std::move(answers), {}};
+  try {
+    std::vector<GenerationResult> results = generator.generate(inputs, params);
+    for (size_t k = 0; k < good.size(); ++k) answers[good[k]] = std::move(results[k]);
+    return {std::move(answers), generator.timings()};
+  } catch (const Error&) {
+    // Which row was refused is found below, each alone.
+  }
+  GenerationTimings sum;
+  for (size_t k = 0; k < good.size(); ++k) {
+    DatasetRow& row = batch.rows[good[k]];
+    try {
+      answers[good[k]] = std::move(generator.generate({inputs[k]}, params)[0]);
+    } catch (const Error& e) {
+      row.error = dataset + ":" + std::to_string(row.line) + ": " + e.what();
+      continue;
+    }
+    const GenerationTimings& t = generator.timings();
+    if (sum.prefill_tokens == 0) sum.first_token_seconds = t.first_token_seconds;
+    sum.prefill_seconds += t.prefill_seconds;
+    sum.decode_seconds += t.decode_seconds;
+    sum.prefill_tokens += t.prefill_tokens;
+    sum.decode_tokens += t.decode_tokens;
+  }
+  return {std::move(answers), sum};
+}
+
+// --val_dataset: one result line per row, in order. A row that cannot be answered (invalid JSON,
+// a missing image, a prompt too long) gets a line with an "error" field and the run goes on; the
+// exit code is then 1. The results appear at `out`'s path only when the whole dataset is done.
+int run_dataset(InferSession& session, Generator& generator, const GenerationParams& params, const InferArgs& a,
+                AtomicOutput& out) {
   std::ifstream in(a.val_dataset);
   if (!in) throw Error(a.val_dataset + ": cannot open");
-  std::string result_path = a.result_path;
-  if (result_path.empty()) result_path = fs::path(a.val_dataset).replace_extension("").string() + "-result.jsonl";
-  const std::string temp = result_path + ".tmp";
-  std::ofstream out(temp);
-  if (!out) throw Error(result_path + ": cannot create");
   // Relative image paths resolve against the dataset's directory, as check-data resolves them.
   const fs::path base_dir = fs::absolute(a.val_dataset).parent_path();
-  size_t line_number = 0, rows = 0;
+  size_t line_number = 0, rows = 0, failed = 0;
   auto read_batch = [&] {
     DatasetBatch batch;
     for (std::string line; batch.rows.size() < a.max_batch_size && std::getline(in, line);) {
       ++line_number;
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      DatasetRow& row = batch.rows.emplace_back();
+      row.line = line_number;
       const std::string where = a.val_dataset + ":" + std::to_string(line_number);
-      ordered_json row;
       try {
-        row = ordered_json::parse(line);
-      } catch (const nlohmann::json::exception& e) {
-        throw Error(where + ": invalid JSON: " + e.what());
+        ordered_json value;
+        try {
+          value = ordered_json::parse(line);
+        } catch (const nlohmann::json::exception& e) {
+          throw Error(where + ": invalid JSON: " + e.what());
+        }
+        std::tie(row.request, row.labels) = dataset_row(value, where);
+      } catch (const Error& e) {
+        row.error = e.what();
       }
-      batch.rows.push_back(dataset_row(row, where));
-      batch.lines.push_back(line_number);
     }
     return batch;
   };
   // With --overlap_images the next batch's images are decoded, preprocessed and encoded on a
   // background thread while the current batch generates.
   const bool overlap = truthy(a.overlap_images) && session.images != nullptr;
-  auto start_prepare = [&](DatasetBatch batch) {  // a copy: the caller's batch moves on
+  auto start_prepare = [&](DatasetBatch batch) {
     return std::async(overlap ? std::launch::async : std::launch::deferred,
-                      [&session, batch = std::move(batch), &base_dir, &a] {
-                        return prepare_batch(session, batch, base_dir, a.val_dataset);
+                      [&session, batch = std::move(batch), &base_dir, &a]() mutable {
+                        return prepare_batch(session, std::move(batch), base_dir, a.val_dataset);
                       });
   };
-  DatasetBatch current = read_batch();
-  std::future<PreparedBatch> current_inputs = start_prepare(current);
-  while (!current.rows.empty()) {
-    DatasetBatch next = read_batch();
+  std::future<DatasetBatch> current = start_prepare(read_batch());
+  for (;;) {
     const auto wait_start = Clock::now();
-    PreparedBatch prepared = current_inputs.get();
+    DatasetBatch batch = current.get();
     const double waited = std::chrono::duration<double>(Clock::now() - wait_start).count();
-    std::future<PreparedBatch> next_inputs;
-    if (!next.rows.empty()) next_inputs = start_prepare(next);
-    const auto results = generator.generate(prepared.inputs, params);
-    const auto& t = generator.timings();
-    const json timings = {{"batch_rows", current.rows.size()},
-                          {"batch_prepare_seconds", prepared.seconds},
+    if (batch.rows.empty()) break;
+    current = start_prepare(read_batch());
+    const auto [answers, t] = answer_batch(generator, batch, params, a.val_dataset);
+    const json timings = {{"batch_rows", batch.rows.size()},
+                          {"batch_prepare_seconds", batch.prepare_seconds},
                           {"batch_prepare_wait_seconds", waited},
                           {"batch_prefill_seconds", t.prefill_seconds},
                           {"batch_decode_seconds", t.decode_seconds},
                           {"batch_first_token_seconds", t.first_token_seconds}};
-    for (size_t i = 0; i < current.rows.size(); ++i) {
-      json j = result_json(session, results[i], params);
-      j["line"] = current.lines[i];
+    for (size_t i = 0; i < batch.rows.size(); ++i) {
+      const DatasetRow& row = batch.rows[i];
+      json j;
+      if (answers[i]) {
+        j = result_json(session, *answers[i], params);
+      } else {
+        j["error"] = row.error;
+        std::fprintf(stderr, "\rerror: %s\n", row.error.c_str());
+        ++failed;
+      }
+      j["line"] = row.line;
       j["timings"] = timings;
-      j["labels"] = current.rows[i].second ? json(*current.rows[i].second) : json(nullptr);
-      out << j.dump() << "\n";
+      j["labels"] = row.labels ? json(*row.labels) : json(nullptr);
+      out.write_line(j.dump(-1, ' ', false, json::error_handler_t::replace));
     }
-    rows += current.rows.size();
+    rows += batch.rows.size();
     std::fprintf(stderr, "\r%zu rows done", rows);
-    current = std::move(next);
-    current_inputs = std::move(next_inputs);
   }
-  out.close();
-  if (!out) throw Error(result_path + ": write failed");
-  fs::rename(temp, result_path);
-  std::fprintf(stderr, "\nwrote %zu results to %s\n", rows, result_path.c_str());
-  return kExitOk;
+  out.commit();
+  std::fprintf(stderr, "\nwrote %zu results to %s", rows, out.is_stdout() ? "standard output" : out.path().c_str());
+  if (failed > 0) std::fprintf(stderr, "; %zu of them failed (their \"error\" field says why)", failed);
+  std::fprintf(stderr, "\n");
+  return failed > 0 ? kExitFailure : kExitOk;
 }
 
 int run_interactive(InferSession& session, Generator& generator, GenerationParams params, const InferArgs& a) {
@@ -253,13 +309,14 @@ int run_interactive(InferSession& session, Generator& generator, GenerationParam
   return kExitOk;
 }
 
-int run_session(InferSession& session, const InferArgs& a) {
+// `results`: where --val_dataset answers go (null without --val_dataset).
+int run_session(InferSession& session, const InferArgs& a, AtomicOutput* results) {
   const size_t max_model_len = a.max_model_len ? a.max_model_len : session.model->config().max_position_embeddings;
   Generator generator(*session.model, session.tokenizer, max_model_len);
   const GenerationParams params = make_params(session, a);
 
-  if (!a.val_dataset.empty()) {
-    const int code = run_dataset(session, generator, params, a);
+  if (results != nullptr) {
+    const int code = run_dataset(session, generator, params, a, *results);
     print_stats(session, generator);
     return code;
   }
@@ -309,6 +366,13 @@ int run(InferArgs a) {
     throw UsageError("--infer_backend: vlmforge runs its own native engine ('native'); got '" + a.infer_backend + "'");
   if (a.max_batch_size == 0) throw UsageError("--max_batch_size must be at least 1");
   if (!a.images.empty() && a.query.empty()) throw UsageError("--images goes with --query (or use <image> tags in --val_dataset rows or the chat)");
+  // Checked (and the temporary file created) before the model loads, so a bad path fails at once.
+  std::optional<AtomicOutput> results;
+  if (!a.val_dataset.empty()) {
+    const std::string path = !a.result_path.empty() ? a.result_path
+                                                    : fs::path(a.val_dataset).replace_extension("").string() + "-result.jsonl";
+    results.emplace(path, std::vector<std::string>{a.val_dataset}, "--result_path");
+  }
   const auto vision_options = VisionOptions::from_flags(a.min_pixels, a.max_pixels, a.image_cache_mb, a.exif_transpose);
   const DType kv_dtype = a.kv_cache_dtype == "bfloat16" ? DType::BF16 : DType::F32;
   const PlanOptions plan_options =
@@ -318,7 +382,7 @@ int run(InferArgs a) {
   InferSession session(a.model, a.threads, {a.adapters.begin(), a.adapters.end()}, vision_options,
                        placed ? &placed->placement : nullptr);
   session.model->set_kv_cache_dtype(kv_dtype);
-  const int code = run_session(session, a);
+  const int code = run_session(session, a, results ? &*results : nullptr);
   if (placed && a.device_map.memory_report) placed->print_memory_report();
   return code;
 }
@@ -330,7 +394,9 @@ void add_infer_command(CLI::App& app, int& exit_code) {
   CLI::App* cmd = app.add_subcommand(
       "infer", "Generate with a Qwen2 / Qwen2.5 / Qwen2.5-VL model on the CPU (flags as `swift infer`).\n"
                "--query: one answer. No --query: interactive chat on a terminal, or one prompt per stdin line.\n"
-               "--val_dataset: swift-format JSONL rows in, one JSON line per row out (--result_path).\n"
+               "--val_dataset: swift-format JSONL rows in, one JSON line per row out (--result_path); a row that\n"
+               "cannot be answered (invalid JSON, missing image, too long) gets an \"error\" field instead and the run\n"
+               "goes on. Exit codes: 0 success, 1 failure (with --val_dataset: some rows failed), 2 usage error.\n"
                "Images (Qwen2.5-VL): --images with --query, <image> tags + \"images\" in dataset rows, <image> in the chat;\n"
                "sized by --max_pixels/--min_pixels or the MAX_PIXELS/MIN_PIXELS environment, as swift.\n"
                "Sampling defaults come from generation_config.json; --temperature 0 is greedy.");
@@ -351,7 +417,10 @@ void add_infer_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--max_batch_size", a->max_batch_size, "Sequences decoded together")->capture_default_str();
   cmd->add_option("--max_model_len", a->max_model_len, "Longest sequence (prompt + answer); default from config.json");
   cmd->add_option("--val_dataset", a->val_dataset, "swift-format JSONL dataset to answer");
-  cmd->add_option("--result_path", a->result_path, "Where --val_dataset results go (default: <dataset>-result.jsonl)");
+  cmd->add_option("--result_path", a->result_path,
+                  "Where --val_dataset results go (default: <dataset>-result.jsonl; - for stdout); written to a\n"
+                  "temporary file and renamed when done. Refuses the dataset itself and paths that are not\n"
+                  "regular files (device, FIFO, directory, symbolic link) or are read-only.");
   cmd->add_flag("--logprobs", a->logprobs,
                 "Include the chosen tokens' logprobs (OpenAI logprobs.content shape, plus each token's \"id\")");
   cmd->add_option("--top_logprobs", a->top_logprobs, "Alternatives per token with --logprobs");

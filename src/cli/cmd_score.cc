@@ -1,12 +1,12 @@
 // vlmforge score: per-token prompt logprobs, the most likely next tokens, and perplexity.
 #include <cmath>
 #include <cstdio>
-#include <sstream>
 #include <thread>
 
 #include "cli/commands.h"
 #include "cli/infer_session.h"
 #include "io/json_file.h"
+#include "tokenizer/token_ids.h"
 #include "util/error.h"
 
 namespace vlmforge::cli {
@@ -27,18 +27,11 @@ struct ScoreArgs {
 };
 
 std::vector<int32_t> parse_ids(const std::string& list) {
-  std::vector<int32_t> ids;
-  std::stringstream in(list);
-  for (std::string item; std::getline(in, item, ',');) {
-    try {
-      size_t used = 0;
-      ids.push_back(std::stoi(item, &used));
-      if (used != item.size()) throw std::invalid_argument(item);
-    } catch (const std::exception&) {
-      throw UsageError("--ids: '" + item + "' is not a token id (expected e.g. --ids 151644,8948,198)");
-    }
+  try {
+    return tokenizer::parse_token_ids(list, "--ids");
+  } catch (const Error& e) {
+    throw UsageError(std::string(e.what()) + "; e.g. --ids 151644,8948,198");
   }
-  return ids;
 }
 
 int run(const ScoreArgs& a) {
@@ -101,7 +94,7 @@ void add_score_command(CLI::App& app, int& exit_code) {
       "score", "Score a text: the log-probability of each token given the ones before it, the most likely\n"
                "next tokens, and the perplexity (as llama-perplexity reports for llama.cpp).");
   cmd->add_option("--model", a->model, "Model directory")->required();
-  cmd->add_option("--ids", a->ids, "Comma-separated token ids");
+  cmd->add_option("--ids", a->ids, "Token ids, comma- or space-separated or a JSON array (0 to 2147483647)");
   cmd->add_option("--text", a->text, "Text to tokenize and score (special tokens in it are recognised)");
   cmd->add_option("--file", a->file, "File whose text to score");
   cmd->add_option("--top_logprobs", a->top_logprobs, "Next tokens to list")->capture_default_str();

@@ -10,6 +10,7 @@
 #include "io/json_file.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/detokenizer.h"
+#include "tokenizer/token_ids.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 
@@ -70,41 +71,6 @@ std::string render_prompt(const TokenizeArgs& args, const ordered_json& request)
 
 tokenizer::InvalidUtf8 invalid_policy(const TokenizeArgs& args) {
   return args.strict ? tokenizer::InvalidUtf8::kError : tokenizer::InvalidUtf8::kReplace;
-}
-
-std::vector<TokenId> parse_ids(std::string_view text, std::string_view source) {
-  std::vector<TokenId> ids;
-  const size_t first = text.find_first_not_of(" \t\r\n");
-  if (first != std::string_view::npos && text[first] == '[') {
-    const auto json = parse_json(text, source);
-    for (const auto& v : json) {
-      if (!v.is_number_integer()) throw Error(std::string(source) + ": expected a JSON array of token ids");
-      ids.push_back(v.get<TokenId>());
-    }
-    return ids;
-  }
-  // Whitespace- or comma-separated integers.
-  size_t pos = 0;
-  while (pos < text.size()) {
-    pos = text.find_first_not_of(" \t\r\n,", pos);
-    if (pos == std::string_view::npos) break;
-    size_t end = text.find_first_of(" \t\r\n,", pos);
-    if (end == std::string_view::npos) end = text.size();
-    const std::string word(text.substr(pos, end - pos));
-    size_t used = 0;
-    long long value = 0;
-    try {
-      value = std::stoll(word, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != word.size() || value < INT32_MIN || value > INT32_MAX) {
-      throw Error(std::string(source) + ": \"" + word + "\" is not a token id");
-    }
-    ids.push_back(static_cast<TokenId>(value));
-    pos = end;
-  }
-  return ids;
 }
 
 void print_encoding(const TokenizeArgs& args, const Tokenizer& tok, const std::vector<TokenId>& ids,
@@ -175,8 +141,9 @@ int run_jsonl(const TokenizeArgs& args, const Tokenizer& tok) {
       if (!value.is_array()) throw Error(source + ": expected a JSON array of token ids");
       std::vector<TokenId> ids;
       for (const auto& v : value) {
-        if (!v.is_number_integer()) throw Error(source + ": expected a JSON array of token ids");
-        ids.push_back(v.get<TokenId>());
+        const std::optional<TokenId> id = tokenizer::token_id_from_json(v);
+        if (!id) throw Error(source + ": " + tokenizer::not_a_token_id(v.dump()));
+        ids.push_back(*id);
       }
       std::cout << ordered_json(tok.decode(ids, args.skip_special_tokens)).dump() << "\n";
       continue;
@@ -204,7 +171,7 @@ int run(const TokenizeArgs& args) {
   if (args.jsonl) return run_jsonl(args, tok);
   if (args.decode) {
     const std::string input = input_text(args);
-    const std::vector<TokenId> ids = parse_ids(input, args.input == "-" ? "stdin" : "TEXT");
+    const std::vector<TokenId> ids = tokenizer::parse_token_ids(input, args.input == "-" ? "stdin" : "TEXT");
     const std::string text = tok.decode(ids, args.skip_special_tokens);
     if (args.json) {
       std::cout << ordered_json(text).dump() << "\n";

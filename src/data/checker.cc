@@ -4,6 +4,7 @@
 #include <atomic>
 #include <future>
 
+#include "data/fix_writer.h"
 #include "data/record_reader.h"
 #include "util/error.h"
 
@@ -31,7 +32,7 @@ struct DatasetChecker::Row {
   std::optional<size_t> text_tokens;
 };
 
-DatasetChecker::DatasetChecker(CheckOptions options, const TokenCounter* tokens, FixWriter* fix, FindingSink sink)
+DatasetChecker::DatasetChecker(CheckOptions options, const TokenCounter* tokens, AtomicOutput* fix, FindingSink sink)
     : options_(std::move(options)), tokens_(tokens), fix_(fix), sink_(std::move(sink)), pool_(options_.threads), parsers_(pool_.size()) {}
 
 void DatasetChecker::emit(FindingCode code, const std::string& file, uint64_t line, uint64_t column, std::string message) {

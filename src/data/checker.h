@@ -11,11 +11,11 @@
 
 #include "data/duplicate_index.h"
 #include "data/finding.h"
-#include "data/fix_writer.h"
 #include "data/media_check.h"
 #include "data/row_format.h"
 #include "data/row_parser.h"
 #include "data/token_counter.h"
+#include "io/atomic_output.h"
 #include "util/thread_pool.h"
 #include "vision/smart_resize.h"
 
@@ -56,7 +56,7 @@ class DatasetChecker {
   using FindingSink = std::function<void(const Finding&)>;
 
   // `tokens` and `fix` may be null. The sink receives findings in row order per file.
-  DatasetChecker(CheckOptions options, const TokenCounter* tokens, FixWriter* fix, FindingSink sink);
+  DatasetChecker(CheckOptions options, const TokenCounter* tokens, AtomicOutput* fix, FindingSink sink);
 
   // Checks one dataset; `name` is how findings name it, `dataset_dir` resolves relative paths.
   void check(std::FILE* file, const std::string& name, const std::filesystem::path& dataset_dir);
@@ -75,7 +75,7 @@ class DatasetChecker {
 
   CheckOptions options_;
   const TokenCounter* tokens_;
-  FixWriter* fix_;
+  AtomicOutput* fix_;
   FindingSink sink_;
   ThreadPool pool_;
   std::vector<RowParser> parsers_;  // one per pool thread

@@ -1,45 +1,8 @@
 #include "data/fix_writer.h"
 
-#include <unistd.h>
-
-#include <cerrno>
-
-#include "util/error.h"
-
 namespace vlmforge::data {
 
-namespace fs = std::filesystem;
 using nlohmann::ordered_json;
-
-FixWriter::FixWriter(fs::path output) : output_(std::move(output)) {
-  temp_ = output_;
-  temp_ += ".tmp." + std::to_string(::getpid());
-  file_ = std::fopen(temp_.c_str(), "wb");
-  if (file_ == nullptr) throw Error("--fix: cannot create " + temp_.string() + ": " + errno_message(errno));
-}
-
-FixWriter::~FixWriter() {
-  if (file_ != nullptr) std::fclose(file_);
-  if (!committed_) {
-    std::error_code ec;
-    fs::remove(temp_, ec);
-  }
-}
-
-void FixWriter::write_line(std::string_view json_text) {
-  if (std::fwrite(json_text.data(), 1, json_text.size(), file_) != json_text.size() || std::fputc('\n', file_) == EOF)
-    throw Error("--fix: writing " + temp_.string() + ": " + errno_message(errno));
-}
-
-void FixWriter::commit() {
-  const int closed = std::fclose(file_);
-  file_ = nullptr;
-  if (closed != 0) throw Error("--fix: writing " + temp_.string() + ": " + errno_message(errno));
-  std::error_code ec;
-  fs::rename(temp_, output_, ec);
-  if (ec) throw Error("--fix: cannot rename " + temp_.string() + " to " + output_.string() + ": " + ec.message());
-  committed_ = true;
-}
 
 bool fix_row(ordered_json& row, const NormalizedRow& normalized, const RowFacts& facts) {
   bool changed = false;

@@ -4,6 +4,7 @@
 
 #include <array>
 
+#include "io/regular_file.h"
 #include "vision/image_decode.h"
 
 namespace vlmforge::data {
@@ -24,7 +25,8 @@ fs::path resolve_media_path(std::string_view path, const fs::path& base_dir) {
 
 namespace {
 
-// Missing, a directory, or unreachable (ELOOP, EACCES on a parent): found without opening it.
+// Missing, not a regular file, or unreachable (ELOOP, EACCES on a parent): found without opening
+// it (a FIFO would block the open, a device such as /dev/zero never ends).
 std::optional<MediaCheck> check_exists(const fs::path& path) {
   std::error_code ec;
   const fs::file_status status = fs::status(path, ec);
@@ -39,9 +41,9 @@ std::optional<MediaCheck> check_exists(const fs::path& path) {
     check.detail = path.string() + ": " + ec.message();
     return check;
   }
-  if (status.type() == fs::file_type::directory) {
+  if (status.type() != fs::file_type::regular) {
     check.problem = FindingCode::kNotAnImage;
-    check.detail = path.string() + " is a directory";
+    check.detail = path.string() + " is " + std::string(file_type_name(status.type())) + ", not a regular file";
     return check;
   }
   return std::nullopt;
@@ -61,7 +63,8 @@ MediaCheck check_image_file(const fs::path& path, bool deep) {
     case vision::ImageProblem::kCorrupt: check.problem = FindingCode::kImageCorrupt; break;
   }
   if (check.problem) {
-    check.detail = path.string() + ": " + check.image.detail;
+    // An unreadable file's detail (the open or read error) names the path already.
+    check.detail = check.problem == FindingCode::kImageUnreadable ? check.image.detail : path.string() + ": " + check.image.detail;
     return check;
   }
   if (deep) {

@@ -5,16 +5,17 @@
 #include <csetjmp>
 #include <algorithm>
 #include <array>
-#include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <memory>
+
+#include <unistd.h>
 
 #include <gif_lib.h>
 #include <jpeglib.h>
 #include <png.h>
 #include <webp/decode.h>
 
+#include "io/regular_file.h"
 #include "util/error.h"
 
 namespace vlmforge::vision {
@@ -367,13 +368,7 @@ RgbImage apply_orientation(const RgbImage& in, int orientation) {
   return out;
 }
 
-std::vector<uint8_t> read_file_bytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path.string() + ": cannot open: " + errno_message(errno));
-  std::vector<uint8_t> bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-  if (in.bad()) throw Error(path.string() + ": read failed: " + errno_message(errno));
-  return bytes;
-}
+std::vector<uint8_t> read_file_bytes(const fs::path& path) { return read_regular_file(path, kMaxImageFileBytes); }
 
 RgbImage decode_rgb(std::span<const uint8_t> bytes, const std::string& name, const DecodeOptions& options) {
   // Files cut short go on to the decoder, which fails on missing pixels as PIL does (a PNG without

@@ -40,7 +40,11 @@ struct DecodeOptions {
 RgbImage decode_rgb(std::span<const uint8_t> bytes, const std::string& name, const DecodeOptions& options = {});
 RgbImage load_rgb(const std::filesystem::path& path, const DecodeOptions& options = {});
 
-// Reads a whole file; Error naming the path when it cannot be read.
+// The largest image file read: every uncompressed 24-bit image within kMaxImagePixels fits (537 MB).
+inline constexpr uint64_t kMaxImageFileBytes = uint64_t{1} << 30;
+
+// Reads a whole image file; Error naming the path when it cannot be read, is not a regular file
+// (a FIFO would block, a device such as /dev/zero never ends) or is over kMaxImageFileBytes.
 std::vector<uint8_t> read_file_bytes(const std::filesystem::path& path);
 
 // PIL's ImageOps.exif_transpose for an orientation value: 2 mirror, 3 rotate 180, 4 flip,

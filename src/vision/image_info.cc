@@ -1,7 +1,5 @@
 #include "vision/image_info.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "io/regular_file.h"
 #include "util/error.h"
 
 namespace vlmforge::vision {
@@ -31,32 +30,25 @@ class MemorySource final : public ByteSource {
   std::span<const uint8_t> bytes_;
 };
 
-// Owns the descriptor; pread keeps it safe to share nothing but the path between threads.
+// Reads with pread, so one open file is safe to read from several threads.
 class FileSource final : public ByteSource {
  public:
-  explicit FileSource(int fd) : fd_(fd) {}
-  ~FileSource() override { ::close(fd_); }
-  FileSource(const FileSource&) = delete;
-  FileSource& operator=(const FileSource&) = delete;
+  explicit FileSource(const RegularFile& file) : file_(file) {}
   size_t read_at(uint64_t offset, std::span<uint8_t> out) override {
     size_t done = 0;
     while (done < out.size()) {
-      const ssize_t n = ::pread(fd_, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
+      const ssize_t n = ::pread(file_.fd(), out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
       if (n < 0 && errno == EINTR) continue;
-      if (n < 0) throw Error(errno_message(errno));
+      if (n < 0) throw Error(file_.path().string() + ": read failed: " + errno_message(errno));
       if (n == 0) break;
       done += static_cast<size_t>(n);
     }
     return done;
   }
-  uint64_t size() override {
-    struct stat st {};
-    if (::fstat(fd_, &st) != 0) throw Error(errno_message(errno));
-    return static_cast<uint64_t>(st.st_size);
-  }
+  uint64_t size() override { return file_.size(); }
 
  private:
-  int fd_;
+  const RegularFile& file_;
 };
 
 uint32_t be16(const uint8_t* p) { return (uint32_t{p[0]} << 8) | p[1]; }
@@ -353,12 +345,11 @@ ImageInfo inspect_bmp(ByteSource& source, ImageInfo info) {
 
 template <typename Read>
 ImageInfo with_file(const std::filesystem::path& path, const Read& read) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return problem(ImageFormat::kUnknown, ImageProblem::kUnreadable, errno_message(errno));
-  FileSource source(fd);
   try {
+    const RegularFile file(path);
+    FileSource source(file);
     return read(source);
-  } catch (const Error& e) {  // EISDIR, EIO: reported, not fatal
+  } catch (const Error& e) {  // cannot open, not a regular file, EIO: reported, not fatal
     return problem(ImageFormat::kUnknown, ImageProblem::kUnreadable, e.what());
   }
 }

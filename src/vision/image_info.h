@@ -42,7 +42,8 @@ class ByteSource {
 
 ImageInfo read_image_info(ByteSource& source);
 ImageInfo read_image_info(std::span<const uint8_t> bytes);
-// Opens `path`; kUnreadable (with the errno text) when it cannot be opened or read.
+// Opens `path`; kUnreadable (the detail naming the path) when it cannot be opened or read or is not
+// a regular file (a FIFO, a device, a directory).
 ImageInfo read_image_info(const std::filesystem::path& path);
 
 // read_image_info plus what can be known without decoding pixels. kTruncated when the file ends

@@ -1,6 +1,8 @@
 // infer and score end to end on the shared tiny Qwen2 checkpoints (which carry the real tokenizer).
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -141,6 +143,82 @@ TEST_F(InferCli, RejectsPromptsLongerThanMaxModelLen) {
                                "--max_model_len", "8"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("max_model_len"), std::string::npos) << r.err;
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// One bad row used to abort the run and discard every answer (left in a .tmp). Now each bad row
+// gets a result line with an "error", the others are answered, and the exit code is 1.
+TEST_F(InferCli, BadDatasetRowsGetErrorLinesAndTheRunGoesOn) {
+  TempDir dir;
+  std::string long_query;
+  for (int i = 0; i < 80; ++i) long_query += "word ";
+  std::ofstream(dir / "val.jsonl") << R"({"messages": [{"role": "user", "content": "hi"}]})" "\n"
+                                   << "not json\n"
+                                   << R"({"messages": []})" "\n"
+                                   << R"({"query": ")" << long_query << R"("})" "\n"
+                                   << R"({"query": "what is 2+2?", "response": "4"})" "\n";
+  // Batches of 3: rows 4 and 5 share a batch, so the too-long row 4 must fail without taking 5 along.
+  const auto r = run_vlmforge({"infer", "--model", tiny("qwen2-tiny-f32").string(), "--val_dataset",
+                               (dir / "val.jsonl").string(), "--result_path", (dir / "out.jsonl").string(),
+                               "--max_new_tokens", "4", "--temperature", "0", "--max_batch_size", "3",
+                               "--max_model_len", "64"},
+                              {.timeout_seconds = 300});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("3 of them failed"), std::string::npos) << r.err;
+  const auto results = json_lines(read_text(dir / "out.jsonl"));
+  ASSERT_EQ(results.size(), 5u) << r.err;
+  for (size_t i = 0; i < 5; ++i) EXPECT_EQ(results[i]["line"], i + 1);
+  for (size_t i : {0, 4}) {
+    EXPECT_FALSE(results[i].contains("error")) << results[i];
+    EXPECT_EQ(results[i]["completion_tokens"], 4) << results[i];
+  }
+  EXPECT_EQ(results[4]["labels"], "4");
+  const std::pair<size_t, const char*> errors[] = {{1, "val.jsonl:2: invalid JSON"}, {2, "val.jsonl:3"}, {3, "max_model_len"}};
+  for (const auto& [i, expected] : errors) {
+    ASSERT_TRUE(results[i].contains("error")) << results[i];
+    EXPECT_NE(results[i]["error"].get<std::string>().find(expected), std::string::npos) << results[i];
+    EXPECT_FALSE(results[i].contains("response"));
+  }
+  EXPECT_FALSE(fs::exists(dir / ("out.jsonl.tmp")));
+  for (const auto& entry : fs::directory_iterator(dir.path()))
+    EXPECT_EQ(entry.path().string().find(".tmp"), std::string::npos) << entry.path();
+}
+
+// --result_path equal to the dataset used to overwrite it (exit 0); a FIFO or a symbolic link
+// would be replaced by the rename. All are refused before the model loads, the paths untouched.
+TEST_F(InferCli, ResultPathMustNotReplaceTheDatasetOrANonRegularFile) {
+  TempDir dir;
+  const std::string dataset = R"({"query": "hi"})" "\n";
+  std::ofstream(dir / "val.jsonl") << dataset;
+  ASSERT_EQ(mkfifo((dir / "pipe").c_str(), 0644), 0);
+  fs::create_symlink(dir / "val.jsonl", dir / "link.jsonl");
+  for (const auto& [out, expected] : {std::pair{"val.jsonl", "is the input"}, std::pair{"pipe", "FIFO"},
+                                      std::pair{"link.jsonl", "symbolic link"}}) {
+    const auto r = run_vlmforge({"infer", "--model", tiny("qwen2-tiny-f32").string(), "--val_dataset",
+                                 (dir / "val.jsonl").string(), "--result_path", (dir / out).string(),
+                                 "--max_new_tokens", "2"},
+                                {.timeout_seconds = 120});
+    EXPECT_EQ(r.exit_code, 2) << out << ": " << r.err;
+    EXPECT_NE(r.err.find(expected), std::string::npos) << out << ": " << r.err;
+  }
+  EXPECT_EQ(read_text(dir / "val.jsonl"), dataset);
+  EXPECT_TRUE(fs::is_fifo(fs::symlink_status(dir / "pipe")));
+  EXPECT_TRUE(fs::is_symlink(fs::symlink_status(dir / "link.jsonl")));
+}
+
+// Ids past 2^31 - 1 (and 2^32, which a 32-bit cast would turn into 0) are refused, not truncated.
+TEST_F(InferCli, ScoreRefusesTokenIdsOutOfRange) {
+  for (const char* ids : {"151644,4294967296", "4294967297", "-1", "[9707, 99999999999]"}) {
+    const auto r = run_vlmforge({"score", "--model", tiny("qwen2-tiny-f32").string(), "--ids", ids});
+    EXPECT_EQ(r.exit_code, 2) << ids << ": " << r.err;
+    EXPECT_NE(r.err.find("is not a token id"), std::string::npos) << ids << ": " << r.err;
+  }
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // infer with images end to end on a random tiny Qwen2.5-VL checkpoint carrying the real tokenizer.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -204,6 +206,45 @@ TEST_F(InferVision, BadImagesAndTagsGiveClearErrors) {
     EXPECT_EQ(r.exit_code, 1);
     EXPECT_NE(r.err.find("text-only model"), std::string::npos) << r.err;
   }
+}
+
+// A FIFO image used to hang (open waits for a writer) and /dev/zero read until memory ran out:
+// image paths must be regular files. The address-space cap keeps a regression from taking the host.
+TEST_F(InferVision, ImagePathsThatAreNotRegularFilesFailAtOnce) {
+  TempDir data;
+  ASSERT_EQ(mkfifo((data / "pipe.png").c_str(), 0644), 0);
+  for (const auto& [image, expected] : {std::pair{(data / "pipe.png").string(), "FIFO"},
+                                        std::pair{std::string("/dev/zero"), "character device"}}) {
+    const auto r = run_vlmforge({"infer", "--model", model(), "--query", "<image>what?", "--images", image,
+                                 "--max_new_tokens", "1", "--threads", "2"},
+                                {.timeout_seconds = 120, .address_space_limit = uint64_t{4} << 30});
+    EXPECT_EQ(r.exit_code, 1) << image << ": " << r.err;
+    EXPECT_NE(r.err.find(expected), std::string::npos) << image << ": " << r.err;
+  }
+}
+
+// Rows whose images are missing or not regular files get error lines; the good row is answered.
+TEST_F(InferVision, DatasetRowsWithBadImagesFailAloneAndTheRunGoesOn) {
+  TempDir data;
+  write(data / "a.png", encoded_png(90, 70));
+  ASSERT_EQ(mkfifo((data / "pipe.png").c_str(), 0644), 0);
+  const fs::path dataset = data / "val.jsonl";
+  std::ofstream(dataset) << R"({"query": "<image>gone?", "images": ["gone.png"]})" "\n"
+                         << R"({"query": "<image>what?", "response": "x", "images": ["a.png"]})" "\n"
+                         << R"({"query": "<image>pipe?", "images": ["pipe.png"]})" "\n";
+  const fs::path out = data / "out.jsonl";
+  const auto r = run_vlmforge({"infer", "--model", model(), "--val_dataset", dataset.string(), "--result_path",
+                               out.string(), "--temperature", "0", "--max_new_tokens", "2", "--max_batch_size", "2"},
+                              {.timeout_seconds = 300});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  std::vector<json> rows;
+  std::ifstream in(out);
+  for (std::string line; std::getline(in, line);) rows.push_back(json::parse(line));
+  ASSERT_EQ(rows.size(), 3u) << r.err;
+  EXPECT_NE(rows[0].value("error", "").find("gone.png"), std::string::npos) << rows[0];
+  EXPECT_EQ(rows[1]["completion_tokens"], 2) << rows[1];
+  EXPECT_EQ(rows[1]["labels"], "x");
+  EXPECT_NE(rows[2].value("error", "").find("FIFO"), std::string::npos) << rows[2];
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // check-data as a command: --fix output, JSON arrays, stdin, exit codes, usage errors.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -128,6 +130,71 @@ TEST(CheckDataCli, UsageAndIoErrorsExitTwo) {
   const auto loop = run_vlmforge({"check-data", (dir / "loop1.jsonl").string()});
   EXPECT_EQ(loop.exit_code, 2);
   EXPECT_NE(loop.err.find("loop1.jsonl"), std::string::npos) << loop.err;
+}
+
+// A rename over the --fix path would replace whatever is there: a FIFO, a symbolic link (and not
+// its target), a read-only file, a directory. Each is refused (usage error) and left as it was.
+TEST(CheckDataCli, FixRefusesOutputsThatAreNotWritableRegularFiles) {
+  TempDir dir;
+  write_file(dir / "d.jsonl", "{\"query\": \"q\", \"response\": \"r\"}\n");
+  const std::string input = (dir / "d.jsonl").string();
+  ASSERT_EQ(mkfifo((dir / "pipe").c_str(), 0644), 0);
+  write_file(dir / "target.jsonl", "keep\n");
+  fs::create_symlink(dir / "target.jsonl", dir / "link.jsonl");
+  write_file(dir / "readonly.jsonl", "keep\n");
+  fs::permissions(dir / "readonly.jsonl", fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
+  fs::create_directory(dir / "folder");
+  fs::create_hard_link(dir / "d.jsonl", dir / "same-inode.jsonl");
+  struct Case {
+    std::string name, expected;
+  };
+  for (const Case& c : {Case{"pipe", "FIFO"}, Case{"link.jsonl", "symbolic link"}, Case{"readonly.jsonl", "read-only"},
+                        Case{"folder", "directory"}, Case{"same-inode.jsonl", "is the input"}}) {
+    const auto r = run_vlmforge({"check-data", input, "--fix", (dir / c.name).string()}, {.timeout_seconds = 60});
+    EXPECT_EQ(r.exit_code, 2) << c.name << ": " << r.err;
+    EXPECT_NE(r.err.find(c.expected), std::string::npos) << c.name << ": " << r.err;
+  }
+  EXPECT_TRUE(fs::is_fifo(fs::symlink_status(dir / "pipe")));
+  EXPECT_TRUE(fs::is_symlink(fs::symlink_status(dir / "link.jsonl")));
+  EXPECT_EQ(read_file(dir / "target.jsonl"), "keep\n");
+  EXPECT_EQ(read_file(dir / "readonly.jsonl"), "keep\n");
+  EXPECT_EQ(read_file(dir / "d.jsonl"), "{\"query\": \"q\", \"response\": \"r\"}\n");
+  for (const auto& entry : fs::directory_iterator(dir.path()))
+    EXPECT_EQ(entry.path().string().find(".tmp"), std::string::npos) << entry.path();
+}
+
+// --fix - is standard output (the corrected rows alone); the report moves to stderr.
+TEST(CheckDataCli, FixDashWritesTheCorrectedRowsToStdout) {
+  const std::string dataset = "{\"query\": \"q\", \"response\": \"r\"}\nnot json\n";
+  const auto r = run_vlmforge({"check-data", "-", "--fix", "-"}, {.stdin_text = dataset, .timeout_seconds = 60});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(r.out, "{\"query\": \"q\", \"response\": \"r\"}\n");
+  EXPECT_NE(r.err.find("-:2:2: error[invalid-json]"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--fix: wrote 1 rows to standard output"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists("-"));  // no file named "-" in the working directory
+  std::error_code ec;
+  fs::remove("-", ec);
+}
+
+// A FIFO as an image used to block open() forever; a device is not an image either. Both are
+// reported as not-an-image without being opened, header checks and --deep alike.
+TEST(CheckDataCli, ImagesThatAreNotRegularFilesAreFindingsNotHangs) {
+  TempDir dir;
+  ASSERT_EQ(mkfifo((dir / "pipe.png").c_str(), 0644), 0);
+  const std::string dataset =
+      R"({"messages":[{"role":"user","content":"<image>a"},{"role":"assistant","content":"b"}],"images":["pipe.png"]})" "\n"
+      R"({"messages":[{"role":"user","content":"<image>c"},{"role":"assistant","content":"d"}],"images":["/dev/zero"]})" "\n";
+  write_file(dir / "data.jsonl", dataset);
+  for (const std::vector<std::string>& extra : {std::vector<std::string>{}, std::vector<std::string>{"--deep"}}) {
+    std::vector<std::string> args{"check-data", "--json", (dir / "data.jsonl").string()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const auto out = parse_check_output(run_vlmforge(args, {.timeout_seconds = 60}));
+    EXPECT_EQ(out.result.exit_code, 1) << out.result.err;
+    EXPECT_EQ(out.findings, (std::vector<CodeLine>{{"not-an-image", 1}, {"not-an-image", 2}})) << out.result.out;
+    ASSERT_EQ(out.finding_objects.size(), 2u);
+    EXPECT_NE(out.finding_objects[0]["message"].get<std::string>().find("FIFO"), std::string::npos);
+    EXPECT_NE(out.finding_objects[1]["message"].get<std::string>().find("character device"), std::string::npos);
+  }
 }
 
 }  // namespace

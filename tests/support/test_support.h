@@ -47,7 +47,11 @@ struct CommandResult {
 
 struct RunOptions {
   uint64_t file_size_limit = 0;  // RLIMIT_FSIZE for the child (0: none): injects "disk full" write errors
-  std::string stdin_text;        // fed to the child's standard input
+  std::string stdin_text = {};   // fed to the child's standard input
+  // Bounds for tests of hangs and unbounded reads, so a regression fails instead of stalling the
+  // suite or exhausting the machine (0: none). A child past its timeout is killed (exit code 137).
+  unsigned timeout_seconds = 0;
+  uint64_t address_space_limit = 0;  // RLIMIT_AS bytes
 };
 
 // Runs vlmforge with `args` (no shell), capturing stdout and stderr.

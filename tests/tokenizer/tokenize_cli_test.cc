@@ -57,6 +57,18 @@ TEST(TokenizeCli, DecodeAndSkipSpecialTokens) {
   EXPECT_NE(r.err.find("not in the vocabulary"), std::string::npos) << r.err;
 }
 
+// 4294967297 used to be cut to 32 bits (token 1, '"') and decoded without a word.
+TEST(TokenizeCli, DecodeRefusesIdsOutOfRange) {
+  for (const char* ids : {"[9707, 4294967297]", "9707 4294967297", "-1", "[2147483648]"}) {
+    const auto r = run_vlmforge({"tokenize", "--model", tokenizer_dir(), "--decode", ids});
+    EXPECT_EQ(r.exit_code, 1) << ids << ": " << r.out;
+    EXPECT_NE(r.err.find("is not a token id"), std::string::npos) << ids << ": " << r.err;
+  }
+  const auto r = run_with_stdin("--model '" + tokenizer_dir() + "' --jsonl --decode", "[9707]\n[4294967297]\n");
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.err.find("stdin:2: 4294967297 is not a token id"), std::string::npos) << r.err;
+}
+
 TEST(TokenizeCli, ChatRendersTheTemplateThenEncodes) {
   const auto r = run_vlmforge({"tokenize", "--model", tokenizer_dir(), "--chat", "--json", "--template", "qwen2.5-vl",
                                R"({"messages":[{"role":"user","content":"<image>Hi"}],"images":["a.png"]})"});
