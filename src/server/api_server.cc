@@ -35,6 +35,7 @@ namespace {
 
 constexpr int kMaxJsonDepth = 64;  // a chat request needs ~6 levels
 constexpr auto kPollInterval = std::chrono::milliseconds(50);
+constexpr int kListenBacklog = 512;
 
 int64_t unix_now() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -159,6 +160,9 @@ class BoundedHttpServer : public httplib::Server {
   // listen loop ends and shuts the task queue down: the layer closes idle and half-received
   // connections and waits for the requests in progress, whose streams run to completion.
   void stop_listening() { ::shutdown(svr_sock_, SHUT_RDWR); }
+  // httplib listens with a backlog of 5, so a burst of connections had SYNs dropped and retried
+  // a second or more later; listen() again on the bound socket (Linux) widens the queue.
+  void widen_backlog(int backlog) { ::listen(svr_sock_, backlog); }
   ConnectionStats connection_stats() const { return connections_.stats(); }
 
  private:
@@ -278,11 +282,13 @@ int ApiServer::bind() {
   if (options_.port == 0) {
     const int port = http_->bind_to_any_port(options_.host);
     if (port <= 0) throw Error("cannot listen on " + options_.host + ": " + errno_message(errno));
+    http_->widen_backlog(kListenBacklog);
     return port;
   }
   if (!http_->bind_to_port(options_.host, options_.port))
     throw Error("cannot listen on " + options_.host + ":" + std::to_string(options_.port) + ": " + errno_message(errno) +
                 " (is another server using the port?)");
+  http_->widen_backlog(kListenBacklog);
   return options_.port;
 }
 
