@@ -159,6 +159,8 @@ void add_deploy_command(CLI::App& app, int& exit_code) {
       "GET /health, GET /metrics (Prometheus). Requests join the running batch between decode steps\n"
       "(continuous batching) up to --max_batch_size; beyond --max_queue waiting requests the answer is 429.\n"
       "Qwen2.5-VL checkpoints take image_url parts (sized by --max_pixels/--min_pixels or MAX_PIXELS/MIN_PIXELS, as infer).\n"
+      "Hostile clients are bounded (docs/security.md): request heads 64 KiB / 128 lines within 10 s (431/408),\n"
+      "bodies --max_body_mb chunked or not (413), --max_connections open at once, idle keep-alive 5 s.\n"
       "SIGTERM or Ctrl-C stops accepting, finishes the requests in flight and exits 0.");
   cmd->add_option("--model", a->model, "Model directory (config.json, *.safetensors, tokenizer.json)")->required();
   cmd->add_option("--adapters,--lora", a->adapters, "PEFT LoRA adapters applied unmerged");
