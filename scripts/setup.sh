@@ -11,7 +11,7 @@ packages=(
   g++ cmake make pkg-config
   # libraries (see README "Dependencies" for why each one is here)
   libcli11-dev nlohmann-json3-dev libsimdjson-dev libhwy-dev libpcre2-dev libutf8proc-dev libjpeg62-turbo-dev libpng-dev libwebp-dev libgif-dev
-  libcpp-httplib-dev
+  libcpp-httplib-dev libssl-dev
   # tests, fuzzing, benchmarks
   libgtest-dev libgmock-dev clang libclang-rt-14-dev time bc
 )

@@ -2,7 +2,7 @@
 # Sets everything up (scripts/setup.sh), runs the whole test suite (ctest), then a bounded,
 # seeded libFuzzer session on the safetensors header parser. Exit status is non-zero on failure.
 # The same for check-data's row parser (reader, simdjson, nlohmann fallback, row checks), image decoding,
-# and deploy's request parser (OpenAI JSON bodies, image data: URLs).
+# deploy's request parser (OpenAI JSON bodies, image data: URLs) and its HTTP layer (heads, framing, bodies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -41,6 +41,16 @@ mkdir -p "$corpus/requests"
 printf '%s' '0{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"}}]}],"stream":true,"stream_options":{"include_usage":true},"logprobs":true,"top_logprobs":2,"stop":["a"]}' > "$corpus/requests/chat"
 printf '%s' '1{"model":"m","prompt":[1,2,3],"logprobs":2,"max_tokens":5,"temperature":0.5,"top_p":0.9,"seed":3}' > "$corpus/requests/completion"
 build-fuzz/fuzz/fuzz_deploy_request "$corpus/requests" -seed=1 -runs=300000 -max_len=4096 -rss_limit_mb=2048 \
+  -artifact_prefix=build-fuzz/ 2>&1 | tail -n 3
+echo "== fuzz: deploy HTTP layer: heads, framing, bodies (bounded, seeded)"
+cmake --build build-fuzz -j"$(nproc)" --target fuzz_deploy_http >/dev/null
+mkdir -p "$corpus/http"
+printf 'GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' > "$corpus/http/pipelined"
+printf 'POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello' > "$corpus/http/length"
+printf 'POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n' > "$corpus/http/chunked"
+printf 'POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2000\r\n\r\n' > "$corpus/http/too-large"
+# Bounded in time too: a request whose body never completes waits out its 1 s body deadline.
+build-fuzz/fuzz/fuzz_deploy_http "$corpus/http" -seed=1 -runs=20000 -max_total_time=120 -max_len=2048 -rss_limit_mb=2048 \
   -artifact_prefix=build-fuzz/ 2>&1 | tail -n 3
 echo "== fuzz: image decoding (bounded, seeded)"
 cmake --build build-fuzz -j"$(nproc)" --target fuzz_image_decode >/dev/null

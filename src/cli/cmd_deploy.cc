@@ -8,6 +8,8 @@
 #include <span>
 #include <thread>
 
+#include <sys/resource.h>
+
 #include "cli/base_model.h"
 #include "cli/commands.h"
 #include "cli/infer_session.h"
@@ -30,6 +32,7 @@ struct DeployArgs {
   std::string served_model_name;
   std::string api_key;
   size_t max_queue = 64;
+  size_t max_connections = 256;
   double max_body_mb = 100;
   std::string allowed_local_media_path;
   size_t max_model_len = 0;
@@ -41,13 +44,35 @@ struct DeployArgs {
   DeviceMapArgs device_map;
 };
 
+// Each of these becomes OS threads (a worker per batch slot and queued request, the model's
+// pool) or file descriptors (connections): a typo must be a usage error, not an exhausted machine.
+constexpr size_t kMaxBatchSize = 256, kMaxQueue = 1024, kMaxThreads = 256, kMaxConnections = 4096;
+
+void check_server_limits(const DeployArgs& a) {
+  if (a.max_batch_size == 0 || a.max_batch_size > kMaxBatchSize)
+    throw UsageError("--max_batch_size must be 1.." + std::to_string(kMaxBatchSize) + ", got " + std::to_string(a.max_batch_size));
+  if (a.max_queue > kMaxQueue)
+    throw UsageError("--max_queue must be at most " + std::to_string(kMaxQueue) + ", got " + std::to_string(a.max_queue));
+  if (a.threads > kMaxThreads)
+    throw UsageError("--threads must be at most " + std::to_string(kMaxThreads) + " (0: all cores), got " +
+                     std::to_string(a.threads));
+  if (a.max_connections == 0 || a.max_connections > kMaxConnections)
+    throw UsageError("--max_connections must be 1.." + std::to_string(kMaxConnections) + ", got " +
+                     std::to_string(a.max_connections));
+  rlimit files{};
+  // Connections, the model's files and the workers' pipes share the descriptor limit.
+  if (::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY && a.max_connections + 64 > files.rlim_cur)
+    throw UsageError("--max_connections " + std::to_string(a.max_connections) + " does not fit the open-file limit of " +
+                     std::to_string(files.rlim_cur) + " (ulimit -n): raise the limit or lower --max_connections");
+}
+
 int run(DeployArgs a) {
   a.model = resolve_base_model(a.model, a.adapters);
   // Before --device_map planned placements, "cpu" was how to ask for one host device; it still is.
   if (a.device_map.placement.device_map == "cpu") a.device_map.placement.device_map.clear();
-  if (a.max_batch_size == 0) throw UsageError("--max_batch_size must be at least 1");
+  check_server_limits(a);
   if (a.port < 0 || a.port > 65535) throw UsageError("--port must be 0..65535 (0: any free port)");
-  if (!(a.max_body_mb > 0)) throw UsageError("--max_body_mb must be positive");
+  if (!(a.max_body_mb > 0 && a.max_body_mb <= 4096)) throw UsageError("--max_body_mb must be in (0, 4096]");
   server::ServerOptions options;
   if (!a.allowed_local_media_path.empty()) {
     if (!fs::is_directory(a.allowed_local_media_path))
@@ -78,6 +103,7 @@ int run(DeployArgs a) {
   options.port = a.port;
   options.api_key = a.api_key;
   options.max_body_bytes = static_cast<size_t>(a.max_body_mb * 1024 * 1024);
+  options.max_connections = a.max_connections;
   options.max_model_len = max_model_len;
   options.served_model_name = a.served_model_name;
   if (options.served_model_name.empty()) {
@@ -137,6 +163,8 @@ void add_deploy_command(CLI::App& app, int& exit_code) {
       "GET /health, GET /metrics (Prometheus). Requests join the running batch between decode steps\n"
       "(continuous batching) up to --max_batch_size; beyond --max_queue waiting requests the answer is 429.\n"
       "Qwen2.5-VL checkpoints take image_url parts (sized by --max_pixels/--min_pixels or MAX_PIXELS/MIN_PIXELS, as infer).\n"
+      "Hostile clients are bounded (docs/security.md): request heads 64 KiB / 128 lines within 10 s (431/408),\n"
+      "bodies --max_body_mb chunked or not (413), --max_connections open at once, idle keep-alive 5 s.\n"
       "SIGTERM or Ctrl-C stops accepting, finishes the requests in flight and exits 0.");
   cmd->add_option("--model", a->model,
                   "Model directory (config.json, *.safetensors, tokenizer.json); with --adapters CKPT, default: the base "
@@ -144,16 +172,20 @@ void add_deploy_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--adapters,--lora", a->adapters, "PEFT LoRA adapters applied unmerged");
   cmd->add_option("--host", a->host, "Address to listen on")->capture_default_str();
   cmd->add_option("--port", a->port, "Port to listen on (0: any free port, printed at start)")->capture_default_str();
-  cmd->add_option("--max_batch_size", a->max_batch_size, "Most sequences decoded together")->capture_default_str();
+  cmd->add_option("--max_batch_size", a->max_batch_size, "Most sequences decoded together (1..256)")->capture_default_str();
   cmd->add_option("--served_model_name", a->served_model_name, "The model name clients send (default: --model as given)");
   cmd->add_option("--api_key", a->api_key, "Require 'Authorization: Bearer KEY' on /v1/ routes");
-  cmd->add_option("--max_queue", a->max_queue, "Most requests waiting to join the batch; more get 429 + Retry-After")
+  cmd->add_option("--max_queue", a->max_queue, "Most requests waiting to join the batch (0..1024); more get 429 + Retry-After")
+      ->capture_default_str();
+  cmd->add_option("--max_connections", a->max_connections,
+                  "Most client connections open at once (1..4096); beyond it the longest-idle one is closed, "
+                  "or the new one gets 503")
       ->capture_default_str();
   cmd->add_option("--max_body_mb", a->max_body_mb, "Largest request body in MiB; larger ones get 413")->capture_default_str();
   cmd->add_option("--allowed_local_media_path", a->allowed_local_media_path,
                   "Directory that file:// image URLs may read from (default: none allowed)");
   cmd->add_option("--max_model_len", a->max_model_len, "Longest sequence (prompt + answer); default from config.json");
-  cmd->add_option("--threads", a->threads, "Worker threads for the model (default: all cores)");
+  cmd->add_option("--threads", a->threads, "Worker threads for the model (at most 256; default: all cores)");
   cmd->add_option("--kv_cache_dtype", a->kv_cache_dtype, "KV cache storage: bfloat16 halves its memory")
       ->check(CLI::IsMember({"float32", "bfloat16"}))
       ->capture_default_str();

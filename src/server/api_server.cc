@@ -11,11 +11,14 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <set>
 
 #include "io/json_file.h"
 #include "tokenizer/chat_template.h"
+#include "vision/image_encoder.h"
+#include "vision/smart_resize.h"
 
 namespace vlmforge::server {
 namespace fs = std::filesystem;
@@ -32,6 +35,7 @@ namespace {
 
 constexpr int kMaxJsonDepth = 64;  // a chat request needs ~6 levels
 constexpr auto kPollInterval = std::chrono::milliseconds(50);
+constexpr int kListenBacklog = 512;
 
 int64_t unix_now() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -79,21 +83,105 @@ int connection_fd(const httplib::Request& req) {
   return -1;
 }
 
-// Whether the client closed its side (FIN or reset). A client waiting for its answer sends nothing.
-bool peer_closed(int fd) {
-  if (fd < 0) return false;
-  pollfd p{fd, POLLRDHUP, 0};
-  return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+// Whether the client is gone. A client that half-closed after sending (shutdown(SHUT_WR), nc -N)
+// still waits for its answer, so a FIN alone proves nothing; only a reset or a socket error does.
+// Before the response has started, the first FIN is answered with an interim "100 Continue"
+// (HTTP/1.1 clients must accept 1xx responses before the final one): a client that has really
+// closed answers it with a reset, which the next look sees.
+class PeerWatch {
+ public:
+  PeerWatch(int fd, bool may_probe) : fd_(fd), may_probe_(may_probe) {}
+  bool gone() {
+    if (fd_ < 0) return false;
+    pollfd p{fd_, POLLRDHUP, 0};
+    if (::poll(&p, 1, 0) <= 0) return false;
+    if (p.revents & (POLLHUP | POLLERR)) return true;
+    if ((p.revents & POLLRDHUP) && may_probe_) {
+      may_probe_ = false;
+      static constexpr std::string_view kProbe = "HTTP/1.1 100 Continue\r\n\r\n";
+      if (::send(fd_, kProbe.data(), kProbe.size(), MSG_NOSIGNAL | MSG_DONTWAIT) < 0 && errno != EAGAIN) return true;
+    }
+    return false;
+  }
+
+ private:
+  int fd_;
+  bool may_probe_;
+};
+
+// The request body, read through httplib's content reader so that --max_body_mb bounds chunked
+// bodies too (httplib 0.11 applies its payload limit to Content-Length only). nullopt: the error
+// response is set.
+std::optional<std::string> read_body(const httplib::Request& req, httplib::Response& res,
+                                     const httplib::ContentReader& reader, size_t max_bytes) {
+  if (req.is_multipart_form_data()) {
+    send_error(res, ApiError(415, "the request body must be JSON (Content-Type: application/json), not multipart"));
+    return std::nullopt;
+  }
+  std::string body;
+  bool too_large = false;
+  const bool ok = reader([&](const char* data, size_t n) {
+    if (n > max_bytes - body.size()) {
+      too_large = true;
+      return false;
+    }
+    body.append(data, n);
+    return true;
+  });
+  if (too_large || res.status == 413) {
+    send_error(res, ApiError(413, "request body is larger than the server's limit (--max_body_mb)", "", "request_too_large"));
+    return std::nullopt;
+  }
+  if (!ok) {
+    send_error(res, ApiError(400, "cannot read the request body: the client sent it too slowly, stopped, or broke its "
+                                  "chunked encoding"));
+    return std::nullopt;
+  }
+  return body;
 }
 
 }  // namespace
 
-// httplib's stop() also cuts every streaming response short (its chunked writer ends once the
-// listening socket is invalidated). Shutting the socket down instead makes accept() fail, so the
-// listen loop ends and then waits for its connection threads, whose streams run to completion.
-class DrainingHttpServer : public httplib::Server {
+// httplib's accept loop under the bounded connection layer: each accepted socket goes to the
+// layer (httplib hands it to process_and_close_socket through the task queue, which here runs it
+// at once on the accept thread), and the layer runs httplib's request processing on its workers.
+class BoundedHttpServer : public httplib::Server {
  public:
+  explicit BoundedHttpServer(const ConnectionLimits& limits)
+      : connections_(limits, [this](httplib::Stream& stream, bool close_connection, bool& connection_closed) {
+          return process_request(stream, close_connection, connection_closed, nullptr);
+        }) {
+    // httplib's interface: it takes ownership of the queue and deletes it when listening ends.
+    new_task_queue = [this] { return new AdoptingQueue(connections_); };
+  }
+
+  // httplib's stop() also cuts every streaming response short (its chunked writer ends once the
+  // listening socket is invalidated). Shutting the socket down instead makes accept() fail, so the
+  // listen loop ends and shuts the task queue down: the layer closes idle and half-received
+  // connections and waits for the requests in progress, whose streams run to completion.
   void stop_listening() { ::shutdown(svr_sock_, SHUT_RDWR); }
+  // httplib listens with a backlog of 5, so a burst of connections had SYNs dropped and retried
+  // a second or more later; listen() again on the bound socket (Linux) widens the queue.
+  void widen_backlog(int backlog) { ::listen(svr_sock_, backlog); }
+  ConnectionStats connection_stats() const { return connections_.stats(); }
+
+ private:
+  class AdoptingQueue : public httplib::TaskQueue {
+   public:
+    explicit AdoptingQueue(ConnectionLayer& layer) : layer_(layer) {}
+    void enqueue(std::function<void()> fn) override { fn(); }
+    void shutdown() override { layer_.shutdown(); }
+
+   private:
+    ConnectionLayer& layer_;
+  };
+
+  bool process_and_close_socket(socket_t sock) override {
+    connections_.adopt(sock);
+    return true;
+  }
+
+  ConnectionLayer connections_;
 };
 
 namespace {
@@ -103,7 +191,7 @@ struct StreamState {
   std::shared_ptr<Job> job;
   CompletionRequest request;
   ResponseMeta meta;
-  int fd = -1;
+  PeerWatch peer;
   size_t text_bytes = 0, logprob_count = 0;
   bool started = false, done = false;
 };
@@ -111,13 +199,21 @@ struct StreamState {
 }  // namespace
 
 ApiServer::ApiServer(const cli::InferSession& session, Scheduler& scheduler, ServerOptions options)
-    : session_(session), scheduler_(scheduler), options_(std::move(options)), http_(std::make_unique<DrainingHttpServer>()),
-      started_(unix_now()) {
-  // Every connection holds a thread while it waits for its answer: room for the whole batch, the
-  // queue, and a few more to answer 429s and metrics under load.
-  const size_t threads = scheduler_.options().max_batch_size + scheduler_.options().max_queue + 8;
-  // httplib's interface: it takes ownership of the queue and deletes it when listening ends.
-  http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+    : session_(session), scheduler_(scheduler), options_(std::move(options)), started_(unix_now()) {
+  for (size_t id = 0; id < session_.tokenizer.vocab_size(); ++id) {
+    try {
+      max_token_bytes_ = std::max(max_token_bytes_, session_.tokenizer.token_bytes(static_cast<int32_t>(id)).size());
+    } catch (const Error&) {
+      // an id the vocabulary leaves unused
+    }
+  }
+  ConnectionLimits limits;
+  limits.max_connections = options_.max_connections;
+  // A request holds a worker while it waits for its answer: room for the whole batch, the queue,
+  // and a few more to answer 429s and metrics under load.
+  limits.workers = scheduler_.options().max_batch_size + scheduler_.options().max_queue + 8;
+  limits.max_body_bytes = options_.max_body_bytes;
+  http_ = std::make_unique<BoundedHttpServer>(limits);
   // httplib's default also sets SO_REUSEPORT, which lets a second server bind the same port and
   // silently share its traffic; a port in use must be an error instead.
   http_->set_socket_options([](socket_t sock) {
@@ -158,12 +254,14 @@ ApiServer::ApiServer(const cli::InferSession& session, Scheduler& scheduler, Ser
   });
   http_->set_logger([this](const httplib::Request& req, const httplib::Response& res) { record(req.path, res.status); });
 
-  http_->Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
-    handle_completion(Endpoint::kChatCompletions, req, res);
-  });
-  http_->Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
-    handle_completion(Endpoint::kCompletions, req, res);
-  });
+  for (const auto& [path, endpoint] : {std::pair{"/v1/chat/completions", Endpoint::kChatCompletions},
+                                       std::pair{"/v1/completions", Endpoint::kCompletions}}) {
+    http_->Post(path, [this, endpoint](const httplib::Request& req, httplib::Response& res,
+                                       const httplib::ContentReader& reader) {
+      if (const auto body = read_body(req, res, reader, options_.max_body_bytes))
+        handle_completion(endpoint, req, *body, res);
+    });
+  }
   http_->Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
     const json model = {{"id", options_.served_model_name},
                         {"object", "model"},
@@ -184,11 +282,13 @@ int ApiServer::bind() {
   if (options_.port == 0) {
     const int port = http_->bind_to_any_port(options_.host);
     if (port <= 0) throw Error("cannot listen on " + options_.host + ": " + errno_message(errno));
+    http_->widen_backlog(kListenBacklog);
     return port;
   }
   if (!http_->bind_to_port(options_.host, options_.port))
     throw Error("cannot listen on " + options_.host + ":" + std::to_string(options_.port) + ": " + errno_message(errno) +
                 " (is another server using the port?)");
+  http_->widen_backlog(kListenBacklog);
   return options_.port;
 }
 
@@ -201,6 +301,46 @@ void ApiServer::record(const std::string& path, int status) {
   static const std::set<std::string> known = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"};
   std::lock_guard lock(metrics_mutex_);
   ++requests_[{known.count(path) ? path : "other", status}];
+}
+
+void ApiServer::check_prompt_size(const CompletionRequest& request) const {
+  const size_t max_len = options_.max_model_len;
+  auto too_long = [&](const std::string& what) {
+    return ApiError(400, "This model's maximum context length is " + std::to_string(max_len) + " tokens, and " + what +
+                             " cannot fit in it. Shorten the prompt.",
+                    request.endpoint == Endpoint::kCompletions ? "prompt" : "messages", "context_length_exceeded");
+  };
+  if (request.prompt_ids.size() > max_len) throw too_long(std::to_string(request.prompt_ids.size()) + " prompt token ids");
+  // Every message costs at least one token of the chat template.
+  if (request.messages.size() > max_len) throw too_long(std::to_string(request.messages.size()) + " messages");
+  size_t text_bytes = request.prompt.size();
+  for (const auto& m : request.messages) {
+    const auto& content = m["content"];
+    if (content.is_string()) text_bytes += content.get_ref<const std::string&>().size();
+    else
+      for (const auto& part : content)
+        if (part.contains("text")) text_bytes += part["text"].get_ref<const std::string&>().size();
+  }
+  // A token stands for at most max_token_bytes_ bytes; NFC normalization can shorten text by at
+  // most 3x (three-jamo Hangul syllables): so more bytes than this never fit.
+  const uint64_t byte_limit = uint64_t{max_len} * max_token_bytes_ * 3;
+  if (text_bytes > byte_limit)
+    throw too_long("a prompt of " + std::to_string(text_bytes) + " bytes (more than " + std::to_string(byte_limit) +
+                   " bytes: tokens of at most " + std::to_string(max_token_bytes_) + " bytes each)");
+  if (!session_.images) return;
+  // Image tokens follow from the header's dimensions (as check-data counts them): an image that
+  // cannot fit is refused before it is decoded.
+  uint64_t image_tokens = 0;
+  for (size_t i = 0; i < request.images.size(); ++i) {
+    const ImageInput& image = request.images[i];
+    const auto resized = vision::smart_resize(image.info.height, image.info.width, session_.images->budget());
+    if (!resized)
+      throw ApiError(400, "image " + std::to_string(i + 1) + " (" + image.source + ", " + std::to_string(image.info.width) +
+                              "x" + std::to_string(image.info.height) + ") has an aspect ratio over 200, which the Qwen2.5-VL "
+                              "image processor refuses", "messages");
+    image_tokens += resized->tokens();
+  }
+  if (image_tokens >= max_len) throw too_long("the request's images, " + std::to_string(image_tokens) + " image tokens,");
 }
 
 PromptInput ApiServer::prompt_input(const CompletionRequest& request) const {
@@ -239,15 +379,16 @@ PromptInput ApiServer::prompt_input(const CompletionRequest& request) const {
   }
 }
 
-void ApiServer::handle_completion(Endpoint endpoint, const httplib::Request& req, httplib::Response& res) {
+void ApiServer::handle_completion(Endpoint endpoint, const httplib::Request& req, const std::string& raw_body,
+                                  httplib::Response& res) {
   std::shared_ptr<Job> job;
   CompletionRequest request;
   try {
-    if (json_nesting_exceeds(req.body, kMaxJsonDepth))
+    if (json_nesting_exceeds(raw_body, kMaxJsonDepth))
       throw ApiError(400, "request JSON nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
     json body;
     try {
-      body = json::parse(req.body);
+      body = json::parse(raw_body);
     } catch (const json::exception& e) {
       throw ApiError(400, std::string("request body is not valid JSON: ") + e.what());
     }
@@ -256,6 +397,7 @@ void ApiServer::handle_completion(Endpoint endpoint, const httplib::Request& req
       throw ApiError(404, "The model '" + request.model + "' does not exist; this server serves '" +
                               options_.served_model_name + "'",
                      "model", "model_not_found");
+    check_prompt_size(request);
     PromptInput prompt = prompt_input(request);
     GenerationParams params = generation_params(request, session_.defaults, prompt.tokens.size(), options_.max_model_len);
     try {
@@ -276,10 +418,11 @@ void ApiServer::handle_completion(Endpoint endpoint, const httplib::Request& req
   const int fd = connection_fd(req);
 
   if (!request.stream) {
+    PeerWatch peer(fd, req.version == "HTTP/1.1");
     for (;;) {
       const Job::Update u = job->wait(SIZE_MAX, SIZE_MAX, kPollInterval);
       if (u.finished) break;
-      if (peer_closed(fd)) {
+      if (peer.gone()) {
         scheduler_.cancel(job);
         res.status = 499;  // nginx's "client closed request", for the request metrics only
         return;
@@ -295,7 +438,8 @@ void ApiServer::handle_completion(Endpoint endpoint, const httplib::Request& req
     return;
   }
 
-  auto state = std::make_shared<StreamState>(StreamState{job, std::move(request), std::move(meta), fd});
+  // The response head goes out with the first chunk, so no probe: the chunk writes find a gone client.
+  auto state = std::make_shared<StreamState>(StreamState{job, std::move(request), std::move(meta), PeerWatch(fd, false)});
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream",
@@ -330,7 +474,7 @@ void ApiServer::handle_completion(Endpoint endpoint, const httplib::Request& req
           sink.done();
           return true;
         }
-        return !peer_closed(st.fd);
+        return !st.peer.gone();
       },
       [this, state](bool) {
         // Any end other than a finished stream (client gone, write failed) frees the sequence.
@@ -372,6 +516,18 @@ std::string ApiServer::metrics_text() const {
   value("vlmforge_running_batch_size", static_cast<double>(s.running));
   metric("vlmforge_max_batch_size", "gauge", "The --max_batch_size limit.");
   value("vlmforge_max_batch_size", static_cast<double>(scheduler_.options().max_batch_size));
+  const ConnectionStats c = http_->connection_stats();
+  metric("vlmforge_open_connections", "gauge", "Client connections open now (at most --max_connections).");
+  value("vlmforge_open_connections", static_cast<double>(c.open));
+  metric("vlmforge_busy_workers", "gauge", "Requests being read, checked or answered now.");
+  value("vlmforge_busy_workers", static_cast<double>(c.busy_workers));
+  metric("vlmforge_connections_refused_total", "counter",
+         "Connections the server closed before a handler saw their request, by reason.");
+  for (const auto& [reason, count] :
+       {std::pair{"header_too_large", c.header_too_large}, std::pair{"header_timeout", c.header_timeout},
+        std::pair{"body_too_large", c.body_too_large}, std::pair{"bad_head", c.bad_head},
+        std::pair{"over_capacity", c.over_capacity}, std::pair{"evicted_idle", c.evicted_idle}})
+    value(std::string("vlmforge_connections_refused_total{reason=\"") + reason + "\"}", static_cast<double>(count));
   metric("vlmforge_memory_bytes", "gauge", "Memory by device: resident set of the process and the KV caches in it.");
   value("vlmforge_memory_bytes{device=\"cpu\",kind=\"resident\"}", static_cast<double>(current_rss_bytes()));
   value("vlmforge_memory_bytes{device=\"cpu\",kind=\"kv_cache\"}", static_cast<double>(s.kv_cache_bytes));

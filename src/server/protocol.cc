@@ -133,7 +133,9 @@ std::vector<std::string> stop_list(const json& body) {
 }
 
 std::vector<uint8_t> read_bounded_file(const fs::path& path, size_t max_bytes, const std::string& param) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  // O_NONBLOCK: opening a FIFO would otherwise wait for a writer, pinning the request's thread
+  // before the regular-file check below could refuse it. It changes nothing for regular files.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) throw bad(param, "cannot read " + path.string() + ": " + errno_message(errno));
   struct Closer {
     int fd;
@@ -356,7 +358,13 @@ CompletionRequest parse_request(Endpoint endpoint, const json& body, const Media
       r.prompt = p->get<std::string>();
     } else if (p->is_array() && !p->empty() && std::all_of(p->begin(), p->end(), [](const json& x) { return x.is_number_integer(); })) {
       r.prompt_is_ids = true;
-      for (const auto& x : *p) r.prompt_ids.push_back(x.get<int32_t>());
+      for (const auto& x : *p) {
+        // get<int32_t>() would wrap ids past 2^31 (2^32 + 5 becomes 5): refuse them instead.
+        const bool fits = x.is_number_unsigned() ? x.get<uint64_t>() <= uint64_t{INT32_MAX}
+                                                 : x.get<int64_t>() >= INT32_MIN && x.get<int64_t>() <= INT32_MAX;
+        if (!fits) throw bad("prompt", "token id " + x.dump() + " is outside the vocabulary (ids are 0..2147483647 at most)");
+        r.prompt_ids.push_back(x.get<int32_t>());
+      }
     } else if (p->is_array() && p->size() > 1) {
       throw bad("prompt", "one prompt per request is supported (got " + std::to_string(p->size()) + ")");
     } else {

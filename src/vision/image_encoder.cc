@@ -1,7 +1,5 @@
 #include "vision/image_encoder.h"
 
-#include <cstring>
-
 #include "util/error.h"
 #include "vision/image_decode.h"
 #include "vision/image_processor.h"
@@ -10,35 +8,19 @@ namespace vlmforge::vision {
 
 namespace {
 
-uint64_t mix(uint64_t h) {  // MurmurHash3's 64-bit finalizer
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdull;
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ull;
-  return h ^ (h >> 33);
-}
-
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
 }  // namespace
 
-uint64_t content_hash(std::span<const uint8_t> bytes) {
-  // Two independent lanes over 16-byte steps keep the multiplies in flight.
-  uint64_t a = 0x9E3779B97F4A7C15ull ^ bytes.size(), b = 0xC2B2AE3D27D4EB4Full;
-  size_t i = 0;
-  for (; i + 16 <= bytes.size(); i += 16) {
-    uint64_t x, y;
-    std::memcpy(&x, bytes.data() + i, 8);
-    std::memcpy(&y, bytes.data() + i + 8, 8);
-    a = (a ^ x) * 0x87C37B91114253D5ull;
-    a = (a << 31) | (a >> 33);
-    b = (b ^ y) * 0x4CF5AD432745937Full;
-    b = (b << 29) | (b >> 35);
+Sha256Digest image_cache_key(std::span<const uint8_t> bytes, const PixelBudget& budget) {
+  // The parameters that shape the embeddings, fixed-width, then the bytes.
+  uint8_t params[16];
+  for (int i = 0; i < 8; ++i) {
+    params[i] = static_cast<uint8_t>(budget.min_pixels >> (8 * i));
+    params[8 + i] = static_cast<uint8_t>(budget.max_pixels >> (8 * i));
   }
-  uint64_t tail = 0;
-  if (i < bytes.size()) std::memcpy(&tail, bytes.data() + i, bytes.size() - i);
-  return mix(a ^ mix(b ^ tail));
+  return sha256({std::span<const uint8_t>(params), bytes});
 }
 
 ImageEncoder::ImageEncoder(VisionTower& tower, const PixelBudget& budget, uint64_t cache_bytes,
@@ -60,7 +42,7 @@ EncodedImage ImageEncoder::encode(std::span<const uint8_t> bytes, const std::str
 
 EncodedImage ImageEncoder::encode_locked(std::span<const uint8_t> bytes, const std::string& name) {
   auto start = Clock::now();
-  const Key key{content_hash(bytes), bytes.size()};
+  const Key key = image_cache_key(bytes, budget_);
   if (const auto it = index_.find(key); it != index_.end()) {
     lru_.splice(lru_.begin(), lru_, it->second);
     timings_.lookup_seconds += since(start);

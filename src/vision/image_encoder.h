@@ -1,9 +1,11 @@
 #pragma once
-// Image file → vision embeddings (decode, preprocess, vision tower), with an LRU cache keyed by a
-// hash of the file's content (and bounded by the embeddings' bytes), so an image repeated across
-// rows, turns or datasets is encoded once.
+// Image file → vision embeddings (decode, preprocess, vision tower), with an LRU cache keyed by the
+// SHA-256 of the file's content and the preprocessing parameters (and bounded by the embeddings'
+// bytes), so an image repeated across rows, turns or datasets is encoded once, and a server's
+// client cannot forge another image's key.
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <list>
 #include <memory>
@@ -13,14 +15,15 @@
 #include <unordered_map>
 #include <vector>
 
+#include "util/sha256.h"
 #include "vision/image_decode.h"
 #include "vision/smart_resize.h"
 #include "vision/vision_tower.h"
 
 namespace vlmforge::vision {
 
-// A fast 64-bit hash of file content (not cryptographic; the cache key also holds the size).
-uint64_t content_hash(std::span<const uint8_t> bytes);
+// The cache key of an image: SHA-256 over the pixel budget and the file's bytes.
+Sha256Digest image_cache_key(std::span<const uint8_t> bytes, const PixelBudget& budget);
 
 struct EncodedImage {
   std::shared_ptr<const std::vector<float>> embeds;  // [tokens, out_hidden_size]
@@ -49,12 +52,13 @@ class ImageEncoder {
   uint64_t cached_bytes() const;
 
  private:
-  struct Key {
-    uint64_t hash, size;
-    bool operator==(const Key&) const = default;
-  };
+  using Key = Sha256Digest;
   struct KeyHash {
-    size_t operator()(const Key& k) const { return static_cast<size_t>(k.hash ^ (k.size * 0x9E3779B97F4A7C15ull)); }
+    size_t operator()(const Key& k) const {
+      size_t h;
+      std::memcpy(&h, k.data(), sizeof h);  // already uniformly distributed
+      return h;
+    }
   };
   struct Entry {
     Key key;

@@ -23,6 +23,12 @@ TEST(DeployCli, BadPlacementFlagsFailBeforeServing) {
   expect({"--memory_report"}, 2, "--device_map auto");
   expect({"--device_map", "nearest"}, 2, "neither auto");
   expect({"--device_map", "auto", "--devices", "cpu:0,cpu:1", "--max_memory", "2MiB"}, 1, "never split");
+  // Each of these becomes threads or descriptors: a typo must not exhaust the machine.
+  expect({"--max_queue", "1000000"}, 2, "--max_queue must be at most 1024");
+  expect({"--max_batch_size", "100000"}, 2, "--max_batch_size must be 1..256");
+  expect({"--threads", "100000"}, 2, "--threads must be at most 256");
+  expect({"--max_connections", "0"}, 2, "--max_connections must be 1..4096");
+  expect({"--max_body_mb", "1e9"}, 2, "--max_body_mb must be in (0, 4096]");
 }
 
 TEST(DeployCli, VisionModelWithDeviceMapSaysWhatToDo) {

@@ -153,6 +153,14 @@ TEST(DeployProtocol, CompletionPromptForms) {
   EXPECT_EQ(parse({1, 2, 3}).prompt_ids, (std::vector<int32_t>{1, 2, 3}));
   EXPECT_EQ(parse({{4, 5}}).prompt_ids, (std::vector<int32_t>{4, 5}));
   EXPECT_EQ(parse("x").top_logprobs, 2u);
+  // Ids past int32 were wrapped (2^32 + 5 became 5) and silently accepted.
+  for (const json& id : {json(uint64_t{1} << 32) , json((uint64_t{1} << 32) + 5), json(uint64_t{1} << 63), json(INT64_MIN),
+                         json(int64_t{INT32_MAX} + 1)}) {
+    const ApiError e = rejection({{"model", "m"}, {"prompt", {1, id}}}, Endpoint::kCompletions);
+    EXPECT_EQ(e.param(), "prompt") << id.dump();
+    EXPECT_NE(std::string(e.what()).find(id.dump()), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(parse({int64_t{INT32_MAX}}).prompt_ids, (std::vector<int32_t>{INT32_MAX}));
   for (const json& bad : {json{"a", "b"}, json(5), json::array(), json{{{"a", 1}}}}) {
     const ApiError e = rejection({{"model", "m"}, {"prompt", bad}}, Endpoint::kCompletions);
     EXPECT_EQ(e.param(), "prompt") << bad.dump();

@@ -14,17 +14,33 @@
 namespace vlmforge::test {
 namespace {
 
-TEST(VisionImageCache, ContentHashSeesEveryByte) {
-  std::vector<uint8_t> bytes(1000);
-  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i * 31);
-  const uint64_t base = vision::content_hash(bytes);
-  for (size_t i = 0; i < bytes.size(); i += 37) {
-    auto changed = bytes;
-    changed[i] ^= 1;
-    EXPECT_NE(vision::content_hash(changed), base) << i;
+TEST(VisionImageCache, KeySeesEveryByteAndTheBudget) {
+  // Every length around the old 16-byte stride: its hash never mixed in tail bytes past the 8th
+  // (and copied them past an 8-byte buffer), so images differing there shared a cache entry.
+  for (size_t size = 0; size <= 48; ++size) {
+    std::vector<uint8_t> bytes(size);
+    for (size_t i = 0; i < size; ++i) bytes[i] = static_cast<uint8_t>(i * 31 + 7);
+    const auto base = vision::image_cache_key(bytes, {});
+    for (size_t i = 0; i < size; ++i) {
+      auto changed = bytes;
+      changed[i] ^= 0x80;
+      EXPECT_NE(vision::image_cache_key(changed, {}), base) << size << " " << i;
+    }
+    EXPECT_EQ(vision::image_cache_key(bytes, {}), base);
+    EXPECT_NE(vision::image_cache_key(bytes, {.min_pixels = 3136, .max_pixels = 1 << 20}), base);
+    if (size) {
+      EXPECT_NE(vision::image_cache_key(std::span(bytes).first(size - 1), {}), base);
+    }
   }
-  EXPECT_NE(vision::content_hash(std::span(bytes).first(999)), base);
-  EXPECT_EQ(vision::content_hash(bytes), base);
+}
+
+TEST(VisionImageCache, KeyIsSha256) {
+  // FIPS 180-2's "abc" example, through the same digest the key uses.
+  const std::string abc = "abc";
+  const Sha256Digest d = sha256({std::span(reinterpret_cast<const uint8_t*>(abc.data()), abc.size())});
+  std::string hex;
+  for (uint8_t b : d) hex += "0123456789abcdef"[b >> 4], hex += "0123456789abcdef"[b & 15];
+  EXPECT_EQ(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
 TEST(VisionImageCache, HitsByContentAndLruEviction) {
