@@ -79,7 +79,9 @@ TEST(Qwen25VlGolden, GridsPromptIdsAndGreedyLogprobsMatchTheReference) {
       EXPECT_NEAR(lp[static_cast<size_t>(greedy[step])], c["logprobs"][step].get<double>(), kLogprobTolerance) << name;
       // Greedy as the reference chose; compared while its top-1 margin is clear of the tolerance.
       const double margin = c["top"][step][0][1].get<double>() - c["top"][step][1][1].get<double>();
-      if (margin > 2 * kLogprobTolerance) ASSERT_EQ(static_cast<int32_t>(argmax(lp)), greedy[step]) << name << ": step " << step;
+      if (margin > 2 * kLogprobTolerance) {
+        ASSERT_EQ(static_cast<int32_t>(argmax(lp)), greedy[step]) << name << ": step " << step;
+      }
       const int32_t token = greedy[step];
       const SequenceChunk next{&cache, std::span(&token, 1), false, {}, {}, input.position_delta};
       logits = session.model->forward(std::span(&next, 1));
