@@ -9,6 +9,7 @@
 #include <random>
 #include <set>
 
+#include "tokenizer/token_ids.h"
 
 namespace vlmforge::server {
 namespace fs = std::filesystem;
@@ -360,10 +361,9 @@ CompletionRequest parse_request(Endpoint endpoint, const json& body, const Media
       r.prompt_is_ids = true;
       for (const auto& x : *p) {
         // get<int32_t>() would wrap ids past 2^31 (2^32 + 5 becomes 5): refuse them instead.
-        const bool fits = x.is_number_unsigned() ? x.get<uint64_t>() <= uint64_t{INT32_MAX}
-                                                 : x.get<int64_t>() >= INT32_MIN && x.get<int64_t>() <= INT32_MAX;
-        if (!fits) throw bad("prompt", "token id " + x.dump() + " is outside the vocabulary (ids are 0..2147483647 at most)");
-        r.prompt_ids.push_back(x.get<int32_t>());
+        const auto id = tokenizer::token_id_from_json(x);
+        if (!id) throw bad("prompt", tokenizer::not_a_token_id(x.dump()));
+        r.prompt_ids.push_back(*id);
       }
     } else if (p->is_array() && p->size() > 1) {
       throw bad("prompt", "one prompt per request is supported (got " + std::to_string(p->size()) + ")");
