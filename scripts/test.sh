@@ -55,14 +55,19 @@ build-fuzz/fuzz/fuzz_deploy_http "$corpus/http" -seed=1 -runs=20000 -max_total_t
 echo "== fuzz: image decoding (bounded, seeded)"
 cmake --build build-fuzz -j"$(nproc)" --target fuzz_image_decode >/dev/null
 mkdir -p "$corpus/images"
-# Seeds: a PNG (zlib), a 24-bit BMP and a 1x1 GIF, written with the Python standard library.
+# Seeds: a PNG (zlib), the same PNG with an eXIf orientation (so exif_transpose turns it), a 24-bit
+# BMP and a 1x1 GIF, written with the Python standard library.
 python3 - "$corpus/images" <<'PY'
 import struct, sys, zlib
 out = sys.argv[1]
 def chunk(t, d): return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
 raw = b"".join(b"\0" + bytes((x * 9 + y) % 256 for x in range(3 * 5)) for y in range(4))
-open(f"{out}/a.png", "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 5, 4, 8, 2, 0, 0, 0))
-                                 + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+ihdr = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 5, 4, 8, 2, 0, 0, 0))
+rest = chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+open(f"{out}/a.png", "wb").write(ihdr + rest)
+# TIFF header, then IFD0 with one entry: Orientation (0x0112), SHORT, 1 value, 6 (rotate 90° clockwise).
+exif = b"II*\0" + struct.pack("<IHHHIHHI", 8, 1, 0x0112, 3, 1, 6, 0, 0)
+open(f"{out}/turned.png", "wb").write(ihdr + chunk(b"eXIf", exif) + rest)
 pixels = bytes(range(48))
 open(f"{out}/a.bmp", "wb").write(b"BM" + struct.pack("<IIIIiiHHIIiiII", 54 + len(pixels), 0, 54, 40, 4, 4, 1, 24, 0,
                                                      len(pixels), 0, 0, 0, 0) + pixels)

@@ -21,7 +21,7 @@ class MemorySource final : public ByteSource {
   size_t read_at(uint64_t offset, std::span<uint8_t> out) override {
     if (offset >= bytes_.size()) return 0;
     const size_t n = std::min<size_t>(out.size(), bytes_.size() - offset);
-    std::memcpy(out.data(), bytes_.data() + offset, n);
+    std::copy_n(bytes_.data() + offset, n, out.data());  // not memcpy: an empty `out` may have a null data()
     return n;
   }
   uint64_t size() override { return bytes_.size(); }

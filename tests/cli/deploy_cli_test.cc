@@ -11,7 +11,7 @@ namespace fs = std::filesystem;
 
 TEST(DeployCli, BadPlacementFlagsFailBeforeServing) {
   const fs::path model = shared_dir() / "golden" / "qwen2-tiny-f32";
-  if (!fs::exists(model / "config.json")) GTEST_SKIP() << "shared golden data missing";
+  VLMFORGE_REQUIRE_SHARED(model / "config.json");
   auto expect = [&](std::vector<std::string> extra, int code, const std::string& text) {
     std::vector<std::string> args{"deploy", "--model", model.string(), "--port", "0"};
     args.insert(args.end(), extra.begin(), extra.end());
@@ -33,7 +33,7 @@ TEST(DeployCli, BadPlacementFlagsFailBeforeServing) {
 
 TEST(DeployCli, VisionModelWithDeviceMapSaysWhatToDo) {
   const fs::path tokenizer = shared_dir() / "tokenizer" / "tokenizer.json";
-  if (!fs::exists(tokenizer)) GTEST_SKIP() << "shared tokenizer missing";
+  VLMFORGE_REQUIRE_SHARED(tokenizer);
   TempDir dir;
   const auto made = run_vlmforge({"generate", "checkpoint", "--preset", "tiny-vl", "--output_dir", (dir / "vl").string(),
                                   "--dtype", "float32", "--vocab_size", "151936", "--tokenizer", tokenizer.string()});

@@ -19,9 +19,10 @@ using nlohmann::json;
 // 6 layers, untied lm_head, random bf16 weights.
 class DeviceMapCli : public ::testing::Test {
  protected:
+  static fs::path shared_tokenizer() { return shared_dir() / "tokenizer" / "tokenizer.json"; }
   static void SetUpTestSuite() {
     dir_ = std::make_unique<TempDir>();
-    if (!fs::exists(shared_dir() / "tokenizer" / "tokenizer.json")) return;
+    if (!fs::exists(shared_tokenizer())) return;
     ModelConfig c = preset_config("qwen2.5-0.5b");
     c.hidden_size = 128;
     c.intermediate_size = 384;
@@ -31,14 +32,14 @@ class DeviceMapCli : public ::testing::Test {
     c.max_window_layers = 6;
     c.tie_word_embeddings = false;
     generate_checkpoint(c, model(), CheckpointOptions{});
-    fs::copy_file(shared_dir() / "tokenizer" / "tokenizer.json", model() / "tokenizer.json");
+    fs::copy_file(shared_tokenizer(), model() / "tokenizer.json");
     c.tie_word_embeddings = true;
     generate_checkpoint(c, tied(), CheckpointOptions{});
-    fs::copy_file(shared_dir() / "tokenizer" / "tokenizer.json", tied() / "tokenizer.json");
+    fs::copy_file(shared_tokenizer(), tied() / "tokenizer.json");
   }
   static void TearDownTestSuite() { dir_.reset(); }
   void SetUp() override {
-    if (!fs::exists(model() / "tokenizer.json")) GTEST_SKIP() << "shared tokenizer missing";
+    VLMFORGE_REQUIRE_SHARED(shared_tokenizer());
   }
   static fs::path model() { return dir_->path() / "m"; }
   static fs::path tied() { return dir_->path() / "tied"; }

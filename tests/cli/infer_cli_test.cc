@@ -28,7 +28,7 @@ std::vector<json> json_lines(const std::string& text) {
 class InferCli : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!fs::exists(tiny("qwen2-tiny-f32") / "golden.json")) GTEST_SKIP() << "shared golden data missing";
+    VLMFORGE_REQUIRE_SHARED(tiny("qwen2-tiny-f32") / "golden.json");
   }
 };
 

@@ -18,14 +18,14 @@ using nlohmann::json;
 
 class InferVision : public ::testing::Test {
  protected:
+  static fs::path shared_tokenizer() { return shared_dir() / "tokenizer" / "tokenizer.json"; }
   static void SetUpTestSuite() {
     dir_ = new TempDir();
-    const fs::path tokenizer = shared_dir() / "tokenizer" / "tokenizer.json";
-    if (!fs::exists(tokenizer)) return;
+    if (!fs::exists(shared_tokenizer())) return;
     for (const char* layout : {"legacy", "transformers"}) {
       const auto r = run_vlmforge({"generate", "checkpoint", "--preset", "tiny-vl", "--output_dir",
                                    (*dir_ / layout).string(), "--dtype", "float32", "--vocab_size", "151936",
-                                   "--layout", layout, "--tokenizer", tokenizer.string()});
+                                   "--layout", layout, "--tokenizer", shared_tokenizer().string()});
       ASSERT_EQ(r.exit_code, 0) << r.err;
     }
     write(*dir_ / "wide.png", encoded_png(200, 120));
@@ -35,7 +35,7 @@ class InferVision : public ::testing::Test {
   }
   static void TearDownTestSuite() { delete dir_; }
   void SetUp() override {
-    if (!fs::exists(*dir_ / "legacy" / "tokenizer.json")) GTEST_SKIP() << "shared tokenizer missing";
+    VLMFORGE_REQUIRE_SHARED(shared_tokenizer());
   }
   static void write(const fs::path& path, const std::string& bytes) { std::ofstream(path, std::ios::binary) << bytes; }
   static std::string model(const char* layout = "legacy") { return (*dir_ / layout).string(); }
@@ -201,11 +201,10 @@ TEST_F(InferVision, BadImagesAndTagsGiveClearErrors) {
   const auto usage = run_vlmforge({"infer", "--model", model(), "--images", file("small.jpg")});
   EXPECT_EQ(usage.exit_code, 2) << usage.err;
   const fs::path text_model = shared_dir() / "golden" / "qwen2-tiny-f32";
-  if (fs::exists(text_model)) {
-    const auto r = run_vlmforge({"infer", "--model", text_model.string(), "--query", "x", "--images", file("small.jpg")});
-    EXPECT_EQ(r.exit_code, 1);
-    EXPECT_NE(r.err.find("text-only model"), std::string::npos) << r.err;
-  }
+  VLMFORGE_REQUIRE_SHARED(text_model / "config.json");
+  const auto r = run_vlmforge({"infer", "--model", text_model.string(), "--query", "x", "--images", file("small.jpg")});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("text-only model"), std::string::npos) << r.err;
 }
 
 // A FIFO image used to hang (open waits for a writer) and /dev/zero read until memory ran out:

@@ -15,16 +15,16 @@ using nlohmann::json;
 
 class VerifyMerge : public ::testing::Test {
  protected:
+  static fs::path shared_tokenizer() { return shared_dir() / "tokenizer" / "tokenizer.json"; }
   static void SetUpTestSuite() {
     dir_ = new TempDir();
-    const fs::path tokenizer = shared_dir() / "tokenizer" / "tokenizer.json";
-    if (!fs::exists(tokenizer)) return;
+    if (!fs::exists(shared_tokenizer())) return;
     auto ok = [](const std::vector<std::string>& args) {
       const auto r = run_vlmforge(args);
       ASSERT_EQ(r.exit_code, 0) << r.err;
     };
     ok({"generate", "checkpoint", "--preset", "tiny-vl", "--output_dir", base(), "--dtype", "float32", "--vocab_size",
-        "151936", "--tokenizer", tokenizer.string()});
+        "151936", "--tokenizer", shared_tokenizer().string()});
     ok({"generate", "adapter", "--model", base(), "--output_dir", adapter(), "--r", "4", "--dtype", "float32"});
     ok({"merge-lora", "--model", base(), "--adapters", adapter(), "--output_dir", merged()});
     std::ofstream(*dir_ / "cat.png", std::ios::binary) << encoded_png(64, 48);
@@ -35,7 +35,7 @@ class VerifyMerge : public ::testing::Test {
   }
   static void TearDownTestSuite() { delete dir_; }
   void SetUp() override {
-    if (!fs::exists(fs::path(base()) / "tokenizer.json")) GTEST_SKIP() << "shared tokenizer missing";
+    VLMFORGE_REQUIRE_SHARED(shared_tokenizer());
   }
   static std::string base() { return (*dir_ / "base").string(); }
   static std::string adapter() { return (*dir_ / "adapter").string(); }

@@ -12,8 +12,7 @@ class GoldenMerge : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GoldenMerge, MatchesReferenceWithinOneBf16Ulp) {
   const fs::path golden = shared_dir() / "golden" / "lora";
-  if (!fs::exists(golden / GetParam() / "merged-reference.safetensors"))
-    GTEST_SKIP() << "golden data not found under " << golden;
+  VLMFORGE_REQUIRE_SHARED(golden / GetParam() / "merged-reference.safetensors");
   TempDir dir;
   const Checkpoint out(merge(golden / "base", {golden / GetParam()}, dir / "merged"));
   const SafetensorsFile reference(golden / GetParam() / "merged-reference.safetensors");

@@ -27,7 +27,7 @@ std::vector<float> run(Qwen2Model& model, const std::vector<int32_t>& ids) {
 }
 
 TEST(Placement, ThreeDevicesGiveTheHostLogitsWithRuntimeDora) {
-  if (!fs::exists(golden("base") / "config.json")) GTEST_SKIP() << "shared golden data missing";
+  VLMFORGE_REQUIRE_SHARED(golden("base") / "config.json");
   const std::vector<int32_t> ids{1, 2, 3, 4, 5, 6, 7, 100, 200, 300};
   const std::vector<fs::path> adapters{golden("dora")};
   Qwen2Model host(golden("base"), 2, adapters);
@@ -54,7 +54,7 @@ TEST(Placement, ThreeDevicesGiveTheHostLogitsWithRuntimeDora) {
 }
 
 TEST(Placement, ACapBelowTheWeightsIsAnOutOfMemoryErrorNamingTheDevice) {
-  if (!fs::exists(golden("base") / "config.json")) GTEST_SKIP() << "shared golden data missing";
+  VLMFORGE_REQUIRE_SHARED(golden("base") / "config.json");
   CpuDevice d0(0, 8 << 20, 1), small(1, 1000, 1);
   ModelPlacement p;
   p.embed = p.norm = p.head = &d0;

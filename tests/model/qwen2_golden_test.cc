@@ -32,7 +32,7 @@ class Qwen2Golden : public ::testing::TestWithParam<GoldenParam> {};
 
 TEST_P(Qwen2Golden, PromptLogprobsNextTop5AndGreedy) {
   const fs::path dir = shared_dir() / "golden" / GetParam().dir;
-  if (!fs::exists(dir / "golden.json")) GTEST_SKIP() << "no golden data at " << dir;
+  VLMFORGE_REQUIRE_SHARED(dir / "golden.json");
   const double tol = GetParam().tolerance;
   Qwen2Model model(dir, 2);
   const size_t vocab = model.vocab_size();

@@ -18,18 +18,19 @@ using server::Scheduler;
 
 class DeployScheduler : public ::testing::Test {
  protected:
+  static fs::path model_dir() { return shared_dir() / "golden" / "qwen2-tiny-f32"; }
   static void SetUpTestSuite() {
-    const fs::path dir = shared_dir() / "golden" / "qwen2-tiny-f32";
-    if (!fs::exists(dir / "config.json")) return;
-    model_ = std::make_unique<Qwen2Model>(dir, 2);
-    tokenizer_ = std::make_unique<tokenizer::Tokenizer>(tokenizer::Tokenizer::load(dir / "tokenizer.json"));
+    if (!fs::exists(model_dir() / "config.json")) return;
+    model_ = std::make_unique<Qwen2Model>(model_dir(), 2);
+    tokenizer_ = std::make_unique<tokenizer::Tokenizer>(tokenizer::Tokenizer::load(model_dir() / "tokenizer.json"));
   }
   static void TearDownTestSuite() {
     model_.reset();
     tokenizer_.reset();
   }
   void SetUp() override {
-    if (!model_) GTEST_SKIP() << "shared golden data missing";
+    VLMFORGE_REQUIRE_SHARED(model_dir() / "config.json");
+    ASSERT_TRUE(model_ && tokenizer_) << "loading " << model_dir() << " failed in SetUpTestSuite";
   }
 
   static GenerationParams params(size_t max_new_tokens, float temperature, uint64_t seed) {

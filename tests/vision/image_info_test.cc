@@ -147,6 +147,12 @@ TEST(VisionImageInfo, InspectReadsTheExifOrientation) {
   const std::string png = encoded_png(8, 8);
   EXPECT_EQ(inspect(png.substr(0, 33) + exif + png.substr(33)).orientation, 3);
   EXPECT_EQ(inspect(png.substr(0, png.size() - 12) + exif + png.substr(png.size() - 12)).orientation, 1);
+  // An empty eXIf chunk: no orientation, and no copy into an empty buffer (memcpy to a null
+  // pointer, which the fuzzer's UBSan build reported).
+  const std::string empty_exif = be32(0) + "eXIf" + be32(0);
+  const auto empty = inspect(png.substr(0, 33) + empty_exif + png.substr(33));
+  EXPECT_TRUE(empty.ok()) << empty.detail;
+  EXPECT_EQ(empty.orientation, 1);
   EXPECT_EQ(vision::orientation_name(6), "rotate 90° clockwise");
 }
 
