@@ -19,7 +19,7 @@
 #include <thread>
 #include <vector>
 
-#include "device/registry.h"
+#include "backends/registry.h"
 #include "model/qwen2.h"
 #include "plan/planner.h"
 

@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "device/registry.h"
+#include "backends/registry.h"
 #include "model/layout.h"
 #include "plan/planner.h"
 #include "util/error.h"

@@ -5,7 +5,7 @@
 #include <thread>
 
 #include "cli/commands.h"
-#include "device/registry.h"
+#include "backends/registry.h"
 #include "util/bytes.h"
 
 namespace vlmforge::cli {

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "cli/vision_flags.h"
-#include "device/device.h"
+#include "backends/device.h"
 #include "model/generator.h"
 #include "model/qwen2.h"
 #include "plan/plan_flags.h"

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "device/device.h"
+#include "backends/device.h"
 #include "io/dtype.h"
 #include "kernels/convert.h"
 #include "util/bytes.h"

@@ -9,8 +9,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "device/cpu_device.h"
-#include "device/device_array.h"
+#include "backends/cpu_device.h"
+#include "backends/device_array.h"
 #include "io/safetensors.h"
 #include "kernels/matmul.h"
 #include "model/config.h"

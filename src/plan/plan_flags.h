@@ -3,7 +3,7 @@
 // (auto | balanced | sequential | FILE.json), --cpu_offload and --reserve into a Plan.
 #include <string>
 
-#include "device/registry.h"
+#include "backends/registry.h"
 #include "plan/planner.h"
 
 namespace vlmforge {

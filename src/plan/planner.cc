@@ -5,7 +5,7 @@
 #include <cstdio>
 #include <map>
 
-#include "device/cpu_device.h"
+#include "backends/cpu_device.h"
 #include "io/safetensors.h"
 #include "model/layout.h"
 #include "util/bytes.h"

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "device/registry.h"
+#include "backends/registry.h"
 #include "io/dtype.h"
 #include "model/config.h"
 

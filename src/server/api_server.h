@@ -15,7 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/infer_session.h"
-#include "device/device.h"
+#include "backends/device.h"
 #include "server/http_connections.h"
 #include "server/protocol.h"
 #include "server/scheduler.h"

@@ -2,7 +2,7 @@
 // per-layer KV caches and weights accounted on their devices, and caps enforced.
 #include <gtest/gtest.h>
 
-#include "device/cpu_device.h"
+#include "backends/cpu_device.h"
 #include "model/qwen2.h"
 #include "support/test_support.h"
 

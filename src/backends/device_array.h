@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <string>
 
-#include "device/device.h"
+#include "backends/device.h"
 
 namespace vlmforge {
 

@@ -6,8 +6,8 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
-#include "device/cpu_device.h"
-#include "device/registry.h"
+#include "backends/cpu_device.h"
+#include "backends/registry.h"
 #include "support/test_support.h"
 
 namespace vlmforge {

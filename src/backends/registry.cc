@@ -1,4 +1,4 @@
-#include "device/registry.h"
+#include "backends/registry.h"
 
 #include <algorithm>
 #include <cctype>
@@ -6,7 +6,7 @@
 #include <cstdlib>
 #include <set>
 
-#include "device/cpu_device.h"
+#include "backends/cpu_device.h"
 #include "util/bytes.h"
 
 namespace vlmforge {

@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
-#include "device/registry.h"
+#include "backends/registry.h"
 #include "model/layout.h"
 #include "plan/planner.h"
 

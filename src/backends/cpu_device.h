@@ -4,7 +4,7 @@
 // host. Without a cap its free memory is the system's MemAvailable.
 #include <optional>
 
-#include "device/device.h"
+#include "backends/device.h"
 #include "util/thread_pool.h"
 
 namespace vlmforge {

@@ -1,4 +1,4 @@
-#include "device/cpu_device.h"
+#include "backends/cpu_device.h"
 
 #include <algorithm>
 #include <cstring>

@@ -1,4 +1,4 @@
-#include "device/device.h"
+#include "backends/device.h"
 
 #include <algorithm>
 #include <cstring>
