@@ -20,6 +20,7 @@
 #include "model/config.h"
 #include "vision/image_encoder.h"
 #include "vision/image_processor.h"
+#include "backends/cpu_device.h"
 #include "vision/vision_tower.h"
 
 namespace {
@@ -115,7 +116,8 @@ int main(int argc, char** argv) {
     using namespace vlmforge;
     const ModelConfig config = ModelConfig::load(model);
     const Checkpoint ckpt(model);
-    vision::VisionTower tower(ckpt, config, threads);
+    CpuDevice device(0, std::nullopt, threads);
+  vision::VisionTower tower(ckpt, config, device);
     const vision::PixelBudget budget = vision::pixel_budget_from_env(std::nullopt, std::nullopt);
     std::vector<double> decode_s, preprocess_s, encode_s;
     vision::ImagePatches patches;

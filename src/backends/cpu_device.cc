@@ -5,6 +5,8 @@
 #include <fstream>
 #include <new>
 
+#include "backends/cpu_stream.h"
+
 namespace vlmforge {
 
 namespace {
@@ -26,6 +28,8 @@ MemoryInfo host_memory() {
 
 CpuDevice::CpuDevice(int index, std::optional<uint64_t> cap, size_t threads)
     : Device("cpu", index), cap_(cap), pool_(threads) {}
+
+std::unique_ptr<Stream> CpuDevice::open_stream() { return std::make_unique<CpuStream>(*this); }
 
 MemoryInfo CpuDevice::memory() const {
   const MemoryInfo host = host_memory();

@@ -15,9 +15,12 @@ class CpuDevice : public Device {
   CpuDevice(int index, std::optional<uint64_t> cap, size_t threads);
 
   MemoryInfo memory() const override;
+  DeviceCaps caps() const override { return {.host_addressable = true, .async = false, .alignment = 64}; }
+  std::unique_ptr<Stream> open_stream() override;
   void copy_from_host(const DeviceBuffer& dst, size_t offset, std::span<const std::byte> src) override;
   void copy_to_host(std::span<std::byte> dst, const DeviceBuffer& src, size_t offset) override;
-  ThreadPool* host_pool() override { return &pool_; }
+  // The device's one pool: every stream's ops run on it (one parallel_for at a time).
+  ThreadPool& pool() { return pool_; }
   std::optional<uint64_t> cap() const { return cap_; }
 
  protected:

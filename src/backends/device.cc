@@ -22,15 +22,17 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
     device_ = std::exchange(other.device_, nullptr);
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
+    owned_ = std::exchange(other.owned_, true);
   }
   return *this;
 }
 
 void DeviceBuffer::reset() {
-  if (device_ && data_) device_->release(data_, size_);
+  if (device_ && data_) device_->release(data_, size_, owned_);
   device_ = nullptr;
   data_ = nullptr;
   size_ = 0;
+  owned_ = true;
 }
 
 Device::Device(std::string type, int index)
@@ -41,15 +43,28 @@ DeviceBuffer Device::allocate(size_t bytes, std::string_view what) {
   if (!may_allocate(bytes)) throw DeviceOutOfMemory(name_, bytes, memory().free, what);
   std::byte* data = raw_allocate(bytes);
   if (!data) throw DeviceOutOfMemory(name_, bytes, memory().free, what);
+  account(bytes);
+  return DeviceBuffer(this, data, bytes, true);
+}
+
+DeviceBuffer Device::wrap_host(std::span<const std::byte> host, std::string_view what) {
+  if (!caps().host_addressable) return upload(host, what);
+  if (host.empty()) return {};
+  if (!may_allocate(host.size())) throw DeviceOutOfMemory(name_, host.size(), memory().free, what);
+  account(host.size());
+  // const_cast: ops never write to buffers lent from const memory (see the declaration).
+  return DeviceBuffer(this, const_cast<std::byte*>(host.data()), host.size(), false);
+}
+
+void Device::account(size_t bytes) {
   const uint64_t now = allocated_.fetch_add(bytes) + bytes;
   uint64_t peak = peak_.load();
   while (now > peak && !peak_.compare_exchange_weak(peak, now)) {
   }
-  return DeviceBuffer(this, data, bytes);
 }
 
-void Device::release(std::byte* data, size_t bytes) {
-  raw_free(data, bytes);
+void Device::release(std::byte* data, size_t bytes, bool owned) {
+  if (owned) raw_free(data, bytes);
   allocated_.fetch_sub(bytes);
 }
 

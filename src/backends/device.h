@@ -1,11 +1,13 @@
 #pragma once
-// A compute device as the engine sees it: a name ("cpu", "cpu:1", "cuda:0", "npu:3"), a memory
-// query, accounted allocations released by RAII handles, copies to and from host memory, and the
-// kernels it runs. Every allocation goes through allocate(), so a device always knows how much
-// the process holds on it (and its peak), whatever the backend.
+// A compute device as the engine sees it: a name ("cpu", "cpu:1", "cuda:0", "npu:3"), its
+// capabilities, a memory query, accounted buffers released by RAII handles, copies to and from
+// host memory, and streams that run the op interface (backends/stream.h). Every buffer goes
+// through allocate() or wrap_host(), so a device always knows how much the process holds on it
+// (and its peak), whatever the backend.
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -14,7 +16,7 @@
 
 namespace vlmforge {
 
-class ThreadPool;
+class Stream;
 
 struct MemoryInfo {
   uint64_t free = 0;
@@ -34,6 +36,13 @@ class DeviceOutOfMemory : public Error {
 
 class Device;
 
+// What a backend can do, for the code that places work on it.
+struct DeviceCaps {
+  bool host_addressable = false;  // the host can address its buffers: wrap_host() makes no copy
+  bool async = false;             // stream work may still run after the call that queued it returns
+  size_t alignment = 64;          // of every allocation, in bytes
+};
+
 // Owns `size` bytes on `device`; frees them (and the accounting) when destroyed.
 class DeviceBuffer {
  public:
@@ -44,9 +53,12 @@ class DeviceBuffer {
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   ~DeviceBuffer() { reset(); }
 
+  // The memory behind the buffer: for backends only (model code passes buffers to ops).
   std::byte* data() const { return data_; }
   size_t size() const { return size_; }
   Device* device() const { return device_; }
+  // Whether the buffer is host memory lent to the device (wrap_host), freed by its owner.
+  bool wraps_host() const { return !owned_; }
   bool empty() const { return size_ == 0; }
   template <typename T>
   T* as() const { return reinterpret_cast<T*>(data_); }
@@ -54,10 +66,12 @@ class DeviceBuffer {
 
  private:
   friend class Device;
-  DeviceBuffer(Device* device, std::byte* data, size_t size) : device_(device), data_(data), size_(size) {}
+  DeviceBuffer(Device* device, std::byte* data, size_t size, bool owned)
+      : device_(device), data_(data), size_(size), owned_(owned) {}
   Device* device_ = nullptr;
   std::byte* data_ = nullptr;
   size_t size_ = 0;
+  bool owned_ = true;
 };
 
 class Device {
@@ -74,6 +88,7 @@ class Device {
   // Free and total memory as the backend reports them (a capped device: its cap minus what is
   // accounted on it).
   virtual MemoryInfo memory() const = 0;
+  virtual DeviceCaps caps() const = 0;
 
   // An accounted allocation (`what` names it in the out-of-memory error). Zero bytes give an
   // empty buffer.
@@ -87,10 +102,15 @@ class Device {
   virtual void copy_to_host(std::span<std::byte> dst, const DeviceBuffer& src, size_t offset) = 0;
   // Uploads host bytes into a new accounted buffer.
   DeviceBuffer upload(std::span<const std::byte> src, std::string_view what);
+  // Host memory that outlives the buffer (the weights' memory map) as a buffer of this device:
+  // lent without a copy where the device is host-addressable, uploaded elsewhere. Accounted
+  // either way, so the device's figures include what its work reads. Ops never write to
+  // buffers made from const memory.
+  DeviceBuffer wrap_host(std::span<const std::byte> host, std::string_view what);
 
-  // Kernels: a device whose memory the host can address runs the CPU kernels (src/kernels) on
-  // its own pool of threads; other backends return nullptr and bring their own kernels.
-  virtual ThreadPool* host_pool() { return nullptr; }
+  // A queue that runs copies and the op interface on this device. Streams are independent (each
+  // keeps its own workspace), so two threads may each use their own.
+  virtual std::unique_ptr<Stream> open_stream() = 0;
 
  protected:
   // Whether `bytes` more may be allocated; by default what memory() reports free. A backend
@@ -102,7 +122,8 @@ class Device {
 
  private:
   friend class DeviceBuffer;
-  void release(std::byte* data, size_t bytes);
+  void account(size_t bytes);
+  void release(std::byte* data, size_t bytes, bool owned);
 
   std::string type_;
   int index_;

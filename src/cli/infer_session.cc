@@ -135,7 +135,7 @@ InferSession::InferSession(const fs::path& model_dir, size_t threads, const std:
       throw Error(model_dir.string() + "/config.json: vision_config.out_hidden_size " +
                   std::to_string(model->config().vision->out_hidden_size) + " differs from hidden_size " +
                   std::to_string(model->config().hidden_size));
-    vision_tower = std::make_unique<vision::VisionTower>(model->checkpoint(), model->config(), threads, model->lora());
+    vision_tower = std::make_unique<vision::VisionTower>(model->checkpoint(), model->config(), model->embedding_device(), model->lora());
     images = std::make_unique<vision::ImageEncoder>(*vision_tower, vision_options.budget, vision_options.cache_bytes,
                                                     vision_options.decode);
   }

@@ -1,37 +1,29 @@
 #pragma once
-// Keys and values of one sequence for every layer, grown as tokens are appended up to a fixed
-// limit (max_model_len), so memory follows the actual sequence length. Stored fp32 or bf16
-// (--kv_cache_dtype): bf16 halves the cache's memory and the bytes attention reads per step.
-// On placed devices (--device_map) each layer's cache is allocated on its layer's device for the
-// full max_model_len up front, as accelerator engines do, so a run fails at the start, not midway.
+// Keys and values of one sequence for every layer, in buffers of the layer's device, stored fp32
+// or bf16 (--kv_cache_dtype: bf16 halves the cache's memory and the bytes attention reads per
+// step). Written and read only by the stream ops kv_store and attention.
+// A grown cache follows the sequence's length up to max_model_len (each growth adds at least
+// half, and copies the old contents on the device); a preallocated one (--device_map runs) holds
+// the full max_model_len from the start, as accelerator engines do, so a run fails at the start,
+// not midway.
 #include <cstddef>
-#include <new>
 #include <string>
 #include <vector>
 
-#include "backends/device.h"
+#include "backends/stream.h"
 #include "io/dtype.h"
-#include "kernels/convert.h"
-#include "util/bytes.h"
 #include "util/error.h"
 
 namespace vlmforge {
 
 class KvCache {
  public:
-  KvCache(size_t layers, size_t kv_dim, size_t max_tokens, DType dtype = DType::F32)
-      : kv_dim_(kv_dim), max_tokens_(max_tokens), dtype_(dtype), keys_(layers), values_(layers) {
+  // Layer l lives on layer_streams[l]'s device (the streams must outlive the cache).
+  KvCache(std::vector<Stream*> layer_streams, size_t kv_dim, size_t max_tokens, DType dtype, bool preallocate)
+      : streams_(std::move(layer_streams)), kv_dim_(kv_dim), max_tokens_(max_tokens), dtype_(dtype),
+        keys_(streams_.size()), values_(streams_.size()) {
     if (dtype != DType::F32 && dtype != DType::BF16) throw Error("KV cache dtype must be float32 or bfloat16");
-  }
-  // Preallocated on `layer_devices[l]` for each layer l.
-  KvCache(const std::vector<Device*>& layer_devices, size_t kv_dim, size_t max_tokens, DType dtype)
-      : KvCache(layer_devices.size(), kv_dim, max_tokens, dtype) {
-    const size_t per_layer = max_tokens * kv_dim * element_bytes();
-    for (size_t l = 0; l < layer_devices.size(); ++l) {
-      const std::string what = "KV cache of layer " + std::to_string(l) + " (" + std::to_string(max_tokens) + " tokens)";
-      device_keys_.push_back(layer_devices[l]->allocate(per_layer, what));
-      device_values_.push_back(layer_devices[l]->allocate(per_layer, what));
-    }
+    if (preallocate) grow_to(max_tokens);
   }
 
   size_t length() const { return length_; }
@@ -42,57 +34,41 @@ class KvCache {
 
   // Makes room for `count` more positions (throws when past max_model_len).
   void reserve_more(size_t count) {
-    if (length_ + count > max_tokens_)
-      throw Error("sequence of " + std::to_string(length_ + count) + " tokens exceeds max_model_len " +
+    const size_t needed = length_ + count;
+    if (needed > max_tokens_)
+      throw Error("sequence of " + std::to_string(needed) + " tokens exceeds max_model_len " +
                   std::to_string(max_tokens_) + " (raise --max_model_len or shorten the prompt)");
-    if (!device_keys_.empty()) return;  // preallocated
-    const size_t per_layer = (length_ + count) * kv_dim_ * element_bytes();
-    try {
-      for (size_t l = 0; l < keys_.size(); ++l) {
-        keys_[l].resize(per_layer);
-        values_[l].resize(per_layer);
-      }
-    } catch (const std::bad_alloc&) {
-      throw Error("out of memory growing the KV cache to " + std::to_string(length_ + count) + " tokens: it needs " +
-                  format_bytes(2 * keys_.size() * per_layer) + " for this sequence, " +
-                  format_bytes(available_memory_bytes()) +
-                  " are available; use --kv_cache_dtype bfloat16, a smaller --max_model_len or --max_batch_size");
-    }
+    if (needed > capacity_) grow_to(std::min(max_tokens_, std::max(needed, capacity_ + capacity_ / 2)));
   }
   void commit(size_t count) { length_ += count; }
-  void clear() {
-    length_ = 0;
-    for (auto& k : keys_) k.clear();
-    for (auto& v : values_) v.clear();
-  }
+  void clear() { length_ = 0; }
 
-  // Writes one position's keys and values (kv_dim floats each), converting to the cache dtype.
-  void store(size_t layer, size_t position, const float* key, const float* value) {
-    kernels::from_f32(dtype_, key, keys_data(layer) + position * kv_dim_ * element_bytes(), kv_dim_);
-    kernels::from_f32(dtype_, value, values_data(layer) + position * kv_dim_ * element_bytes(), kv_dim_);
-  }
-  // [positions, kv_dim] rows of the cache dtype.
-  const std::byte* keys(size_t layer) const {
-    return device_keys_.empty() ? keys_[layer].data() : device_keys_[layer].data();
-  }
-  const std::byte* values(size_t layer) const {
-    return device_values_.empty() ? values_[layer].data() : device_values_[layer].data();
-  }
+  // Layer `layer`'s cache, for the stream ops.
+  KvView layer(size_t layer) const { return {dtype_, &keys_[layer], &values_[layer], kv_dim_}; }
+  // Bytes the sequence's positions take (its share of the buffers).
   size_t bytes() const { return 2 * keys_.size() * length_ * kv_dim_ * element_bytes(); }
 
  private:
-  std::byte* keys_data(size_t layer) { return device_keys_.empty() ? keys_[layer].data() : device_keys_[layer].data(); }
-  std::byte* values_data(size_t layer) {
-    return device_values_.empty() ? values_[layer].data() : device_values_[layer].data();
+  void grow_to(size_t tokens) {
+    const size_t bytes = tokens * kv_dim_ * element_bytes(), kept = length_ * kv_dim_ * element_bytes();
+    for (size_t l = 0; l < streams_.size(); ++l) {
+      Stream& s = *streams_[l];
+      const std::string what = "KV cache of layer " + std::to_string(l) + " (" + std::to_string(tokens) + " tokens)";
+      for (DeviceBuffer* b : {&keys_[l], &values_[l]}) {
+        DeviceBuffer grown = s.device().allocate(bytes, what);
+        if (kept) s.copy(grown, 0, *b, 0, kept);
+        *b = std::move(grown);
+      }
+    }
+    capacity_ = tokens;
   }
 
+  std::vector<Stream*> streams_;
   size_t kv_dim_;
   size_t max_tokens_;
   DType dtype_;
-  size_t length_ = 0;
-  std::vector<std::vector<std::byte>> keys_;
-  std::vector<std::vector<std::byte>> values_;
-  std::vector<DeviceBuffer> device_keys_, device_values_;  // placed caches
+  size_t length_ = 0, capacity_ = 0;
+  std::vector<DeviceBuffer> keys_, values_;
 };
 
 }  // namespace vlmforge

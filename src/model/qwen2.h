@@ -1,6 +1,8 @@
 #pragma once
-// Qwen2 / Qwen2.5 causal language model (Qwen2ForCausalLM) on the CPU: weights used in place from
-// the memory-mapped safetensors (BF16, F16 or F32), activations and accumulation in fp32.
+// Qwen2 / Qwen2.5 causal language model (Qwen2ForCausalLM): every step runs through the backend op
+// interface (backends/stream.h) on the devices of its placement, one stream per device; weights
+// BF16, F16 or F32 as stored (lent from the memory map where the device addresses host memory),
+// activations and accumulation in fp32.
 #include <array>
 #include <cstdint>
 #include <filesystem>
@@ -11,19 +13,18 @@
 
 #include "backends/cpu_device.h"
 #include "backends/device_array.h"
+#include "backends/stream.h"
 #include "io/safetensors.h"
-#include "kernels/matmul.h"
 #include "model/config.h"
+#include "model/device_weights.h"
 #include "model/kv_cache.h"
 #include "model/runtime_lora.h"
-#include "util/thread_pool.h"
 
 namespace vlmforge {
 
 struct Qwen2Layer {
-  kernels::WeightMatrix q, k, v, o, gate, up, down;
-  std::vector<float> q_bias, k_bias, v_bias;
-  std::vector<float> input_norm, post_attention_norm;
+  LinearView q, k, v, o, gate, up, down;
+  VectorView input_norm, post_attention_norm;
 };
 
 // Tokens of one sequence to run: appended to `cache` at positions cache->length() onwards.
@@ -40,21 +41,24 @@ struct SequenceChunk {
   int64_t position_delta = 0;
 };
 
-// Where each part of the model runs (--device_map): its weights are copied into accounted
-// allocations on that device, its KV cache and activations live there, and its kernels run on the
-// device's threads. The devices must outlive the model.
+// Where each part of the model runs: its weights, KV cache and activations are buffers of that
+// device and its ops run on the device's stream. The devices must outlive the model.
 struct ModelPlacement {
   Device* embed = nullptr;
   std::vector<Device*> layers;
   Device* norm = nullptr;
   Device* head = nullptr;
+  // KV caches hold max_model_len from the start (--device_map runs fail at the start, not
+  // midway) instead of growing with the sequence.
+  bool preallocate_kv = true;
 };
 
 class Qwen2Model {
  public:
   // Loads config.json and the checkpoint in `model_dir`; checks every tensor's presence and shape.
   // `adapter_dirs`: PEFT LoRA adapters applied unmerged (see RuntimeLora). Without `placement`
-  // the model runs on the host with `threads` threads and uses the weights in place (memory map).
+  // the model runs on one host device of its own with `threads` threads, KV caches grown with
+  // the sequence.
   Qwen2Model(const std::filesystem::path& model_dir, size_t threads,
              const std::vector<std::filesystem::path>& adapter_dirs = {}, const ModelPlacement* placement = nullptr);
 
@@ -62,6 +66,9 @@ class Qwen2Model {
   const Checkpoint& checkpoint() const { return checkpoint_; }
   const RuntimeLora* lora() const { return lora_.get(); }  // the adapters given, or null
   size_t vocab_size() const { return static_cast<size_t>(config_.vocab_size); }
+  // The device of the embedding layer: where image embeddings enter (and where a tower runs
+  // without a placement of its own).
+  Device& embedding_device() const { return *contexts_[embed_context_]->device; }
   KvCache make_cache(size_t max_tokens) const;
   // Storage of the caches make_cache returns: DType::F32 (default) or DType::BF16.
   void set_kv_cache_dtype(DType dtype);
@@ -71,62 +78,44 @@ class Qwen2Model {
   std::vector<float> forward(std::span<const SequenceChunk> chunks);
 
  private:
-  void embed(int32_t token, float* out) const;
-  void matmul(const float* x, size_t tokens, const kernels::WeightMatrix& w, const std::vector<float>* bias,
-              float* out);
-  // Several products of the same input (q/k/v, gate/up) in one parallel_for: one thread hand-off
-  // instead of one per matrix, which is a measurable share of a small model's decode step.
-  struct Product {
-    const kernels::WeightMatrix* w;
-    const std::vector<float>* bias;
-    float* out;
-  };
-  void matmul_same_input(const float* x, size_t tokens, std::span<const Product> products);
-  void project(const float* x, size_t tokens, const kernels::WeightMatrix& w, const float* bias, float* out);
-  void matmul_with_lora(const float* x, size_t tokens, const kernels::WeightMatrix& w, const LinearAdapters& layer,
-                        const std::vector<float>* bias, float* out);
-
-  ModelConfig config_;
-  Checkpoint checkpoint_;
-  std::unique_ptr<RuntimeLora> lora_;
-  std::unordered_map<const std::byte*, const LinearAdapters*> lora_by_weight_;
-  kernels::WeightMatrix embed_tokens_{};
-  kernels::WeightMatrix lm_head_{};
-  std::vector<Qwen2Layer> layers_;
-  std::vector<float> final_norm_;
-  std::vector<float> inv_freq_;  // RoPE frequencies, head_dim / 2
-  std::vector<uint8_t> rope_axis_;  // M-RoPE: which position (t, h, w) each frequency uses (mrope_section)
-  DType kv_cache_dtype_ = DType::F32;
-
-  // Activations of forward() on one device, kept between calls so decode steps do not allocate.
+  // A device the model runs on: its stream and activations, kept between calls so decode steps
+  // do not allocate.
   struct Scratch {
     explicit Scratch(Device* d)
         : x(d, "hidden states"), normed(d, "activations"), q(d, "activations"), k(d, "activations"),
           v(d, "activations"), attn(d, "activations"), tmp(d, "activations"), gate(d, "MLP activations"),
-          up(d, "MLP activations"), cos(d, "rope tables"), sin(d, "rope tables"), final_rows(d, "final norm rows"),
-          logits(d, "logits") {}
-    DeviceArray x, normed, q, k, v, attn, tmp, gate, up, cos, sin, final_rows, logits;
-    std::vector<DeviceArray> scores;  // attention scores, one buffer per worker
+          up(d, "MLP activations"), cos(d, "rope tables"), sin(d, "rope tables"), image(d, "image embeddings"),
+          final_rows(d, "final norm rows"), logits(d, "logits") {}
+    DeviceArray x, normed, q, k, v, attn, tmp, gate, up, cos, sin, image, final_rows, logits;
   };
-  // A device the model runs on, with its threads and activations.
   struct Context {
     Device* device;
-    ThreadPool* pool;
+    std::unique_ptr<Stream> stream;
     Scratch scratch;
     bool holds_layers = false;
   };
   size_t context_of(Device* device);
+  void load_weights(const ModelPlacement& placement);
+  void embed_tokens(std::span<const SequenceChunk> chunks, size_t rows);
   // Copies `count` floats of `from`'s array `member` to the same array of `to`.
   void hand_over(Context& from, Context& to, DeviceArray Scratch::*member, size_t count);
-  void place_weights(const ModelPlacement& placement);
 
+  ModelConfig config_;
+  Checkpoint checkpoint_;
+  std::unique_ptr<RuntimeLora> lora_;
   std::unique_ptr<CpuDevice> host_;  // the device of runs without a placement
   std::vector<std::unique_ptr<Context>> contexts_;
+  std::unique_ptr<DeviceWeights> weights_;  // destroyed before the devices and streams it uses
+  WeightView embed_table_{};
+  LinearView lm_head_{};
+  std::vector<Qwen2Layer> layers_;
+  VectorView final_norm_{};
+  std::vector<float> inv_freq_;  // RoPE frequencies, head_dim / 2
+  std::vector<uint8_t> rope_axis_;  // M-RoPE: which position (t, h, w) each frequency uses (mrope_section)
+  DType kv_cache_dtype_ = DType::F32;
+  bool preallocate_kv_ = false;
   std::vector<size_t> layer_context_;
   size_t embed_context_ = 0, norm_context_ = 0, head_context_ = 0;
-  std::vector<Device*> layer_devices_;  // empty without a placement (caches grow on the host)
-  std::vector<DeviceBuffer> placed_weights_;
-  ThreadPool* pool_ = nullptr;     // the pool of the context forward() is in
   std::vector<float> staging_;     // host copy of activations handed between devices
   std::vector<float> rope_host_;   // cos and sin for this step's positions, computed on the host
 };

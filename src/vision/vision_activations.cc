@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "backends/cpu_stream.h"
+
 namespace vlmforge::vision {
 
 VisionActivations vision_activations(const VisionConfig& c, size_t rows) {
@@ -16,18 +18,18 @@ VisionActivations vision_activations(const VisionConfig& c, size_t rows) {
           .mlp_gate = rows * c.intermediate_size,
           .mlp_up = rows * c.intermediate_size,
           .rope = rows * head_dim,  // cos and sin, head_dim / 2 each
-          .scores_per_lane = kAttentionQueryTile * (rows + 2 * head_dim),  // a query tile, its output and its scores
+          .scores_per_lane = cpu_segment_attention_scratch(rows, head_dim),
           .merged_hidden = rows / unit * d * unit,
           .output = rows / unit * c.out_hidden_size * 2};  // the merger's output and the reordered copy
 }
 
 uint64_t VisionActivations::bytes(size_t lanes) const {
-  // encode() holds the patches, the hidden state and the rotary tables throughout; the block
-  // buffers are freed before the merger's are allocated (the patch embedding's output is freed
-  // before the block buffers exist and is smaller than them).
-  const size_t blocks = normed + qkv + attention + mlp_gate + mlp_up + scores_per_lane * lanes;
+  // encode() holds the patches, the hidden state and the rotary tables throughout, and its stream
+  // keeps the attention workspace; the block buffers are freed before the merger's are allocated
+  // (the patch embedding's output is freed before the block buffers exist and is smaller).
+  const size_t blocks = normed + qkv + attention + mlp_gate + mlp_up;
   const size_t merger = normed + merged_hidden + output;
-  return uint64_t{patches + hidden + rope + std::max(blocks, merger)} * sizeof(float);
+  return uint64_t{patches + hidden + rope + scores_per_lane * lanes + std::max(blocks, merger)} * sizeof(float);
 }
 
 uint64_t vision_activation_bytes(const VisionConfig& c, uint64_t max_pixels, size_t threads) {

@@ -8,10 +8,9 @@
 
 namespace vlmforge::vision {
 
-inline constexpr size_t kAttentionQueryTile = 16;  // attention queries sharing one pass over a segment's keys
-
-// The fp32 buffers (in floats) encode() allocates for an image of `rows` patch rows; bytes() is
-// their peak total with `lanes` threads.
+// The fp32 buffers (in floats) encode() allocates on its device for an image of `rows` patch rows
+// (scores_per_lane: the CPU stream's attention workspace per worker); bytes() is their peak total
+// with `lanes` threads.
 struct VisionActivations {
   size_t patches, hidden, normed, qkv, attention, mlp_gate, mlp_up, rope, scores_per_lane, merged_hidden, output;
   uint64_t bytes(size_t lanes) const;

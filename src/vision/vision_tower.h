@@ -1,20 +1,20 @@
 #pragma once
-// The Qwen2.5-VL vision tower (Qwen2_5_VisionTransformerPretrainedModel) on the CPU: patch
-// embedding (the Conv3d as a matmul), 2D rotary embedding, window attention with full-attention
-// blocks at fullatt_block_indexes, RMSNorm, SwiGLU MLP and the PatchMerger (ln_q + MLP), with the
-// window reordering undone at the end. Weights BF16/F16/F32 used in place from the memory map,
-// activations fp32, parallel on a ThreadPool.
+// The Qwen2.5-VL vision tower (Qwen2_5_VisionTransformerPretrainedModel), placed on a device like
+// any layer and run through its stream's ops: patch embedding (the Conv3d as a linear layer), 2D
+// rotary embedding, window attention with full-attention blocks at fullatt_block_indexes,
+// RMSNorm, SwiGLU MLP and the PatchMerger (ln_q + MLP), with the window reordering undone at the
+// end. Weights BF16/F16/F32 as stored, activations fp32 in accounted buffers of the device.
 #include <cstdint>
-#include <unordered_map>
+#include <memory>
 #include <vector>
 
+#include "backends/stream.h"
 #include "io/safetensors.h"
-#include "kernels/matmul.h"
 #include "model/config.h"
-#include "vision/vision_activations.h"
+#include "model/device_weights.h"
 #include "model/runtime_lora.h"
-#include "util/thread_pool.h"
 #include "vision/image_processor.h"
+#include "vision/vision_activations.h"
 
 namespace vlmforge::vision {
 
@@ -31,8 +31,11 @@ class VisionTower {
   // Reads the "visual.*" (published) or "model.visual.*" (transformers >= 4.52) tensors of
   // `checkpoint`, which must outlive the tower; checks every shape against `config.vision`.
   // `lora` (may be null; must outlive the tower): PEFT adapters on the tower's linear layers,
-  // applied unmerged as in the language model.
-  VisionTower(const Checkpoint& checkpoint, const ModelConfig& config, size_t threads, const RuntimeLora* lora = nullptr);
+  // applied unmerged as in the language model. Runs on `device` (which must outlive the tower),
+  // sharing its threads with whatever else runs there.
+  VisionTower(const Checkpoint& checkpoint, const ModelConfig& config, Device& device, const RuntimeLora* lora = nullptr);
+
+  Device& device() const { return stream_->device(); }
 
   const VisionConfig& config() const { return config_; }
   size_t output_size() const { return static_cast<size_t>(config_.out_hidden_size); }
@@ -43,21 +46,18 @@ class VisionTower {
 
  private:
   struct Block {
-    kernels::WeightMatrix qkv, proj, gate, up, down;
-    std::vector<float> qkv_bias, proj_bias, gate_bias, up_bias, down_bias, norm1, norm2;
+    LinearView qkv, proj, gate, up, down;
+    VectorView norm1, norm2;
   };
-  // x·Wᵀ + bias with the layer's LoRA adapters, if any.
-  void project(const float* x, size_t rows, const kernels::WeightMatrix& w, const std::vector<float>* bias, float* out);
-  void gemm(const float* x, size_t rows, const kernels::WeightMatrix& w, const float* bias, float* out);
 
   VisionConfig config_;
-  kernels::WeightMatrix patch_embed_{};
+  std::unique_ptr<Stream> stream_;
+  DeviceWeights weights_;
+  LinearView patch_embed_;
   std::vector<Block> blocks_;
-  std::vector<float> merger_norm_, merger_bias0_, merger_bias2_;
-  kernels::WeightMatrix merger0_{}, merger2_{};
+  VectorView merger_norm_;
+  LinearView merger0_, merger2_;
   std::vector<float> inv_freq_;  // head_dim / 4 rotary frequencies per axis
-  std::unordered_map<const std::byte*, const LinearAdapters*> lora_by_weight_;
-  ThreadPool pool_;
 };
 
 }  // namespace vlmforge::vision

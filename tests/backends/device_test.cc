@@ -69,7 +69,21 @@ TEST(CpuDevice, UncappedReportsHostMemory) {
   const MemoryInfo m = d.memory();
   EXPECT_GT(m.total, 0u);
   EXPECT_LE(m.free, m.total);
-  ASSERT_NE(d.host_pool(), nullptr);
+  EXPECT_TRUE(d.caps().host_addressable);
+}
+
+TEST(CpuDevice, WrappedHostMemoryIsAccountedAndNotCopied) {
+  CpuDevice d(0, uint64_t{1000}, 1);
+  std::vector<std::byte> host(600);
+  {
+    DeviceBuffer b = d.wrap_host(host, "weights");
+    EXPECT_EQ(b.data(), host.data());
+    EXPECT_TRUE(b.wraps_host());
+    EXPECT_EQ(d.allocated(), 600u);
+    EXPECT_THROW(d.wrap_host(host, "more weights"), DeviceOutOfMemory);  // past the cap
+  }
+  EXPECT_EQ(d.allocated(), 0u);  // released without freeing the lender's memory
+  EXPECT_EQ(d.peak_allocated(), 600u);
 }
 
 TEST(DeviceFlags, ParsesDeviceLists) {

@@ -6,6 +6,7 @@
 
 #include <fstream>
 
+#include "backends/cpu_device.h"
 #include "model/layout.h"
 #include "model/random_checkpoint.h"
 #include "support/test_support.h"
@@ -48,7 +49,8 @@ TEST(VisionImageCache, HitsByContentAndLruEviction) {
   const ModelConfig config = preset_config("tiny-vl");
   generate_checkpoint(config, dir / "model", {.dtype = DType::F32});
   const Checkpoint ckpt(dir / "model");
-  vision::VisionTower tower(ckpt, config, 1);
+  CpuDevice device(0, std::nullopt, 1);
+  vision::VisionTower tower(ckpt, config, device);
   auto write = [&](const std::string& name, const std::string& bytes) {
     std::ofstream(dir / name, std::ios::binary) << bytes;
     return dir / name;
@@ -82,7 +84,8 @@ TEST(VisionImageCache, BytesInMemoryEncodeAsTheirFileAndShareTheCache) {
   const ModelConfig config = preset_config("tiny-vl");
   generate_checkpoint(config, dir / "model", {.dtype = DType::F32});
   const Checkpoint ckpt(dir / "model");
-  vision::VisionTower tower(ckpt, config, 1);
+  CpuDevice device(0, std::nullopt, 1);
+  vision::VisionTower tower(ckpt, config, device);
   const std::string png = encoded_png(90, 62);
   std::ofstream(dir / "a.png", std::ios::binary) << png;
   const std::vector<uint8_t> bytes(png.begin(), png.end());

@@ -1,6 +1,7 @@
 // The vision tower against a naive double-precision reference of the same math, written here from
 // transformers' Qwen2_5_VisionTransformerPretrainedModel (rot_pos_emb, get_window_index with its
 // -100 padding, cu_seqlens, blocks, PatchMerger, argsort of the window index).
+#include "backends/cpu_device.h"
 #include "vision/vision_tower.h"
 
 #include <gtest/gtest.h>
@@ -190,13 +191,15 @@ TEST_P(VisionTowerTest, MatchesTheDoubleReference) {
   const auto patches = vision::preprocess_image(test_image(140, 168), {28 * 28, 28 * 28 * 64}, c);
   ASSERT_EQ(patches.grid_h, 12u);
   ASSERT_EQ(patches.grid_w, 10u);
-  vision::VisionTower tower(ckpt, loaded, 2);
+  CpuDevice device(0, std::nullopt, 2);
+  vision::VisionTower tower(ckpt, loaded, device);
   const std::vector<float> got = tower.encode(patches);
   const Reference ref{ckpt, layout == VlWeightLayout::kLegacy ? "visual." : "model.visual."};
   expect_close(got, ref.run(patches, c), 1e-4);
   EXPECT_EQ(got.size(), patches.tokens(2) * size_t(c.out_hidden_size));
   // One thread gives the same embeddings.
-  vision::VisionTower single(ckpt, loaded, 1);
+  CpuDevice one_thread(1, std::nullopt, 1);
+  vision::VisionTower single(ckpt, loaded, one_thread);
   EXPECT_EQ(single.encode(patches), got);
 }
 
@@ -236,7 +239,8 @@ TEST(VisionWindows, MissingOrMisshapenWeightsAreNamed) {
   ModelConfig wrong = config;
   wrong.vision->intermediate_size = 100;
   try {
-    vision::VisionTower tower(ckpt, wrong, 1);
+    CpuDevice device(0, std::nullopt, 1);
+    vision::VisionTower tower(ckpt, wrong, device);
     FAIL() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("visual.blocks.0.mlp.gate_proj.weight"), std::string::npos) << e.what();

@@ -1,0 +1,89 @@
+#include "model/device_weights.h"
+
+#include "kernels/convert.h"
+#include "util/error.h"
+
+namespace vlmforge {
+
+DeviceWeights::DeviceWeights(const Checkpoint& checkpoint, const RuntimeLora* lora, std::string shape_source)
+    : checkpoint_(checkpoint), lora_(lora), shape_source_(std::move(shape_source)) {}
+
+bool DeviceWeights::has(const std::string& name) const {
+  return (lora_ && lora_->replacement(name)) || checkpoint_.find(name);
+}
+
+const TensorRef& DeviceWeights::tensor(const std::string& name, const std::vector<uint64_t>& shape) const {
+  const TensorRef* t = lora_ ? lora_->replacement(name) : nullptr;  // modules_to_save
+  if (!t) t = checkpoint_.find(name);
+  if (!t) throw Error(checkpoint_.root().string() + ": model is missing tensor '" + name + "'");
+  if (t->info->shape != shape) {
+    std::string want;
+    for (uint64_t s : shape) want += (want.empty() ? "" : ", ") + std::to_string(s);
+    throw Error(checkpoint_.root().string() + ": tensor '" + name + "' has shape " + t->info->shape_string() +
+                ", expected [" + want + "] from " + shape_source_);
+  }
+  if (!is_compute_float(t->info->dtype))
+    throw Error(checkpoint_.root().string() + ": tensor '" + name + "' is " + std::string(dtype_name(t->info->dtype)) +
+                "; only BF16, F16 and F32 weights are supported");
+  return *t;
+}
+
+const DeviceBuffer& DeviceWeights::keep(DeviceBuffer buffer) { return buffers_.emplace_back(std::move(buffer)); }
+
+WeightView DeviceWeights::matrix(Device& device, const std::string& name, uint64_t rows, uint64_t cols,
+                                 const std::string& what) {
+  return matrix(device, name, {rows, cols}, rows, cols, what);
+}
+
+WeightView DeviceWeights::matrix(Device& device, const std::string& name, const std::vector<uint64_t>& shape,
+                                 uint64_t rows, uint64_t cols, const std::string& what) {
+  const TensorRef& t = tensor(name, shape);
+  const DeviceBuffer& b = keep(device.wrap_host(t.data(), what));
+  // A copy was made: the host need not keep the mapped pages.
+  if (!b.wraps_host()) t.release();
+  return {&b, 0, t.info->dtype, rows, cols};
+}
+
+VectorView DeviceWeights::put_vector(Device& device, std::vector<float> values, const std::string& what) {
+  const std::vector<float>& kept = host_vectors_.emplace_back(std::move(values));
+  const DeviceBuffer& b = keep(device.wrap_host(std::as_bytes(std::span(kept)), what));
+  const size_t size = kept.size();
+  if (!b.wraps_host()) host_vectors_.pop_back();
+  return {&b, 0, size};
+}
+
+VectorView DeviceWeights::vector(Device& device, const std::string& name, uint64_t n, const std::string& what) {
+  std::vector<float> v = kernels::tensor_to_f32(tensor(name, {n}));
+  // A bias also receives the lora_B biases of its layer's adapters.
+  const std::string weight = name.ends_with(".bias") ? name.substr(0, name.size() - 5) + ".weight" : "";
+  if (const LinearAdapters* layer = lora_ && !weight.empty() ? lora_->find(weight) : nullptr)
+    for (size_t i = 0; i < layer->bias_delta.size(); ++i) v[i] += layer->bias_delta[i];
+  return put_vector(device, std::move(v), what);
+}
+
+bool DeviceWeights::adapted(const std::string& module) const {
+  return lora_ && lora_->find(module + ".weight");
+}
+
+LinearView DeviceWeights::linear(Device& device, const std::string& module, uint64_t out, uint64_t in, bool bias,
+                                 const std::string& what) {
+  LinearView l;
+  l.weight = matrix(device, module + ".weight", out, in, what);
+  if (bias) l.bias = vector(device, module + ".bias", out, what);
+  if (const LinearAdapters* adapters = lora_ ? lora_->find(module + ".weight") : nullptr) {
+    // The factors live as long as the RuntimeLora: lent, not copied, where the device allows.
+    auto lend = [&](const std::vector<float>& v, size_t rows, size_t cols) {
+      const DeviceBuffer& b = keep(device.wrap_host(std::as_bytes(std::span(v)), what + " (LoRA)"));
+      return WeightView{&b, 0, DType::F32, rows, cols};
+    };
+    for (const LinearLora& lora : adapters->loras)
+      l.loras.push_back({lend(lora.a, lora.rank, in), lend(lora.b, out, lora.rank), lora.scale});
+    if (!adapters->dora_factor.empty()) {
+      const DeviceBuffer& b = keep(device.wrap_host(std::as_bytes(std::span(adapters->dora_factor)), what + " (DoRA)"));
+      l.dora_factor = {&b, 0, adapters->dora_factor.size()};
+    }
+  }
+  return l;
+}
+
+}  // namespace vlmforge
