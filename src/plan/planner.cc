@@ -10,6 +10,8 @@
 #include "model/layout.h"
 #include "util/bytes.h"
 #include "util/error.h"
+#include "backends/cpu_stream.h"
+#include "model/activations.h"
 #include "vision/vision_activations.h"
 
 namespace vlmforge {
@@ -315,7 +317,7 @@ PlanStrategy parse_plan_strategy(const std::string& name) {
 DeviceCost device_cost(const ModelShape& shape, const std::vector<size_t>& modules, const PlanOptions& o,
                        const DeviceTarget& target) {
   const ModelConfig& c = shape.config;
-  const uint64_t hidden = c.hidden_size, inter = c.intermediate_size, head_dim = c.head_dim();
+  const uint64_t hidden = c.hidden_size, head_dim = c.head_dim();
   const uint64_t kv_dim = static_cast<uint64_t>(c.num_key_value_heads) * head_dim;
   const uint64_t group = static_cast<uint64_t>(c.num_attention_heads / c.num_key_value_heads);
   const uint64_t len = o.max_model_len ? o.max_model_len : static_cast<uint64_t>(c.max_position_embeddings);
@@ -329,7 +331,7 @@ DeviceCost device_cost(const ModelShape& shape, const std::vector<size_t>& modul
   const uint64_t kv_elem = dtype_info(o.kv_cache_dtype).bits / 8;
 
   DeviceCost cost;
-  bool layers = false, text = false, head = false, vision = false;
+  bool layers = false, text = false, embed = false, head = false, vision = false;
   for (size_t i : modules) {
     const PlanModule& m = shape.modules[i];
     cost.weights += m.weight_bytes;
@@ -340,6 +342,7 @@ DeviceCost device_cost(const ModelShape& shape, const std::vector<size_t>& modul
         break;
       case ModuleKind::kHead: head = true; break;
       case ModuleKind::kVision: vision = true; break;
+      case ModuleKind::kEmbed: embed = text = true; break;
       default: text = true; break;
     }
   }
@@ -347,12 +350,14 @@ DeviceCost device_cost(const ModelShape& shape, const std::vector<size_t>& modul
   // lm_head alone receives only the normed rows of the logits.
   uint64_t floats = 0;
   if (layers) {
-    // x, normed, q, attention out, projection out; k, v; gate, up; rope cos/sin.
-    floats += rows * (5 * hidden + 2 * kv_dim + 2 * inter + head_dim) + lanes * group * len;
+    // The buffers the model's devices allocate, and the attention scores of each worker.
+    floats += layer_activations(c, rows).floats() + lanes * cpu_attention_scores(group, len);
   } else if (text) {
     floats += rows * hidden;
   }
   if (head) floats += logit_rows * (hidden + static_cast<uint64_t>(c.vocab_size));  // normed rows + logits
+  // The embedding layer receives one image's embeddings at a time (the largest the budget allows).
+  if (embed && c.vision) floats += vision::max_image_tokens(*c.vision, o.max_pixels) * hidden;
   uint64_t vision_bytes = 0;
   // One image at a time at max_pixels: exactly the buffers VisionTower::encode allocates.
   if (vision && c.vision) vision_bytes = vision::vision_activation_bytes(*c.vision, o.max_pixels, lanes);

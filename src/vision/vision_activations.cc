@@ -32,11 +32,16 @@ uint64_t VisionActivations::bytes(size_t lanes) const {
   return uint64_t{patches + hidden + rope + scores_per_lane * lanes + std::max(blocks, merger)} * sizeof(float);
 }
 
-uint64_t vision_activation_bytes(const VisionConfig& c, uint64_t max_pixels, size_t threads) {
+uint64_t max_image_tokens(const VisionConfig& c, uint64_t max_pixels) {
   const uint64_t patch_area = uint64_t(c.patch_size) * c.patch_size;
   const uint64_t unit = uint64_t(c.spatial_merge_size) * c.spatial_merge_size;
   // smart_resize keeps height·width <= max_pixels (when max_pixels >= 28·28), so at most this many patches.
-  const uint64_t rows = std::max<uint64_t>(max_pixels / patch_area / unit, 1) * unit;
+  return std::max<uint64_t>(max_pixels / patch_area / unit, 1);
+}
+
+uint64_t vision_activation_bytes(const VisionConfig& c, uint64_t max_pixels, size_t threads) {
+  const uint64_t unit = uint64_t(c.spatial_merge_size) * c.spatial_merge_size;
+  const uint64_t rows = max_image_tokens(c, max_pixels) * unit;
   return vision_activations(c, rows).bytes(threads == 0 ? 1 : threads);
 }
 

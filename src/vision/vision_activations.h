@@ -17,6 +17,9 @@ struct VisionActivations {
 };
 VisionActivations vision_activations(const VisionConfig& config, size_t rows);
 
+// Tokens of the largest image of at most `max_pixels` pixels (smart_resize's patch grid, merged).
+uint64_t max_image_tokens(const VisionConfig& config, uint64_t max_pixels);
+
 // Peak activation bytes of encoding one image of at most `max_pixels` pixels (the largest patch
 // grid smart_resize can give), for the device planner.
 uint64_t vision_activation_bytes(const VisionConfig& config, uint64_t max_pixels, size_t threads);
