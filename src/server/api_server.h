@@ -14,8 +14,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "cli/infer_session.h"
 #include "backends/device.h"
+#include "engine/engine.h"
 #include "server/http_connections.h"
 #include "server/protocol.h"
 #include "server/scheduler.h"
@@ -54,8 +54,8 @@ using VisionPromptHook =
 
 class ApiServer {
  public:
-  // `session` and `scheduler` must outlive the server.
-  ApiServer(const cli::InferSession& session, Scheduler& scheduler, ServerOptions options);
+  // `engine` and `scheduler` must outlive the server.
+  ApiServer(const Engine& engine, Scheduler& scheduler, ServerOptions options);
   ~ApiServer();
 
   void set_vision_prompt_hook(VisionPromptHook hook) { vision_hook_ = std::move(hook); }
@@ -77,7 +77,7 @@ class ApiServer {
   std::string metrics_text() const;
   void record(const std::string& path, int status);
 
-  const cli::InferSession& session_;
+  const Engine& session_;
   Scheduler& scheduler_;
   ServerOptions options_;
   VisionPromptHook vision_hook_;

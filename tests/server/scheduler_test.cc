@@ -6,7 +6,7 @@
 
 #include <thread>
 
-#include "model/generator.h"
+#include "engine/generator.h"
 #include "server/scheduler.h"
 #include "support/test_support.h"
 
