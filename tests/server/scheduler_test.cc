@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "engine/generator.h"
+#include "engine/token_text.h"
 #include "server/scheduler.h"
 #include "support/test_support.h"
 
