@@ -16,6 +16,8 @@
 
 namespace vlmforge {
 
+// Seconds spent in the steps' prefill chunks and in their decode forwards (with sampling); the
+// first token is the first sequence's, at the end of the prefill chunks of the step sampling it.
 struct GenerationTimings {
   double prefill_seconds = 0;
   double decode_seconds = 0;
