@@ -12,7 +12,7 @@
 
 #include "cli/base_model.h"
 #include "cli/commands.h"
-#include "cli/infer_session.h"
+#include "cli/engine_flags.h"
 #include "server/api_server.h"
 #include "server/scheduler.h"
 #include "util/error.h"
@@ -24,8 +24,7 @@ namespace fs = std::filesystem;
 namespace {
 
 struct DeployArgs {
-  std::string model;
-  std::vector<std::string> adapters;
+  EngineFlags engine;
   std::string host = "127.0.0.1";
   int port = 8000;
   size_t max_batch_size = 8;
@@ -35,13 +34,6 @@ struct DeployArgs {
   size_t max_connections = 256;
   double max_body_mb = 100;
   std::string allowed_local_media_path;
-  size_t max_model_len = 0;
-  size_t threads = 0;
-  std::string kv_cache_dtype = "float32";
-  std::optional<uint64_t> min_pixels, max_pixels;
-  size_t image_cache_mb = 512;
-  bool exif_transpose = false;
-  DeviceMapArgs device_map;
 };
 
 // Each of these becomes OS threads (a worker per batch slot and queued request, the model's
@@ -53,9 +45,9 @@ void check_server_limits(const DeployArgs& a) {
     throw UsageError("--max_batch_size must be 1.." + std::to_string(kMaxBatchSize) + ", got " + std::to_string(a.max_batch_size));
   if (a.max_queue > kMaxQueue)
     throw UsageError("--max_queue must be at most " + std::to_string(kMaxQueue) + ", got " + std::to_string(a.max_queue));
-  if (a.threads > kMaxThreads)
+  if (a.engine.threads > kMaxThreads)
     throw UsageError("--threads must be at most " + std::to_string(kMaxThreads) + " (0: all cores), got " +
-                     std::to_string(a.threads));
+                     std::to_string(a.engine.threads));
   if (a.max_connections == 0 || a.max_connections > kMaxConnections)
     throw UsageError("--max_connections must be 1.." + std::to_string(kMaxConnections) + ", got " +
                      std::to_string(a.max_connections));
@@ -67,9 +59,9 @@ void check_server_limits(const DeployArgs& a) {
 }
 
 int run(DeployArgs a) {
-  a.model = resolve_base_model(a.model, a.adapters);
+  a.engine.model = resolve_base_model(a.engine.model, a.engine.adapters);
   // Before --device_map planned placements, "cpu" was how to ask for one host device; it still is.
-  if (a.device_map.placement.device_map == "cpu") a.device_map.placement.device_map.clear();
+  if (a.engine.device_map.placement.device_map == "cpu") a.engine.device_map.placement.device_map.clear();
   check_server_limits(a);
   if (a.port < 0 || a.port > 65535) throw UsageError("--port must be 0..65535 (0: any free port)");
   if (!(a.max_body_mb > 0 && a.max_body_mb <= 4096)) throw UsageError("--max_body_mb must be in (0, 4096]");
@@ -80,24 +72,18 @@ int run(DeployArgs a) {
     options.media.allowed_local_media_path = a.allowed_local_media_path;
   }
 
-  const auto vision_options = VisionOptions::from_flags(a.min_pixels, a.max_pixels, a.image_cache_mb, a.exif_transpose);
-  const DType kv_dtype = a.kv_cache_dtype == "bfloat16" ? DType::BF16 : DType::F32;
   // Planned for the server's batch: max_batch_size sequences of max_model_len each.
-  const PlanOptions plan_options =
-      generation_plan_options(a.max_batch_size, a.max_model_len, kv_dtype, a.threads, vision_options.budget);
-  // Outlives the session: the model's memory lives on its devices.
-  const std::unique_ptr<PlacedRun> placed = place_model(a.model, a.device_map, plan_options);
-  if (placed)
-    for (const auto& device : placed->devices) options.devices.push_back(device.get());
-  InferSession session(a.model, a.threads, {a.adapters.begin(), a.adapters.end()}, vision_options,
-                       placed ? &placed->placement : nullptr);
+  const EngineOptions engine_setup = engine_options(a.engine);
+  const PlacedEngine placed =
+      load_engine(engine_setup, a.engine.device_map, generation_plan_options(engine_setup, a.max_batch_size));
+  for (const auto& device : placed.placed->devices) options.devices.push_back(device.get());
+  const Engine& engine = *placed.engine;
   // Caught here rather than as a failed generation on every request.
-  if (session.tokenizer.vocab_size() > session.model->vocab_size())
-    throw Error(a.model + ": tokenizer.json has " + std::to_string(session.tokenizer.vocab_size()) +
-                " tokens but the model's vocab_size is " + std::to_string(session.model->vocab_size()) +
+  if (engine.tokenizer.vocab_size() > engine.model->vocab_size())
+    throw Error(a.engine.model + ": tokenizer.json has " + std::to_string(engine.tokenizer.vocab_size()) +
+                " tokens but the model's vocab_size is " + std::to_string(engine.model->vocab_size()) +
                 "; use the tokenizer the model was trained with");
-  session.model->set_kv_cache_dtype(kv_dtype);
-  const size_t max_model_len = a.max_model_len ? a.max_model_len : session.model->config().max_position_embeddings;
+  const size_t max_model_len = engine.max_model_len;
 
   options.host = a.host;
   options.port = a.port;
@@ -108,23 +94,23 @@ int run(DeployArgs a) {
   options.served_model_name = a.served_model_name;
   if (options.served_model_name.empty()) {
     // As vLLM: the --model argument as given (without a trailing slash).
-    options.served_model_name = a.model;
+    options.served_model_name = a.engine.model;
     while (options.served_model_name.size() > 1 && options.served_model_name.back() == '/')
       options.served_model_name.pop_back();
   }
 
-  server::Scheduler scheduler(*session.model, session.tokenizer, {a.max_batch_size, a.max_queue, max_model_len});
-  server::ApiServer api(session, scheduler, options);
-  if (session.images) {
+  server::Scheduler scheduler(*engine.model, engine.tokenizer, {a.max_batch_size, a.max_queue, max_model_len});
+  server::ApiServer api(engine, scheduler, options);
+  if (engine.images) {
     // Images are decoded and encoded on the request's HTTP thread (ImageEncoder serializes them
     // and caches by content); the scheduler thread only ever runs the language model, so a
     // request's images do not stall the decode steps of the sequences already running.
     api.set_vision_prompt_hook(
-        [&session](const nlohmann::ordered_json& messages, std::span<const server::ImageInput> images) {
-          std::vector<InferSession::ImageData> data;
+        [&engine](const nlohmann::ordered_json& messages, std::span<const server::ImageInput> images) {
+          std::vector<Engine::ImageData> data;
           for (size_t i = 0; i < images.size(); ++i)
             data.push_back({images[i].bytes, "image " + std::to_string(i + 1) + " (" + images[i].source + ")"});
-          return session.prepare_in_memory(messages, data);
+          return engine.prepare_in_memory(messages, data);
         });
   }
   const int port = api.bind();
@@ -148,7 +134,7 @@ int run(DeployArgs a) {
   std::fprintf(stderr, "vlmforge deploy: stopped after %llu finished, %llu cancelled, %llu failed requests\n",
                static_cast<unsigned long long>(stats.finished), static_cast<unsigned long long>(stats.cancelled),
                static_cast<unsigned long long>(stats.failed));
-  if (placed && a.device_map.memory_report) placed->print_memory_report();
+  placed.print_memory_report();
   return kExitOk;
 }
 
@@ -166,10 +152,8 @@ void add_deploy_command(CLI::App& app, int& exit_code) {
       "Hostile clients are bounded (docs/security.md): request heads 64 KiB / 128 lines within 10 s (431/408),\n"
       "bodies --max_body_mb chunked or not (413), --max_connections open at once, idle keep-alive 5 s.\n"
       "SIGTERM or Ctrl-C stops accepting, finishes the requests in flight and exits 0.");
-  cmd->add_option("--model", a->model,
-                  "Model directory (config.json, *.safetensors, tokenizer.json); with --adapters CKPT, default: the base "
-                  "model its args.json / adapter_config.json names");
-  cmd->add_option("--adapters,--lora", a->adapters, "PEFT LoRA adapters applied unmerged");
+  add_generation_flags(cmd, a->engine);
+  cmd->get_option("--threads")->description("Worker threads for the model (at most 256; default: all cores)");
   cmd->add_option("--host", a->host, "Address to listen on")->capture_default_str();
   cmd->add_option("--port", a->port, "Port to listen on (0: any free port, printed at start)")->capture_default_str();
   cmd->add_option("--max_batch_size", a->max_batch_size, "Most sequences decoded together (1..256)")->capture_default_str();
@@ -184,17 +168,6 @@ void add_deploy_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--max_body_mb", a->max_body_mb, "Largest request body in MiB; larger ones get 413")->capture_default_str();
   cmd->add_option("--allowed_local_media_path", a->allowed_local_media_path,
                   "Directory that file:// image URLs may read from (default: none allowed)");
-  cmd->add_option("--max_model_len", a->max_model_len, "Longest sequence (prompt + answer); default from config.json");
-  cmd->add_option("--threads", a->threads, "Worker threads for the model (at most 256; default: all cores)");
-  cmd->add_option("--kv_cache_dtype", a->kv_cache_dtype, "KV cache storage: bfloat16 halves its memory")
-      ->check(CLI::IsMember({"float32", "bfloat16"}))
-      ->capture_default_str();
-  cmd->add_option("--max_pixels", a->max_pixels, "Image pixel budget upper bound (default: MAX_PIXELS env or 12845056)");
-  cmd->add_option("--min_pixels", a->min_pixels, "Image pixel budget lower bound (default: MIN_PIXELS env or 3136)");
-  cmd->add_option("--image_cache_mb", a->image_cache_mb, "Memory for cached vision embeddings (LRU by image content)")
-      ->capture_default_str();
-  cmd->add_flag("--exif_transpose", a->exif_transpose, "Turn EXIF-rotated photos upright before resizing (off, as swift)");
-  add_device_map_options(cmd, a->device_map);
   cmd->callback([a, &exit_code] { exit_code = run(*a); });
 }
 

@@ -13,7 +13,10 @@
 
 #include "cli/base_model.h"
 #include "cli/commands.h"
-#include "cli/infer_session.h"
+#include "cli/engine_flags.h"
+#include "engine/dataset_row.h"
+#include "engine/generator.h"
+#include "server/protocol.h"
 #include "io/atomic_output.h"
 #include "io/json_file.h"
 #include "util/bytes.h"
@@ -28,8 +31,7 @@ using nlohmann::ordered_json;
 namespace {
 
 struct InferArgs {
-  std::string model;
-  std::vector<std::string> adapters;
+  EngineFlags engine;
   std::string infer_backend = "native";
   std::string query;
   std::string system;
@@ -39,27 +41,20 @@ struct InferArgs {
   uint64_t seed = 0;
   std::string stream = "true";
   size_t max_batch_size = 1;
-  size_t max_model_len = 0;
   std::string val_dataset;
   std::string result_path;
   bool logprobs = false;
   size_t top_logprobs = 0;
   std::vector<std::string> stop_words;
-  size_t threads = 0;
-  std::string kv_cache_dtype = "float32";
   bool json = false;
   std::vector<std::string> images;
-  std::optional<uint64_t> min_pixels, max_pixels;
-  size_t image_cache_mb = 512;
   std::string overlap_images = "true";
-  bool exif_transpose = false;
-  DeviceMapArgs device_map;
 };
 
 bool truthy(const std::string& s) { return s == "true" || s == "True" || s == "1"; }
 
-GenerationParams make_params(const InferSession& session, const InferArgs& a) {
-  GenerationParams p = session.defaults;
+GenerationParams make_params(const Engine& engine, const InferArgs& a) {
+  GenerationParams p = engine.defaults;
   if (a.max_new_tokens >= 0) p.max_new_tokens = static_cast<size_t>(a.max_new_tokens);
   if (a.temperature >= 0) p.sampling.temperature = a.temperature;
   if (a.top_k >= 0) p.sampling.top_k = a.top_k;
@@ -79,10 +74,10 @@ ordered_json user_request(const std::string& system, const std::string& query) {
   return messages;
 }
 
-void print_stats(const InferSession& session, const Generator& generator) {
+void print_stats(const Engine& engine, const Generator& generator) {
   const auto& t = generator.total_timings();
-  if (session.images) {
-    const vision::ImageTimings i = session.images->timings();
+  if (engine.images) {
+    const vision::ImageTimings i = engine.images->timings();
     std::fprintf(stderr,
                  "[stats] images %zu encoded, %zu from the cache: read %.3f s, decode %.3f s, preprocess %.3f s, "
                  "vision encode %.3f s, cache lookups %.6f s\n",
@@ -95,12 +90,12 @@ void print_stats(const InferSession& session, const Generator& generator) {
                format_bytes(peak_rss_bytes()).c_str());
 }
 
-json result_json(const InferSession& session, const GenerationResult& r, const GenerationParams& params) {
+json result_json(const Engine& engine, const GenerationResult& r, const GenerationParams& params) {
   json j = {{"response", r.text},
             {"finish_reason", r.finish_reason},
             {"prompt_tokens", r.prompt_tokens},
             {"completion_tokens", r.tokens.size()}};
-  if (params.logprobs) j["logprobs"] = openai_logprobs(session.tokenizer, r.logprobs, /*with_token_ids=*/true);
+  if (params.logprobs) j["logprobs"] = server::chat_logprobs(engine.tokenizer, r.logprobs, /*with_token_ids=*/true);
   return j;
 }
 
@@ -122,7 +117,7 @@ struct DatasetBatch {
   double prepare_seconds = 0;
 };
 
-DatasetBatch prepare_batch(const InferSession& session, DatasetBatch batch, const fs::path& base_dir,
+DatasetBatch prepare_batch(const Engine& engine, DatasetBatch batch, const fs::path& base_dir,
                            const std::string& dataset) {
   const auto start = Clock::now();
   batch.inputs.resize(batch.rows.size());
@@ -130,7 +125,7 @@ DatasetBatch prepare_batch(const InferSession& session, DatasetBatch batch, cons
     DatasetRow& row = batch.rows[i];
     if (!row.error.empty()) continue;
     try {
-      batch.inputs[i] = session.prepare(row.request, base_dir);
+      batch.inputs[i] = engine.prepare(row.request, base_dir);
     } catch (const Error& e) {
       row.error = dataset + ":" + std::to_string(row.line) + ": " + e.what();
     }
@@ -182,7 +177,7 @@ std::pair<std::vector<std::optional<GenerationResult>>, GenerationTimings> answe
 // --val_dataset: one result line per row, in order. A row that cannot be answered (invalid JSON,
 // a missing image, a prompt too long) gets a line with an "error" field and the run goes on; the
 // exit code is then 1. The results appear at `out`'s path only when the whole dataset is done.
-int run_dataset(InferSession& session, Generator& generator, const GenerationParams& params, const InferArgs& a,
+int run_dataset(Engine& engine, Generator& generator, const GenerationParams& params, const InferArgs& a,
                 AtomicOutput& out) {
   std::ifstream in(a.val_dataset);
   if (!in) throw Error(a.val_dataset + ": cannot open");
@@ -213,11 +208,11 @@ int run_dataset(InferSession& session, Generator& generator, const GenerationPar
   };
   // With --overlap_images the next batch's images are decoded, preprocessed and encoded on a
   // background thread while the current batch generates.
-  const bool overlap = truthy(a.overlap_images) && session.images != nullptr;
+  const bool overlap = truthy(a.overlap_images) && engine.images != nullptr;
   auto start_prepare = [&](DatasetBatch batch) {
     return std::async(overlap ? std::launch::async : std::launch::deferred,
-                      [&session, batch = std::move(batch), &base_dir, &a]() mutable {
-                        return prepare_batch(session, std::move(batch), base_dir, a.val_dataset);
+                      [&engine, batch = std::move(batch), &base_dir, &a]() mutable {
+                        return prepare_batch(engine, std::move(batch), base_dir, a.val_dataset);
                       });
   };
   std::future<DatasetBatch> current = start_prepare(read_batch());
@@ -238,7 +233,7 @@ int run_dataset(InferSession& session, Generator& generator, const GenerationPar
       const DatasetRow& row = batch.rows[i];
       json j;
       if (answers[i]) {
-        j = result_json(session, *answers[i], params);
+        j = result_json(engine, *answers[i], params);
       } else {
         j["error"] = row.error;
         std::fprintf(stderr, "\rerror: %s\n", row.error.c_str());
@@ -259,12 +254,12 @@ int run_dataset(InferSession& session, Generator& generator, const GenerationPar
   return failed > 0 ? kExitFailure : kExitOk;
 }
 
-int run_interactive(InferSession& session, Generator& generator, GenerationParams params, const InferArgs& a) {
+int run_interactive(Engine& engine, Generator& generator, GenerationParams params, const InferArgs& a) {
   catch_interrupts();
   ordered_json messages = ordered_json::array(), images = ordered_json::array();
   if (!a.system.empty()) messages.push_back({{"role", "system"}, {"content", a.system}});
   std::fprintf(stderr, "vlmforge chat: /clear starts over, /exit (or Ctrl-D) quits, Ctrl-C stops an answer.%s\n",
-               session.images ? " Put <image> in a message to be asked for an image path." : "");
+               engine.images ? " Put <image> in a message to be asked for an image path." : "");
   params.should_stop = [] { return interrupted(); };
   for (;;) {
     std::fprintf(stdout, "<<< ");
@@ -280,7 +275,7 @@ int run_interactive(InferSession& session, Generator& generator, GenerationParam
     if (line.empty()) continue;
     // As swift's chat: each <image> tag asks for the image's path.
     const size_t first_new_image = images.size();
-    for (size_t pos = line.find("<image>"); session.images && pos != std::string::npos; pos = line.find("<image>", pos + 7)) {
+    for (size_t pos = line.find("<image>"); engine.images && pos != std::string::npos; pos = line.find("<image>", pos + 7)) {
       std::fprintf(stdout, "Input an image path <<< ");
       std::fflush(stdout);
       std::string path;
@@ -291,7 +286,7 @@ int run_interactive(InferSession& session, Generator& generator, GenerationParam
     clear_interrupt();
     std::vector<GenerationResult> results;
     try {
-      results = generator.generate({session.prepare({{"messages", messages}, {"images", images}})}, params,
+      results = generator.generate({engine.prepare({{"messages", messages}, {"images", images}})}, params,
                                    [](size_t, std::string_view text) {
                                      std::fwrite(text.data(), 1, text.size(), stdout);
                                      std::fflush(stdout);
@@ -310,14 +305,13 @@ int run_interactive(InferSession& session, Generator& generator, GenerationParam
 }
 
 // `results`: where --val_dataset answers go (null without --val_dataset).
-int run_session(InferSession& session, const InferArgs& a, AtomicOutput* results) {
-  const size_t max_model_len = a.max_model_len ? a.max_model_len : session.model->config().max_position_embeddings;
-  Generator generator(*session.model, session.tokenizer, max_model_len);
-  const GenerationParams params = make_params(session, a);
+int run_session(Engine& engine, const InferArgs& a, AtomicOutput* results) {
+  Generator generator(*engine.model, engine.tokenizer, engine.max_model_len);
+  const GenerationParams params = make_params(engine, a);
 
   if (results != nullptr) {
-    const int code = run_dataset(session, generator, params, a, *results);
-    print_stats(session, generator);
+    const int code = run_dataset(engine, generator, params, a, *results);
+    print_stats(engine, generator);
     return code;
   }
   const bool stream = truthy(a.stream) && !a.json;
@@ -328,23 +322,23 @@ int run_session(InferSession& session, const InferArgs& a, AtomicOutput* results
   if (!a.query.empty()) {
     ordered_json request = {{"messages", user_request(a.system, a.query)}};
     if (!a.images.empty()) request["images"] = a.images;
-    const auto results = generator.generate({session.prepare(request)}, params,
+    const auto results = generator.generate({engine.prepare(request)}, params,
                                             stream ? TextCallback(stream_out) : TextCallback());
-    if (a.json) std::printf("%s\n", result_json(session, results[0], params).dump().c_str());
+    if (a.json) std::printf("%s\n", result_json(engine, results[0], params).dump().c_str());
     else std::printf(stream ? "\n" : "%s\n", results[0].text.c_str());
-    print_stats(session, generator);
+    print_stats(engine, generator);
     return kExitOk;
   }
-  if (isatty(STDIN_FILENO)) return run_interactive(session, generator, params, a);
+  if (isatty(STDIN_FILENO)) return run_interactive(engine, generator, params, a);
 
   // One prompt per stdin line, batched; one answer per line (JSON lines with --json).
   std::vector<std::string> lines;
   auto flush = [&] {
     if (lines.empty()) return;
     std::vector<PromptInput> prompts;
-    for (const auto& l : lines) prompts.push_back(session.prepare(user_request(a.system, l)));
+    for (const auto& l : lines) prompts.push_back(engine.prepare(user_request(a.system, l)));
     for (const auto& r : generator.generate(prompts, params)) {
-      if (a.json) std::printf("%s\n", result_json(session, r, params).dump().c_str());
+      if (a.json) std::printf("%s\n", result_json(engine, r, params).dump().c_str());
       else std::printf("%s\n", json(r.text).dump().c_str());
     }
     std::fflush(stdout);
@@ -356,12 +350,12 @@ int run_session(InferSession& session, const InferArgs& a, AtomicOutput* results
     if (lines.size() >= a.max_batch_size) flush();
   }
   flush();
-  print_stats(session, generator);
+  print_stats(engine, generator);
   return kExitOk;
 }
 
 int run(InferArgs a) {
-  a.model = resolve_base_model(a.model, a.adapters);
+  a.engine.model = resolve_base_model(a.engine.model, a.engine.adapters);
   if (a.infer_backend != "native" && a.infer_backend != "pt")
     throw UsageError("--infer_backend: vlmforge runs its own native engine ('native'); got '" + a.infer_backend + "'");
   if (a.max_batch_size == 0) throw UsageError("--max_batch_size must be at least 1");
@@ -373,17 +367,11 @@ int run(InferArgs a) {
                                                     : fs::path(a.val_dataset).replace_extension("").string() + "-result.jsonl";
     results.emplace(path, std::vector<std::string>{a.val_dataset}, "--result_path");
   }
-  const auto vision_options = VisionOptions::from_flags(a.min_pixels, a.max_pixels, a.image_cache_mb, a.exif_transpose);
-  const DType kv_dtype = a.kv_cache_dtype == "bfloat16" ? DType::BF16 : DType::F32;
-  const PlanOptions plan_options =
-      generation_plan_options(a.max_batch_size, a.max_model_len, kv_dtype, a.threads, vision_options.budget);
-  // Outlives the session: the model's memory lives on its devices.
-  const std::unique_ptr<PlacedRun> placed = place_model(a.model, a.device_map, plan_options);
-  InferSession session(a.model, a.threads, {a.adapters.begin(), a.adapters.end()}, vision_options,
-                       placed ? &placed->placement : nullptr);
-  session.model->set_kv_cache_dtype(kv_dtype);
-  const int code = run_session(session, a, results ? &*results : nullptr);
-  if (placed && a.device_map.memory_report) placed->print_memory_report();
+  const EngineOptions options = engine_options(a.engine);
+  const PlacedEngine placed =
+      load_engine(options, a.engine.device_map, generation_plan_options(options, a.max_batch_size));
+  const int code = run_session(*placed.engine, a, results ? &*results : nullptr);
+  placed.print_memory_report();
   return code;
 }
 
@@ -400,10 +388,7 @@ void add_infer_command(CLI::App& app, int& exit_code) {
                "Images (Qwen2.5-VL): --images with --query, <image> tags + \"images\" in dataset rows, <image> in the chat;\n"
                "sized by --max_pixels/--min_pixels or the MAX_PIXELS/MIN_PIXELS environment, as swift.\n"
                "Sampling defaults come from generation_config.json; --temperature 0 is greedy.");
-  cmd->add_option("--model", a->model,
-                  "Model directory (config.json, *.safetensors, tokenizer.json); with --adapters CKPT, default: the base "
-                  "model its args.json / adapter_config.json names, as swift's --load_args");
-  cmd->add_option("--adapters,--lora", a->adapters, "PEFT LoRA adapters applied unmerged (same outputs as the merged model)");
+  add_generation_flags(cmd, a->engine);
   cmd->add_option("--infer_backend", a->infer_backend, "Accepted for swift compatibility: native")->capture_default_str();
   cmd->add_option("--query", a->query, "The user message");
   cmd->add_option("--system", a->system, "System prompt (default: the chat template's)");
@@ -415,7 +400,6 @@ void add_infer_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--seed", a->seed, "Random seed for sampling")->capture_default_str();
   cmd->add_option("--stream", a->stream, "Print tokens as they are generated (true/false)")->capture_default_str();
   cmd->add_option("--max_batch_size", a->max_batch_size, "Sequences decoded together")->capture_default_str();
-  cmd->add_option("--max_model_len", a->max_model_len, "Longest sequence (prompt + answer); default from config.json");
   cmd->add_option("--val_dataset", a->val_dataset, "swift-format JSONL dataset to answer");
   cmd->add_option("--result_path", a->result_path,
                   "Where --val_dataset results go (default: <dataset>-result.jsonl; - for stdout); written to a\n"
@@ -425,25 +409,13 @@ void add_infer_command(CLI::App& app, int& exit_code) {
                 "Include the chosen tokens' logprobs (OpenAI logprobs.content shape, plus each token's \"id\")");
   cmd->add_option("--top_logprobs", a->top_logprobs, "Alternatives per token with --logprobs");
   cmd->add_option("--stop_words", a->stop_words, "Text that ends an answer (not included)");
-  cmd->add_option("--threads", a->threads, "Worker threads (default: all cores)");
-  cmd->add_option("--kv_cache_dtype", a->kv_cache_dtype, "KV cache storage: bfloat16 halves its memory")
-      ->check(CLI::IsMember({"float32", "bfloat16"}))
-      ->capture_default_str();
   cmd->add_flag("--json", a->json, "JSON output");
   cmd->add_option("--images", a->images, "Image files for --query (Qwen2.5-VL), comma-separated; <image> tags in the "
                                         "query place them, else they go before the text")
       ->delimiter(',');
-  cmd->add_option("--max_pixels", a->max_pixels, "Image pixel budget upper bound (default: MAX_PIXELS env or 12845056)");
-  cmd->add_option("--min_pixels", a->min_pixels, "Image pixel budget lower bound (default: MIN_PIXELS env or 3136)");
-  cmd->add_option("--image_cache_mb", a->image_cache_mb, "Memory for cached vision embeddings (LRU by image content)")
-      ->capture_default_str();
-  cmd->add_flag("--exif_transpose", a->exif_transpose,
-                "Turn EXIF-rotated photos upright (PIL's ImageOps.exif_transpose) before resizing; off by default, "
-                "as swift and qwen_vl_utils train and infer on the stored pixels");
   cmd->add_option("--overlap_images", a->overlap_images,
                   "--val_dataset: encode the next batch's images while the current batch generates (true/false)")
       ->capture_default_str();
-  add_device_map_options(cmd, a->device_map);
   cmd->callback([a, &exit_code] { exit_code = run(*a); });
 }
 

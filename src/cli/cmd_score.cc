@@ -4,7 +4,8 @@
 #include <thread>
 
 #include "cli/commands.h"
-#include "cli/infer_session.h"
+#include "cli/engine_flags.h"
+#include "engine/token_text.h"
 #include "io/json_file.h"
 #include "tokenizer/token_ids.h"
 #include "util/error.h"
@@ -16,14 +17,12 @@ using nlohmann::json;
 namespace {
 
 struct ScoreArgs {
-  std::string model;
+  EngineFlags engine;
   std::string ids;
   std::string text;
   std::string file;
   size_t top_logprobs = 5;
-  size_t threads = 0;
   bool json = false;
-  DeviceMapArgs device_map;
 };
 
 std::vector<int32_t> parse_ids(const std::string& list) {
@@ -42,22 +41,22 @@ int run(const ScoreArgs& a) {
   };
   std::vector<int32_t> ids;
   PlanOptions plan_options;
-  plan_options.threads = a.threads;
-  if (a.device_map.enabled()) {
+  plan_options.threads = a.engine.threads;
+  if (a.engine.device_map.enabled()) {
     // The plan needs the token count (one forward over all of them), so tokenize first.
-    ids = !a.ids.empty() ? parse_ids(a.ids) : encode(tokenizer::Tokenizer::load(fs::path(a.model) / "tokenizer.json"));
+    ids = !a.ids.empty() ? parse_ids(a.ids)
+                         : encode(tokenizer::Tokenizer::load(fs::path(a.engine.model) / "tokenizer.json"));
     if (ids.empty()) throw UsageError("nothing to score: the input has no tokens");
     plan_options.max_model_len = plan_options.prefill_chunk = plan_options.logit_rows = ids.size();
   }
-  // Outlives the session: the model's memory lives on its devices.
-  const std::unique_ptr<PlacedRun> placed = place_model(a.model, a.device_map, plan_options);
-  InferSession session(a.model, a.threads, {}, {}, placed ? &placed->placement : nullptr);
-  if (!placed) ids = encode(session.tokenizer);
+  const PlacedEngine placed = load_engine(engine_options(a.engine), a.engine.device_map, plan_options);
+  const Engine& engine = *placed.engine;
+  if (!a.engine.device_map.enabled()) ids = encode(engine.tokenizer);
   if (ids.empty()) throw UsageError("nothing to score: the input has no tokens");
-  KvCache cache = session.model->make_cache(ids.size());
+  KvCache cache = engine.model->make_cache(ids.size());
   const SequenceChunk chunk{&cache, ids, true};
-  const std::vector<float> logits = session.model->forward(std::span(&chunk, 1));
-  const size_t vocab = session.model->vocab_size();
+  const std::vector<float> logits = engine.model->forward(std::span(&chunk, 1));
+  const size_t vocab = engine.model->vocab_size();
   json prompt = json::array();
   double total = 0;
   for (size_t i = 0; i + 1 < ids.size(); ++i) {
@@ -70,7 +69,7 @@ int run(const ScoreArgs& a) {
   for (const auto& [id, lp] : top_k_entries(last, a.top_logprobs)) next.push_back({id, lp});
   const json perplexity = ids.size() > 1 ? json(std::exp(-total / static_cast<double>(ids.size() - 1))) : json(nullptr);
   const json out = {{"tokens", ids.size()}, {"prompt_logprobs", prompt}, {"next_top", next}, {"perplexity", perplexity}};
-  if (placed && a.device_map.memory_report) placed->print_memory_report();
+  placed.print_memory_report();
   if (a.json) {
     std::printf("%s\n", out.dump().c_str());
     return kExitOk;
@@ -79,10 +78,10 @@ int run(const ScoreArgs& a) {
   if (!perplexity.is_null()) std::printf(", perplexity %.4f", perplexity.get<double>());
   std::printf("\n%8s %-24s %s\n", "position", "token", "logprob");
   for (size_t i = 0; i + 1 < ids.size(); ++i)
-    std::printf("%8zu %-24s %.6f\n", i + 1, json(display_text(session.tokenizer.token_bytes(ids[i + 1]))).dump().c_str(), prompt[i].get<double>());
+    std::printf("%8zu %-24s %.6f\n", i + 1, json(display_text(engine.tokenizer.token_bytes(ids[i + 1]))).dump().c_str(), prompt[i].get<double>());
   std::printf("next token:\n");
   for (const auto& [id, lp] : top_k_entries(last, a.top_logprobs))
-    std::printf("  %-8d %-24s %.6f\n", id, json(display_text(session.tokenizer.token_bytes(id))).dump().c_str(), lp);
+    std::printf("  %-8d %-24s %.6f\n", id, json(display_text(engine.tokenizer.token_bytes(id))).dump().c_str(), lp);
   return kExitOk;
 }
 
@@ -93,13 +92,11 @@ void add_score_command(CLI::App& app, int& exit_code) {
   CLI::App* cmd = app.add_subcommand(
       "score", "Score a text: the log-probability of each token given the ones before it, the most likely\n"
                "next tokens, and the perplexity (as llama-perplexity reports for llama.cpp).");
-  cmd->add_option("--model", a->model, "Model directory")->required();
+  add_model_flags(cmd, a->engine)->required();
   cmd->add_option("--ids", a->ids, "Token ids, comma- or space-separated or a JSON array (0 to 2147483647)");
   cmd->add_option("--text", a->text, "Text to tokenize and score (special tokens in it are recognised)");
   cmd->add_option("--file", a->file, "File whose text to score");
   cmd->add_option("--top_logprobs", a->top_logprobs, "Next tokens to list")->capture_default_str();
-  cmd->add_option("--threads", a->threads, "Worker threads (default: all cores)");
-  add_device_map_options(cmd, a->device_map);
   cmd->add_flag("--json", a->json, "{\"prompt_logprobs\": [...], \"next_top\": [[id, logprob], ...], \"perplexity\": x}");
   cmd->callback([a, &exit_code] { exit_code = run(*a); });
 }

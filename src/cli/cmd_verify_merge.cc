@@ -10,7 +10,8 @@
 
 #include "cli/base_model.h"
 #include "cli/commands.h"
-#include "cli/infer_session.h"
+#include "engine/dataset_row.h"
+#include "engine/engine.h"
 #include "util/error.h"
 
 namespace vlmforge::cli {
@@ -147,8 +148,8 @@ struct PromptResult {
   Difference adapter;  // base + adapters vs base: what the adapters change
 };
 
-PromptResult compare(const Prompt& prompt, const InferSession& runtime, const InferSession& merged,
-                     const InferSession& base, const fs::path& base_dir) {
+PromptResult compare(const Prompt& prompt, const Engine& runtime, const Engine& merged,
+                     const Engine& base, const fs::path& base_dir) {
   const PromptInput input = runtime.prepare(prompt.request, base_dir);
   const PromptInput merged_input = merged.prepare(prompt.request, base_dir);
   if (merged_input.tokens != input.tokens)
@@ -179,9 +180,9 @@ int run(VerifyMergeArgs a) {
   if (a.max_rows == 0) throw UsageError("--max_rows must be at least 1");
   a.model = resolve_base_model(a.model, a.adapters);
   const std::vector<Prompt> prompts = load_prompts(a);
-  const InferSession runtime(a.model, a.threads, {a.adapters.begin(), a.adapters.end()});
-  const InferSession merged(a.merged, a.threads);
-  const InferSession base(a.model, a.threads);
+  const Engine runtime({.model_dir = a.model, .adapter_dirs = {a.adapters.begin(), a.adapters.end()}, .threads = a.threads});
+  const Engine merged({.model_dir = a.merged, .threads = a.threads});
+  const Engine base({.model_dir = a.model, .threads = a.threads});
   if (merged.model->vocab_size() != runtime.model->vocab_size())
     throw Error(a.merged + ": vocab_size " + std::to_string(merged.model->vocab_size()) + " differs from the base model's " +
                 std::to_string(runtime.model->vocab_size()));

@@ -48,6 +48,7 @@ struct ModelPlacement {
   std::vector<Device*> layers;
   Device* norm = nullptr;
   Device* head = nullptr;
+  Device* vision = nullptr;  // Qwen2.5-VL's tower (run by the engine; null: the embedding device)
   // KV caches hold max_model_len from the start (--device_map runs fail at the start, not
   // midway) instead of growing with the sequence.
   bool preallocate_kv = true;

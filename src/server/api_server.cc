@@ -198,8 +198,8 @@ struct StreamState {
 
 }  // namespace
 
-ApiServer::ApiServer(const cli::InferSession& session, Scheduler& scheduler, ServerOptions options)
-    : session_(session), scheduler_(scheduler), options_(std::move(options)), started_(unix_now()) {
+ApiServer::ApiServer(const Engine& engine, Scheduler& scheduler, ServerOptions options)
+    : session_(engine), scheduler_(scheduler), options_(std::move(options)), started_(unix_now()) {
   for (size_t id = 0; id < session_.tokenizer.vocab_size(); ++id) {
     try {
       max_token_bytes_ = std::max(max_token_bytes_, session_.tokenizer.token_bytes(static_cast<int32_t>(id)).size());

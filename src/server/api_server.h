@@ -14,8 +14,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "cli/infer_session.h"
 #include "backends/device.h"
+#include "engine/engine.h"
 #include "server/http_connections.h"
 #include "server/protocol.h"
 #include "server/scheduler.h"
@@ -39,8 +39,7 @@ struct ServerOptions {
   size_t max_connections = 256;
   size_t max_model_len = 4096;
   MediaPolicy media;
-  // With --device_map: the devices the model runs on (they must outlive the server), for
-  // per-device memory in /metrics.
+  // The devices the model runs on (they must outlive the server), for per-device memory in /metrics.
   std::vector<const Device*> devices;
 };
 
@@ -54,8 +53,8 @@ using VisionPromptHook =
 
 class ApiServer {
  public:
-  // `session` and `scheduler` must outlive the server.
-  ApiServer(const cli::InferSession& session, Scheduler& scheduler, ServerOptions options);
+  // `engine` and `scheduler` must outlive the server.
+  ApiServer(const Engine& engine, Scheduler& scheduler, ServerOptions options);
   ~ApiServer();
 
   void set_vision_prompt_hook(VisionPromptHook hook) { vision_hook_ = std::move(hook); }
@@ -77,7 +76,7 @@ class ApiServer {
   std::string metrics_text() const;
   void record(const std::string& path, int status);
 
-  const cli::InferSession& session_;
+  const Engine& session_;
   Scheduler& scheduler_;
   ServerOptions options_;
   VisionPromptHook vision_hook_;

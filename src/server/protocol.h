@@ -12,7 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "model/sequence.h"
+#include "engine/sequence.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 #include "vision/image_info.h"
@@ -101,7 +101,10 @@ struct ResponseMeta {
 nlohmann::json usage_json(size_t prompt_tokens, size_t completion_tokens);
 // Chat: {"content": [{token, logprob, bytes, top_logprobs}]}; completions: {tokens, token_logprobs,
 // top_logprobs, text_offset}. `first` and the text offset say where this slice of tokens starts.
-nlohmann::json chat_logprobs(const tokenizer::Tokenizer& tokenizer, std::span<const TokenLogprob> logprobs);
+// `with_token_ids` adds each token's "id" (infer's --logprobs output): ids the tokenizer has no
+// text for (past its vocabulary) all show as token "".
+nlohmann::json chat_logprobs(const tokenizer::Tokenizer& tokenizer, std::span<const TokenLogprob> logprobs,
+                             bool with_token_ids = false);
 nlohmann::json completion_logprobs(const tokenizer::Tokenizer& tokenizer, std::span<const TokenLogprob> logprobs,
                                    size_t text_offset);
 

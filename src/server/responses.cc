@@ -1,5 +1,5 @@
 // The response side of protocol.h: OpenAI's response, chunk, usage and logprobs objects.
-#include "cli/infer_session.h"
+#include "engine/token_text.h"
 #include "server/protocol.h"
 
 namespace vlmforge::server {
@@ -11,19 +11,36 @@ json usage_json(size_t prompt_tokens, size_t completion_tokens) {
           {"total_tokens", prompt_tokens + completion_tokens}};
 }
 
-json chat_logprobs(const tokenizer::Tokenizer& tokenizer, std::span<const TokenLogprob> logprobs) {
-  return cli::openai_logprobs(tokenizer, {logprobs.begin(), logprobs.end()});
+json chat_logprobs(const tokenizer::Tokenizer& tokenizer, std::span<const TokenLogprob> logprobs, bool with_token_ids) {
+  auto entry = [&](int32_t id, double logprob) {
+    // As OpenAI: the token's text (a partial UTF-8 character shows as U+FFFD) and its exact bytes.
+    const std::string_view raw = generated_token_bytes(tokenizer, id);
+    json bytes = json::array();
+    for (unsigned char c : raw) bytes.push_back(c);
+    json out{{"token", display_text(raw)}, {"logprob", logprob}, {"bytes", bytes}};
+    if (with_token_ids) out["id"] = id;
+    return out;
+  };
+  json content = json::array();
+  for (const auto& lp : logprobs) {
+    json item = entry(lp.id, lp.logprob);
+    json top = json::array();
+    for (const auto& [id, logprob] : lp.top) top.push_back(entry(id, logprob));
+    item["top_logprobs"] = top;
+    content.push_back(item);
+  }
+  return {{"content", content}};
 }
 
 json completion_logprobs(const tokenizer::Tokenizer& tokenizer, std::span<const TokenLogprob> logprobs,
                          size_t text_offset) {
   json tokens = json::array(), token_logprobs = json::array(), top = json::array(), offsets = json::array();
   for (const auto& lp : logprobs) {
-    const std::string text = cli::display_text(generated_token_bytes(tokenizer, lp.id));
+    const std::string text = display_text(generated_token_bytes(tokenizer, lp.id));
     tokens.push_back(text);
     token_logprobs.push_back(lp.logprob);
     json alternatives = json::object();
-    for (const auto& [id, logprob] : lp.top) alternatives[cli::display_text(generated_token_bytes(tokenizer, id))] = logprob;
+    for (const auto& [id, logprob] : lp.top) alternatives[display_text(generated_token_bytes(tokenizer, id))] = logprob;
     top.push_back(alternatives);
     offsets.push_back(text_offset);
     text_offset += text.size();

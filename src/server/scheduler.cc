@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "engine/generation_step.h"
+
 namespace vlmforge::server {
 
 Job::Update Job::wait(size_t text_bytes, size_t logprob_count, std::chrono::milliseconds timeout) {
@@ -34,7 +36,6 @@ struct Scheduler::Running {
   std::shared_ptr<Job> job;
   std::unique_ptr<SequenceState> state;
   size_t published_text = 0, published_tokens = 0;
-  bool failed = false;
 };
 
 Scheduler::Scheduler(Qwen2Model& model, const tokenizer::Tokenizer& tokenizer, SchedulerOptions options)
@@ -151,7 +152,7 @@ void Scheduler::loop() {
 }
 
 void Scheduler::step(std::vector<std::unique_ptr<Running>>& running, std::vector<std::shared_ptr<Job>> joiners) {
-  uint64_t prompt_tokens = 0, generated = 0, finished = 0, cancelled = 0, stepped = 0;
+  uint64_t finished = 0, cancelled = 0;
   for (auto& job : joiners) {
     if (job->cancelled()) {
       ++cancelled;
@@ -183,75 +184,39 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running, std::vector
     return true;
   });
 
-  // Prompts in prefill advance one chunk each (run alone, as Generator runs them, so the numbers
-  // are the same); a long prompt thus delays the others' decode steps by a chunk at a time, not
-  // by its whole length. The last chunk samples the first token.
-  for (auto& r : running) {
-    if (!r->state->prefilling()) continue;
-    const size_t before = r->state->cache().length();
-    try {
-      r->state->prefill_next_chunk(model_);
-    } catch (const std::exception& e) {
-      fail(r->job, e.what());
-      r->failed = true;
+  // One engine step: prompts in prefill advance one chunk each, so a long prompt delays the
+  // others' decode steps by a chunk at a time, not by its whole length; then one decode forward
+  // for every sequence past its prompt. A failure ends only the sequences it touches.
+  std::vector<BatchMember> members(running.size());
+  for (size_t i = 0; i < running.size(); ++i) members[i].sequence = running[i]->state.get();
+  const StepReport report = generation_step(model_, members, FailurePolicy::kFailMember);
+  // Failed and finished sequences leave; their caches are freed with them.
+  std::vector<std::unique_ptr<Running>> staying;
+  for (size_t i = 0; i < running.size(); ++i) {
+    Running& r = *running[i];
+    if (!members[i].error.empty()) {
+      fail(r.job, members[i].error);
       continue;
     }
-    prompt_tokens += r->state->cache().length() - before;
-    if (!r->state->prefilling()) {
-      generated += r->state->result().tokens.size();
-      publish(*r);
+    if (r.state->result().tokens.size() != r.published_tokens || r.state->done()) publish(r);
+    if (r.state->done()) {
+      ++finished;
+      continue;
     }
+    staying.push_back(std::move(running[i]));
   }
-  auto leave_when_over = [&](const std::unique_ptr<Running>& r) {
-    if (r->failed) return true;
-    if (!r->state->done()) return false;
-    ++finished;
-    return true;
-  };
-  std::erase_if(running, leave_when_over);
-
-  // One decode forward for every sequence past its prompt.
-  std::vector<Running*> decoding;
-  for (auto& r : running)
-    if (!r->state->prefilling()) decoding.push_back(r.get());
-  if (!decoding.empty()) {
-    std::vector<SequenceChunk> chunks;
-    for (Running* r : decoding) chunks.push_back(r->state->decode_chunk());
-    try {
-      std::vector<float> logits = model_.forward(chunks);
-      stepped = 1;
-      const size_t vocab = model_.vocab_size();
-      for (size_t i = 0; i < decoding.size(); ++i) {
-        try {
-          decoding[i]->state->accept(std::span(logits).subspan(i * vocab, vocab));
-        } catch (const std::exception& e) {  // this sequence only; the batch goes on
-          fail(decoding[i]->job, std::string("generation failed: ") + e.what());
-          decoding[i]->failed = true;
-          continue;
-        }
-        ++generated;
-        publish(*decoding[i]);
-      }
-    } catch (const std::exception& e) {
-      // A failed step (e.g. out of memory growing a KV cache) leaves the caches inconsistent.
-      for (Running* r : decoding) {
-        fail(r->job, std::string("generation failed: ") + e.what());
-        r->failed = true;
-      }
-    }
-    std::erase_if(running, leave_when_over);
-  }
+  running = std::move(staying);
 
   uint64_t kv_bytes = 0;
   for (auto& r : running) kv_bytes += r->state->cache().bytes();
   std::lock_guard lock(mutex_);
   stats_.running = running.size();
-  stats_.prompt_tokens += prompt_tokens;
-  stats_.generated_tokens += generated;
+  stats_.prompt_tokens += report.prefill_tokens;
+  stats_.generated_tokens += report.sampled_tokens;
   stats_.finished += finished;
   stats_.cancelled += cancelled;
   stats_.kv_cache_bytes = kv_bytes;
-  stats_.decode_steps += stepped;
+  stats_.decode_steps += report.decoded ? 1 : 0;
 }
 
 }  // namespace vlmforge::server

@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "model/qwen2.h"
-#include "model/sequence.h"
+#include "engine/sequence.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 

@@ -1,5 +1,7 @@
 #include "util/bytes.h"
 
+#include <sys/resource.h>
+
 #include <array>
 #include <cctype>
 #include <charconv>
@@ -74,6 +76,12 @@ uint64_t available_memory_bytes() {
   while (meminfo >> key >> kib >> unit)
     if (key == "MemAvailable:") return kib * 1024;
   return 0;
+}
+
+uint64_t peak_rss_bytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<uint64_t>(usage.ru_maxrss) * 1024;
 }
 
 }  // namespace vlmforge

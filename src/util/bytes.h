@@ -16,4 +16,7 @@ std::string format_bytes(uint64_t bytes);
 // Memory the system can still give this process (MemAvailable), for out-of-memory messages.
 uint64_t available_memory_bytes();
 
+// Peak resident memory of this process so far (infer's [stats] line).
+uint64_t peak_rss_bytes();
+
 }  // namespace vlmforge

@@ -156,7 +156,6 @@ TEST_F(DeviceMapCli, BadPlacementInputIsAClearError) {
     EXPECT_NE(r.err.find(text), std::string::npos) << r.err;
   };
   expect({"--device_map", "nearest"}, 2, "neither auto");
-  expect({"--memory_report"}, 2, "--device_map auto");
   expect({"--device_map", "auto", "--devices", "cpu:0,cpu:x"}, 2, "cpu:x");
   expect({"--device_map", "auto", "--devices", "cpu:0,cpu:1", "--max_memory", "cpu:0=1GB,cpu:1"}, 2, "DEVICE=SIZE");
   expect({"--device_map", "auto", "--devices", "cpu:0,cpu:1", "--max_memory", "2MiB"}, 1, "never split");

@@ -6,7 +6,8 @@
 
 #include <thread>
 
-#include "model/generator.h"
+#include "engine/generator.h"
+#include "engine/token_text.h"
 #include "server/scheduler.h"
 #include "support/test_support.h"
 

@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "cli/infer_session.h"
+#include "engine/engine.h"
 #include "io/json_file.h"
 #include "support/test_support.h"
 #include "vision/image_processor.h"
@@ -49,24 +49,24 @@ TEST(Qwen25VlGolden, GridsPromptIdsAndGreedyLogprobsMatchTheReference) {
   double worst = 0;
   for (const json& c : golden["cases"]) {
     const std::string name = c["images"].dump() + " " + c["query"].get<std::string>();
-    cli::VisionOptions options;
-    options.budget = budget_of(c);
-    cli::InferSession session(dir, 2, {}, options);
-    const ModelConfig& config = session.model->config();
+    EngineOptions options{.model_dir = dir, .threads = 2};
+    options.vision.budget = budget_of(c);
+    Engine engine(options);
+    const ModelConfig& config = engine.model->config();
 
     ASSERT_EQ(c["image_grid_thw"].size(), c["images"].size()) << name;
     for (size_t i = 0; i < c["images"].size(); ++i) {
       const vision::RgbImage rgb = vision::load_rgb(dir / c["images"][i].get<std::string>());
-      const vision::ImagePatches patches = vision::preprocess_image(rgb, options.budget, *config.vision);
+      const vision::ImagePatches patches = vision::preprocess_image(rgb, options.vision.budget, *config.vision);
       EXPECT_EQ(json({patches.grid_t, patches.grid_h, patches.grid_w}), c["image_grid_thw"][i]) << name;
     }
 
-    const PromptInput input = session.prepare(request_of(c, dir));
+    const PromptInput input = engine.prepare(request_of(c, dir));
     ASSERT_EQ(input.tokens, c["prompt_ids"].get<std::vector<int32_t>>()) << name;
 
-    KvCache cache = session.model->make_cache(input.tokens.size() + 8);
+    KvCache cache = engine.model->make_cache(input.tokens.size() + 8);
     SequenceChunk prompt{&cache, input.tokens, false, input.image_embeds, input.positions, input.position_delta};
-    std::vector<float> logits = session.model->forward(std::span(&prompt, 1));
+    std::vector<float> logits = engine.model->forward(std::span(&prompt, 1));
     const auto greedy = c["greedy"].get<std::vector<int32_t>>();
     for (size_t step = 0; step < greedy.size(); ++step) {
       const std::vector<double> lp = log_softmax(logits);
@@ -84,7 +84,7 @@ TEST(Qwen25VlGolden, GridsPromptIdsAndGreedyLogprobsMatchTheReference) {
       }
       const int32_t token = greedy[step];
       const SequenceChunk next{&cache, std::span(&token, 1), false, {}, {}, input.position_delta};
-      logits = session.model->forward(std::span(&next, 1));
+      logits = engine.model->forward(std::span(&next, 1));
     }
   }
   std::printf("largest |logprob - reference| over all cases: %.3g\n", worst);

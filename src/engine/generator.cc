@@ -1,7 +1,10 @@
-#include "model/generator.h"
+#include "engine/generator.h"
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
+
+#include "engine/generation_step.h"
 
 #include "util/error.h"
 
@@ -23,44 +26,40 @@ std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<
 std::vector<GenerationResult> Generator::generate(const std::vector<PromptInput>& prompts,
                                                   const GenerationParams& params, const TextCallback& on_text) {
   timings_ = {};
-  std::vector<std::unique_ptr<SequenceState>> seqs;
-  auto text_of = [&](size_t s) {
-    return on_text ? std::function<void(std::string_view)>([&on_text, s](std::string_view t) { on_text(s, t); })
-                   : std::function<void(std::string_view)>();
-  };
-
   const auto start = Clock::now();
+  std::vector<std::unique_ptr<SequenceState>> seqs;
+  std::vector<BatchMember> members;
   for (size_t s = 0; s < prompts.size(); ++s) {
     try {
       seqs.push_back(std::make_unique<SequenceState>(model_, tokenizer_, prompts[s], max_model_len_, params));
     } catch (const Error& e) {
       throw Error(std::string(e.what()) + " (sequence " + std::to_string(s) + ")");
     }
-    seqs[s]->prefill(model_, text_of(s));
-    timings_.prefill_tokens += prompts[s].tokens.size();
-    if (s == 0 && params.max_new_tokens > 0) timings_.first_token_seconds = seconds(start, Clock::now());
+    BatchMember& m = members.emplace_back();
+    m.sequence = seqs.back().get();
+    if (on_text) m.on_text = [&on_text, s](std::string_view t) { on_text(s, t); };
   }
-  const auto prefill_end = Clock::now();
-  timings_.prefill_seconds = seconds(start, prefill_end);
 
+  bool first_token_seen = false;
   for (;;) {
-    std::vector<size_t> active;
-    std::vector<SequenceChunk> chunks;
-    for (size_t s = 0; s < seqs.size(); ++s)
-      if (!seqs[s]->done()) active.push_back(s);
-    if (active.empty()) break;
+    const bool running = std::any_of(seqs.begin(), seqs.end(), [](const auto& s) { return !s->done(); });
+    if (!running) break;
     if (params.should_stop && params.should_stop()) {
-      for (size_t s : active) seqs[s]->abort(text_of(s));
+      for (BatchMember& m : members) m.sequence->abort(m.on_text);
       break;
     }
-    for (size_t s : active) chunks.push_back(seqs[s]->decode_chunk());
-    std::vector<float> logits = model_.forward(chunks);
-    const size_t vocab = model_.vocab_size();
-    for (size_t i = 0; i < active.size(); ++i)
-      seqs[active[i]]->accept(std::span(logits).subspan(i * vocab, vocab), text_of(active[i]));
-    timings_.decode_tokens += active.size();
+    const double before = seconds(start, Clock::now());
+    const StepReport step = generation_step(model_, members, FailurePolicy::kThrow);
+    timings_.prefill_tokens += step.prefill_tokens;
+    timings_.decode_tokens += step.decode_tokens;
+    timings_.prefill_seconds += step.prefill_seconds;
+    timings_.decode_seconds += step.decode_seconds;
+    // The first sequence's first token is sampled at the end of the step's prefill chunks.
+    if (!first_token_seen && !seqs.empty() && !seqs[0]->result().tokens.empty()) {
+      first_token_seen = true;
+      timings_.first_token_seconds = before + step.prefill_seconds;
+    }
   }
-  timings_.decode_seconds = seconds(prefill_end, Clock::now());
   total_.prefill_seconds += timings_.prefill_seconds;
   total_.decode_seconds += timings_.decode_seconds;
   total_.prefill_tokens += timings_.prefill_tokens;

@@ -1,7 +1,8 @@
 #pragma once
-// Text generation over a Qwen2Model: chunked prefill per sequence, then batched decode steps in
-// which every active sequence advances by one token and each weight matrix is read once for all
-// of them. Stops on eos/stop ids, stop words, max_new_tokens or max_model_len.
+// Text generation of a fixed batch over a Qwen2Model (infer, verify-merge): the batch runs
+// generation_step until every sequence is done, so it is generated exactly as deploy's scheduler
+// generates it. Stops on eos/stop ids, stop words, max_new_tokens or max_model_len; should_stop
+// is polled between steps.
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -9,12 +10,14 @@
 #include <utility>
 #include <vector>
 
+#include "engine/sequence.h"
 #include "model/qwen2.h"
-#include "model/sequence.h"
 #include "tokenizer/tokenizer.h"
 
 namespace vlmforge {
 
+// Seconds spent in the steps' prefill chunks and in their decode forwards (with sampling); the
+// first token is the first sequence's, at the end of the prefill chunks of the step sampling it.
 struct GenerationTimings {
   double prefill_seconds = 0;
   double decode_seconds = 0;

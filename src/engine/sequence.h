@@ -1,8 +1,8 @@
 #pragma once
 // One sequence being generated: its KV cache, sampler, streaming detokenizer and stop handling.
-// Generator (a fixed batch) and the server's scheduler (a batch that sequences join and leave
-// between decode steps) both drive these, so stop ids, stop words, length limits and logprobs
-// behave the same in `infer` and `deploy`.
+// generation_step (engine/generation_step.h) drives these for Generator (a fixed batch) and the
+// server's scheduler (a batch that sequences join and leave between steps), so stop ids, stop
+// words, length limits and logprobs behave the same in `infer` and `deploy`.
 #include <array>
 #include <cstdint>
 #include <functional>
@@ -111,11 +111,6 @@ class SequenceState {
   bool done_ = false;
   GenerationResult result_;
 };
-
-// The bytes of a generated id. A model's vocabulary is padded past the tokenizer's (Qwen2.5:
-// 151,936 rows, 151,665 tokens); such ids decode to nothing, as Hugging Face tokenizers skip ids
-// they do not know.
-std::string_view generated_token_bytes(const tokenizer::Tokenizer& tokenizer, int32_t id);
 
 // Natural-log softmax of one row of logits, in double.
 std::vector<double> log_softmax(std::span<const float> logits);

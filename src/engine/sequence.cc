@@ -1,4 +1,4 @@
-#include "model/sequence.h"
+#include "engine/sequence.h"
 
 #include <algorithm>
 #include <cmath>
@@ -27,10 +27,6 @@ std::vector<std::pair<int32_t, double>> top_k_entries(std::span<const double> va
   std::vector<std::pair<int32_t, double>> out;
   for (size_t i = 0; i < k; ++i) out.emplace_back(index[i], values[static_cast<size_t>(index[i])]);
   return out;
-}
-
-std::string_view generated_token_bytes(const tokenizer::Tokenizer& tokenizer, int32_t id) {
-  return id >= 0 && static_cast<size_t>(id) < tokenizer.vocab_size() ? tokenizer.token_bytes(id) : std::string_view();
 }
 
 namespace {
@@ -140,7 +136,7 @@ bool SequenceState::accept(std::span<float> logits, const std::function<void(std
     push_text(detokenizer_.finish(), true, on_text);
     return done_ = true;
   }
-  const bool known = static_cast<size_t>(token) < tokenizer_.vocab_size();  // see generated_token_bytes
+  const bool known = static_cast<size_t>(token) < tokenizer_.vocab_size();  // see generated_token_bytes (engine/token_text.h)
   if (push_text(known ? detokenizer_.push(token) : std::string(), false, on_text)) {
     result_.finish_reason = "stop";
     return done_ = true;

@@ -1,0 +1,39 @@
+#pragma once
+// The flags that choose and size the engine, added by one function to `infer`, `score` and
+// `deploy` so they read, default and document them alike, and turned into EngineOptions.
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+#include "engine/placement.h"
+
+namespace vlmforge::cli {
+
+struct EngineFlags {
+  std::string model;
+  std::vector<std::string> adapters;
+  size_t threads = 0;
+  size_t max_model_len = 0;
+  std::string kv_cache_dtype = "float32";
+  std::optional<uint64_t> min_pixels, max_pixels;
+  size_t image_cache_mb = 512;
+  bool exif_transpose = false;
+  DeviceMapOptions device_map;
+};
+
+// --model, --threads and the --device_map group (--devices, --max_memory, --reserve,
+// --memory_report): what every engine command takes. Returns the --model option.
+CLI::Option* add_model_flags(CLI::App* cmd, EngineFlags& flags);
+// add_model_flags plus what generating commands take: --adapters, --max_model_len,
+// --kv_cache_dtype, and the image flags (--max_pixels, --min_pixels, --image_cache_mb,
+// --exif_transpose).
+void add_generation_flags(CLI::App* cmd, EngineFlags& flags);
+
+// The flags' engine options (the pixel budget's warning, if any, on stderr); no placement yet
+// (load_engine in engine/placement.h places and loads it).
+EngineOptions engine_options(const EngineFlags& flags);
+
+}  // namespace vlmforge::cli
