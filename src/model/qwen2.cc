@@ -49,7 +49,7 @@ Qwen2Model::Qwen2Model(const fs::path& model_dir, size_t threads, const std::vec
   }
   host_ = std::make_unique<CpuDevice>(0, std::nullopt, threads);
   ModelPlacement one_device{host_.get(), std::vector<Device*>(static_cast<size_t>(config_.num_hidden_layers), host_.get()),
-                            host_.get(), host_.get(), false};
+                            host_.get(), host_.get(), nullptr, false};
   load_weights(one_device);
 }
 

@@ -20,7 +20,6 @@ TEST(DeployCli, BadPlacementFlagsFailBeforeServing) {
     EXPECT_NE(r.err.find(text), std::string::npos) << r.err;
     EXPECT_EQ(r.out.find("serving"), std::string::npos) << r.out;
   };
-  expect({"--memory_report"}, 2, "--device_map auto");
   expect({"--device_map", "nearest"}, 2, "neither auto");
   expect({"--device_map", "auto", "--devices", "cpu:0,cpu:1", "--max_memory", "2MiB"}, 1, "never split");
   // Each of these becomes threads or descriptors: a typo must not exhaust the machine.
