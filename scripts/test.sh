@@ -20,7 +20,11 @@ cmake --build build-asan -j"$(nproc)" >/dev/null
 echo "== TSan: thread pool, scheduler and server tests"
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DVLMFORGE_SANITIZE=thread -DVLMFORGE_BUILD_BENCH=OFF >/dev/null
 cmake --build build-tsan -j"$(nproc)" --target vlmforge test_util test_server >/dev/null
-for t in test_util test_server; do TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/$t --gtest_brief=1; done
+# Left out: a wall-clock bound (a 16 MiB prompt refused within 5 s) that TSan's slowdown alone exceeds.
+for t in test_util test_server; do
+  TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/$t --gtest_brief=1 \
+    --gtest_filter=-DeployLimits.OversizedPromptsAreRefusedBeforeTokenizing
+done
 
 echo "== fuzz: safetensors header parser (bounded, seeded)"
 CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVLMFORGE_FUZZ=ON \
