@@ -2,7 +2,7 @@
 
 #include <gtest/gtest.h>
 
-#include <cstring>
+#include <algorithm>
 #include <fstream>
 #include <random>
 
@@ -66,7 +66,7 @@ TEST(Safetensors, RoundTripsEveryDtypeEmptyAndScalarTensors) {
     EXPECT_EQ(t->shape, specs[i].shape);
     const auto bytes = file.data(*t);
     ASSERT_EQ(bytes.size(), data[i].size());
-    EXPECT_EQ(std::memcmp(bytes.data(), data[i].data(), bytes.size()), 0) << specs[i].name;
+    EXPECT_TRUE(std::ranges::equal(bytes, data[i])) << specs[i].name;
   }
   EXPECT_EQ(file.find("scalar")->num_elements(), 1u);
   EXPECT_EQ(file.find("empty")->nbytes(), 0u);

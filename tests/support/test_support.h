@@ -51,7 +51,7 @@ struct RunOptions {
   // Bounds for tests of hangs and unbounded reads, so a regression fails instead of stalling the
   // suite or exhausting the machine (0: none). A child past its timeout is killed (exit code 137).
   unsigned timeout_seconds = 0;
-  uint64_t address_space_limit = 0;  // RLIMIT_AS bytes
+  uint64_t address_space_limit = 0;  // RLIMIT_AS bytes (ASan/TSan builds: their hard_rss_limit_mb)
 };
 
 // Runs vlmforge with `args` (no shell), capturing stdout and stderr.

@@ -37,7 +37,9 @@ TEST(TokenizerChatTemplate, RendersEveryCaseByteForByte) {
 }
 
 TEST(TokenizerChatTemplate, RejectsWhatTheJinjaTemplateWouldRaiseOn) {
-  for (const auto& c : cases_file()["errors"]) {
+  // Held by name: a range-for over a member of a temporary reads the temporary after it is destroyed.
+  const ordered_json file = cases_file();
+  for (const auto& c : file["errors"]) {
     SCOPED_TRACE(c["name"].get<std::string>());
     try {
       render_chat(parse_chat_template_kind(c["template"].get<std::string>()), parse_chat_request(c["request"]), {});
