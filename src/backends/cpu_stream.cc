@@ -62,7 +62,8 @@ void CpuStream::copy(const DeviceBuffer& dst, size_t dst_offset, const DeviceBuf
                      size_t bytes) {
   if (dst_offset + bytes > dst.size() || src_offset + bytes > src.size())
     throw Error("internal error: copy past the end of a " + cpu_.name() + " buffer");
-  if (bytes) std::memmove(dst.data() + dst_offset, bytes_of(&src, src_offset), bytes);
+  std::byte* to = const_cast<std::byte*>(bytes_of(&dst, dst_offset));
+  if (bytes) std::memmove(to, bytes_of(&src, src_offset), bytes);
 }
 
 void CpuStream::embed(const WeightView& table, std::span<const int32_t> ids, F32Rows out) {
@@ -153,7 +154,7 @@ void CpuStream::linear(F32Rows x, size_t rows, std::span<const LinearOutput> out
   const float* xs = rows_of(x);
   size_t groups = 0;
   for (const LinearOutput& o : outputs) {
-    if (o.linear->in_features() > x.stride && rows > 1)
+    if (o.linear->in_features() > x.stride)
       throw Error("internal error: linear input rows are shorter than the layer's input");
     if (!o.linear->loras.empty() || !o.linear->dora_factor.empty()) {
       for (const LinearOutput& each : outputs) linear_with_adapters(x, rows, *each.linear, each.out);
@@ -225,7 +226,19 @@ void CpuStream::linear_with_adapters(F32Rows x, size_t rows, const LinearView& l
   });
 }
 
+void CpuStream::check_slots(std::span<const KvSlot> slots) const {
+  for (const KvSlot& s : slots) {
+    const size_t end = (s.position + 1) * s.cache.kv_dim * (dtype_info(s.cache.dtype).bits / 8);
+    bytes_of(s.cache.keys, 0);  // throws unless this device's
+    bytes_of(s.cache.values, 0);
+    if (end > s.cache.keys->size() || end > s.cache.values->size())
+      throw Error("internal error: KV cache position " + std::to_string(s.position) + " is past the end of its " +
+                  cpu_.name() + " buffer");
+  }
+}
+
 void CpuStream::kv_store(std::span<const KvSlot> slots, F32Rows keys, F32Rows values) {
+  check_slots(slots);
   const float* k = rows_of(keys);
   const float* v = rows_of(values);
   for_rows(slots.size(), [&](size_t r) {
@@ -242,6 +255,10 @@ DeviceArray& CpuStream::lane_scratch(size_t lane, size_t floats) {
 }
 
 void CpuStream::attention(F32Rows q, std::span<const KvSlot> slots, const AttentionShape& shape, F32Rows out) {
+  check_slots(slots);
+  if (shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0)
+    throw Error("internal error: " + std::to_string(shape.heads) + " attention heads do not form groups of " +
+                std::to_string(shape.kv_heads) + " KV heads");
   const float* qs = rows_of(q);
   float* o = rows_of(out);
   const size_t group = shape.heads / shape.kv_heads, hd = shape.head_dim;

@@ -7,6 +7,9 @@
 // Activations are fp32. Weights are BF16, F16 or F32 [rows, cols] row-major, as stored.
 // Work submitted to a stream runs in submission order; copy_to_host returns once the data is on
 // the host (so it waits for the work before it); synchronize() waits for everything.
+// Ops refuse buffers of another device and cache slots past a cache's end (an Error: a placement
+// or engine bug, never bad user input). Row indices (embed ids, gather/scatter indices) and view
+// extents are the caller's to keep in range. Outputs may alias inputs row for row (out == x).
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -128,10 +131,11 @@ class Stream {
   virtual void linear(F32Rows x, size_t rows, std::span<const LinearOutput> outputs) = 0;
   // Writes row r's keys and values (kv_dim floats each) at slots[r], converting to the cache dtype.
   virtual void kv_store(std::span<const KvSlot> slots, F32Rows keys, F32Rows values) = 0;
-  // Causal attention of row r's query heads over its cache slots [0, slots[r].position].
+  // Causal attention of row r's query heads over its cache slots [0, slots[r].position]; query
+  // head h reads KV head h / (heads / kv_heads) (heads a multiple of kv_heads).
   virtual void attention(F32Rows q, std::span<const KvSlot> slots, const AttentionShape& shape, F32Rows out) = 0;
   // Bidirectional attention within segments of rows [bounds[s], bounds[s+1]) (the tower's windows,
-  // or the whole image): q, k, v and out are [rows, heads · head_dim].
+  // or the whole image): q, k, v and out are [rows, heads · head_dim]; k and v share a stride.
   virtual void segment_attention(F32Rows q, F32Rows k, F32Rows v, std::span<const size_t> bounds,
                                  const AttentionShape& shape, F32Rows out) = 0;
 

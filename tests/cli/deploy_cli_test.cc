@@ -30,18 +30,5 @@ TEST(DeployCli, BadPlacementFlagsFailBeforeServing) {
   expect({"--max_body_mb", "1e9"}, 2, "--max_body_mb must be in (0, 4096]");
 }
 
-TEST(DeployCli, VisionModelWithDeviceMapSaysWhatToDo) {
-  const fs::path tokenizer = shared_dir() / "tokenizer" / "tokenizer.json";
-  VLMFORGE_REQUIRE_SHARED(tokenizer);
-  TempDir dir;
-  const auto made = run_vlmforge({"generate", "checkpoint", "--preset", "tiny-vl", "--output_dir", (dir / "vl").string(),
-                                  "--dtype", "float32", "--vocab_size", "151936", "--tokenizer", tokenizer.string()});
-  ASSERT_EQ(made.exit_code, 0) << made.err;
-  const auto r = run_vlmforge({"deploy", "--model", (dir / "vl").string(), "--port", "0", "--device_map", "auto"});
-  EXPECT_EQ(r.exit_code, 1) << r.err;
-  EXPECT_NE(r.err.find("without --device_map"), std::string::npos) << r.err;
-  EXPECT_EQ(r.out.find("serving"), std::string::npos) << r.out;
-}
-
 }  // namespace
 }  // namespace vlmforge::test

@@ -4,7 +4,9 @@
 #include <sys/stat.h>
 
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <sstream>
 
 #include "support/test_support.h"
@@ -66,6 +68,44 @@ TEST_F(InferVision, ImagesAddTheirTokensUnderThePixelBudget) {
   const json untagged = query("Describe this.", {"--images", file("wide.png")});
   EXPECT_EQ(untagged["prompt_tokens"], image["prompt_tokens"]);
   EXPECT_EQ(untagged["response"], image["response"]);
+}
+
+// [memory] lines: device -> (peak, plan estimate).
+std::map<std::string, std::pair<double, double>> memory_report(const std::string& err) {
+  std::map<std::string, std::pair<double, double>> out;
+  const std::regex line(R"(\[memory\] (\S+): peak .*?\((\d+) bytes\), plan .*?\((\d+) bytes\))");
+  for (std::sregex_iterator it(err.begin(), err.end(), line), end; it != end; ++it)
+    out[(*it)[1]] = {std::stod((*it)[2]), std::stod((*it)[3])};
+  return out;
+}
+
+// The tower alone on cpu:2, the language model split over cpu:0 and cpu:1: the image embeddings
+// travel from the tower's device to the embedding layer's, and every output matches one device.
+TEST_F(InferVision, ThreeDevicesWithTheTowerOnItsOwnGiveTheOneDeviceOutput) {
+  const fs::path map = *dir_ / "vl_map.json";
+  std::ofstream(map) << json{{"model.embed_tokens", "cpu:0"}, {"model.layers.0", "cpu:0"}, {"model.layers.1", "cpu:1"},
+                             {"model.norm", "cpu:1"}, {"lm_head", "cpu:1"}, {"visual", "cpu:2"}}
+                            .dump();
+  // The budget is the image's own size (200x120 -> 196x112), so the plan's tower workspace is
+  // what this image needs and the report can be held to 10%.
+  const std::vector<std::string> common{"--images", file("wide.png"), "--max_pixels", "21952", "--max_model_len", "600",
+                                        "--max_batch_size", "1", "--threads", "2", "--logprobs"};
+  const json one = query("<image>Describe this.", common);
+  std::vector<std::string> placed = common;
+  for (const char* a : {"--device_map", map.c_str(), "--devices", "cpu:0,cpu:1,cpu:2", "--max_memory", "64MiB",
+                        "--memory_report"})
+    placed.push_back(a);
+  std::vector<std::string> args{"infer", "--model", model(), "--query", "<image>Describe this.", "--temperature", "0",
+                                "--max_new_tokens", "3", "--json"};
+  args.insert(args.end(), placed.begin(), placed.end());
+  const auto three = run_vlmforge(args);
+  ASSERT_EQ(three.exit_code, 0) << three.err;
+  EXPECT_EQ(json::parse(three.out), one);  // response, tokens and logprobs, bit for bit
+  EXPECT_NE(three.err.find("cpu:2: vision"), std::string::npos) << three.err;
+  const auto report = memory_report(three.err);
+  ASSERT_EQ(report.size(), 3u) << three.err;
+  for (const auto& [device, values] : report)
+    EXPECT_NEAR(values.first / values.second, 1.0, 0.10) << device << ": peak " << values.first << ", plan " << values.second;
 }
 
 TEST_F(InferVision, MinPixelsAboveMaxPixelsWarnsAndShrinksAsTransformers) {
