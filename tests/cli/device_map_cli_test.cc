@@ -4,7 +4,6 @@
 
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <regex>
 
 #include "model/layout.h"
 #include "model/random_checkpoint.h"
@@ -68,15 +67,6 @@ std::vector<std::string> infer_args(const fs::path& model, std::vector<std::stri
   a.insert(a.end(), kGreedy.begin(), kGreedy.end());
   a.insert(a.end(), extra.begin(), extra.end());
   return a;
-}
-
-// [memory] lines: device -> (peak, plan estimate).
-std::map<std::string, std::pair<double, double>> memory_report(const std::string& err) {
-  std::map<std::string, std::pair<double, double>> out;
-  const std::regex line(R"(\[memory\] (\S+): peak .*?\((\d+) bytes\), plan .*?\((\d+) bytes\))");
-  for (std::sregex_iterator it(err.begin(), err.end(), line), end; it != end; ++it)
-    out[(*it)[1]] = {std::stod((*it)[2]), std::stod((*it)[3])};
-  return out;
 }
 
 TEST_F(DeviceMapCli, ThreeCappedDevicesGiveTheSingleDeviceOutputs) {

@@ -4,9 +4,7 @@
 #include <sys/stat.h>
 
 #include <fstream>
-#include <map>
 #include <nlohmann/json.hpp>
-#include <regex>
 #include <sstream>
 
 #include "support/test_support.h"
@@ -68,15 +66,6 @@ TEST_F(InferVision, ImagesAddTheirTokensUnderThePixelBudget) {
   const json untagged = query("Describe this.", {"--images", file("wide.png")});
   EXPECT_EQ(untagged["prompt_tokens"], image["prompt_tokens"]);
   EXPECT_EQ(untagged["response"], image["response"]);
-}
-
-// [memory] lines: device -> (peak, plan estimate).
-std::map<std::string, std::pair<double, double>> memory_report(const std::string& err) {
-  std::map<std::string, std::pair<double, double>> out;
-  const std::regex line(R"(\[memory\] (\S+): peak .*?\((\d+) bytes\), plan .*?\((\d+) bytes\))");
-  for (std::sregex_iterator it(err.begin(), err.end(), line), end; it != end; ++it)
-    out[(*it)[1]] = {std::stod((*it)[2]), std::stod((*it)[3])};
-  return out;
 }
 
 // The tower alone on cpu:2, the language model split over cpu:0 and cpu:1: the image embeddings

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <random>
+#include <regex>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -150,6 +151,14 @@ void for_each_simd_target(const std::function<void(const std::string& target)>& 
     hwy::SetSupportedTargetsForTest(target.bit);
     body(target.name);
   }
+}
+
+std::map<std::string, std::pair<double, double>> memory_report(const std::string& err) {
+  std::map<std::string, std::pair<double, double>> out;
+  const std::regex line(R"(\[memory\] (\S+): peak .*?\((\d+) bytes\), plan .*?\((\d+) bytes\))");
+  for (std::sregex_iterator it(err.begin(), err.end(), line), end; it != end; ++it)
+    out[(*it)[1]] = {std::stod((*it)[2]), std::stod((*it)[3])};
+  return out;
 }
 
 }  // namespace vlmforge::test

@@ -6,6 +6,7 @@
 #include <exception>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -61,6 +62,10 @@ CommandResult run_vlmforge(const std::vector<std::string>& args, const RunOption
 // run-time dispatch held to that target, then restores the normal choice: kernel tests check the
 // AVX2 and the AVX-512 code (and SSE4, ...) wherever they run.
 void for_each_simd_target(const std::function<void(const std::string& target)>& body);
+
+// The `[memory] DEVICE: peak ... (N bytes), plan ... (M bytes)` lines of a --memory_report run:
+// device -> (peak, plan estimate).
+std::map<std::string, std::pair<double, double>> memory_report(const std::string& err);
 
 // The message of the exception f() throws, or "" when it throws none.
 template <typename F>
