@@ -292,7 +292,7 @@ await test('--adapters: runtime LoRA answers and logprobs equal infer --adapters
 });
 
 // A second server: one sequence at a time and one waiting, so a third request is refused.
-await test('Qwen2.5-VL: data: URL images answer exactly as infer --images, batched with text, under --max_pixels', async () => {
+await test('Qwen2.5-VL: data: URL images answer exactly as infer --images, batched with text, under --max_pixels, and across devices', async () => {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'deploy-vl-'));
   const vl = path.join(work, 'vl');
   execFileSync(VLMFORGE, ['generate', 'checkpoint', '--preset', 'tiny-vl', '--output_dir', vl, '--dtype', 'float32',
@@ -326,6 +326,21 @@ await test('Qwen2.5-VL: data: URL images answer exactly as infer --images, batch
     400, (e) => assert.match(e.message, /cannot use the request's images/));
   server.child.kill('SIGTERM');
   assert.equal((await server.exited).code, 0);
+  // The tower alone on cpu:2, the language model over cpu:0 and cpu:1: the same answer.
+  const map = path.join(work, 'map.json');
+  fs.writeFileSync(map, JSON.stringify({ 'model.embed_tokens': 'cpu:0', 'model.layers.0': 'cpu:0', 'model.layers.1': 'cpu:1',
+    'model.norm': 'cpu:1', lm_head: 'cpu:1', visual: 'cpu:2' }));
+  const placed = startServer([...flags, '--device_map', map, '--devices', 'cpu:0,cpu:1,cpu:2', '--max_memory', '256MiB',
+    '--memory_report'], vl);
+  const pc = new OpenAI({ baseURL: `http://127.0.0.1:${await placed.port}/v1`, apiKey: 'none', maxRetries: 0 });
+  const p = await pc.chat.completions.create({ model: NAME, temperature: 0, max_tokens: 12, logprobs: true,
+    messages: user([{ type: 'image_url', image_url: { url } }, { type: 'text', text: 'What is this?' }]) });
+  assert.equal(p.choices[0].message.content, ref.response);
+  assert.deepEqual(p.choices[0].logprobs.content.map((t) => t.logprob), ref.logprobs.content.map((t) => t.logprob));
+  placed.child.kill('SIGTERM');
+  const exit = await placed.exited;
+  assert.equal(exit.code, 0, exit.stderr);
+  assert.match(exit.stderr, /cpu:2: vision/, exit.stderr);
   fs.rmSync(work, { recursive: true });
 });
 
