@@ -1,11 +1,14 @@
 // vlmforge score: per-token prompt logprobs, the most likely next tokens, and perplexity.
 #include <cmath>
+#include <algorithm>
 #include <cstdio>
 #include <thread>
 
 #include "cli/commands.h"
 #include "cli/engine_flags.h"
 #include "engine/token_text.h"
+#include "vision/image_info.h"
+#include "vision/smart_resize.h"
 #include "io/json_file.h"
 #include "tokenizer/token_ids.h"
 #include "util/error.h"
@@ -21,6 +24,7 @@ struct ScoreArgs {
   std::string ids;
   std::string text;
   std::string file;
+  std::vector<std::string> images;
   size_t top_logprobs = 5;
   bool json = false;
 };
@@ -39,22 +43,43 @@ int run(const ScoreArgs& a) {
   auto encode = [&](const tokenizer::Tokenizer& t) {
     return !a.ids.empty() ? parse_ids(a.ids) : !a.text.empty() ? t.encode(a.text) : t.encode(read_text_file(a.file));
   };
+  if (!a.images.empty() && !a.ids.empty()) throw UsageError("--images needs --text or --file (with <image> tags or none)");
   std::vector<int32_t> ids;
   PlanOptions plan_options;
   plan_options.threads = a.engine.threads;
+  EngineOptions options = engine_options(a.engine);
   if (a.engine.device_map.enabled()) {
-    // The plan needs the token count (one forward over all of them), so tokenize first.
+    // The plan needs the token count (one forward over all of them), so tokenize first; each
+    // image counts as the largest the pixel budget allows.
     ids = !a.ids.empty() ? parse_ids(a.ids)
                          : encode(tokenizer::Tokenizer::load(fs::path(a.engine.model) / "tokenizer.json"));
     if (ids.empty()) throw UsageError("nothing to score: the input has no tokens");
-    plan_options.max_model_len = plan_options.prefill_chunk = plan_options.logit_rows = ids.size();
+    size_t tokens = ids.size();
+    // Each image's tokens follow from its header (as check-data counts them); the tower's
+    // workspace is planned for the largest.
+    plan_options.max_pixels = 0;
+    for (const std::string& path : a.images) {
+      const vision::ImageInfo info = vision::read_image_info(fs::path(path));
+      const auto resized = vision::smart_resize(info.height, info.width, options.vision.budget);
+      if (!resized) throw Error(path + ": an aspect ratio over 200, which the Qwen2.5-VL image processor refuses");
+      tokens += resized->tokens() + 2;  // with <|vision_start|> and <|vision_end|>
+      plan_options.max_pixels = std::max<uint64_t>(plan_options.max_pixels, uint64_t{resized->height} * resized->width);
+    }
+    plan_options.max_model_len = plan_options.prefill_chunk = plan_options.logit_rows = tokens;
   }
-  const PlacedEngine placed = load_engine(engine_options(a.engine), a.engine.device_map, plan_options);
+  const PlacedEngine placed = load_engine(options, a.engine.device_map, plan_options);
   const Engine& engine = *placed.engine;
-  if (!a.engine.device_map.enabled()) ids = encode(engine.tokenizer);
+  PromptInput input;
+  if (a.images.empty()) {
+    input.tokens = a.engine.device_map.enabled() ? ids : encode(engine.tokenizer);
+  } else {
+    input = engine.prepare_text(!a.text.empty() ? a.text : read_text_file(a.file),
+                                std::vector<fs::path>(a.images.begin(), a.images.end()));
+  }
+  ids = input.tokens;
   if (ids.empty()) throw UsageError("nothing to score: the input has no tokens");
   KvCache cache = engine.model->make_cache(ids.size());
-  const SequenceChunk chunk{&cache, ids, true};
+  const SequenceChunk chunk{&cache, ids, true, input.image_embeds, input.positions, input.position_delta};
   const std::vector<float> logits = engine.model->forward(std::span(&chunk, 1));
   const size_t vocab = engine.model->vocab_size();
   json prompt = json::array();
@@ -96,6 +121,9 @@ void add_score_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--ids", a->ids, "Token ids, comma- or space-separated or a JSON array (0 to 2147483647)");
   cmd->add_option("--text", a->text, "Text to tokenize and score (special tokens in it are recognised)");
   cmd->add_option("--file", a->file, "File whose text to score");
+  cmd->add_option("--images", a->images,
+                  "Qwen2.5-VL: images in the text, one per <image> tag (no tags: all before the text); the pixel "
+                  "budget from MIN_PIXELS / MAX_PIXELS");
   cmd->add_option("--top_logprobs", a->top_logprobs, "Next tokens to list")->capture_default_str();
   cmd->add_flag("--json", a->json, "{\"prompt_logprobs\": [...], \"next_top\": [[id, logprob], ...], \"perplexity\": x}");
   cmd->callback([a, &exit_code] { exit_code = run(*a); });

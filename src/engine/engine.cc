@@ -113,17 +113,19 @@ fs::path image_path(std::string reference, const fs::path& base_dir) {
   return data::resolve_media_path(reference, base_dir);
 }
 
-// The prompt of a parsed request with its `image_count` images, the i-th encoded by encode(i):
-// each <|image_pad|> expanded to its image's token count, the embeddings and M-RoPE positions.
-PromptInput prepare_chat(const Engine& engine, const tokenizer::ChatRequest& chat, size_t image_count,
-                         const std::function<vision::EncodedImage(size_t)>& encode) {
+// The prompt `text` with its `image_count` images, the i-th encoded by encode(i): each
+// <|image_pad|> expanded to its image's token count, the embeddings and M-RoPE positions.
+void check_takes_images(const Engine& engine, size_t image_count) {
   if (image_count > 0 && !engine.images)
     throw Error("the request has " + std::to_string(image_count) +
                 " image(s) but this is a text-only model; images need a Qwen2.5-VL model");
-  tokenizer::ChatOptions options;
-  options.add_generation_prompt = true;
+}
+
+PromptInput prepare_prompt(const Engine& engine, const std::string& text, size_t image_count,
+                           const std::function<vision::EncodedImage(size_t)>& encode) {
+  check_takes_images(engine, image_count);
   PromptInput input;
-  input.tokens = engine.tokenizer.encode(tokenizer::render_chat(engine.chat_kind, chat, options));
+  input.tokens = engine.tokenizer.encode(text);
   if (image_count == 0) return input;
   const ModelConfig& config = engine.model->config();
   std::vector<ImageGrid> grids;
@@ -151,7 +153,40 @@ PromptInput prepare_chat(const Engine& engine, const tokenizer::ChatRequest& cha
   return input;
 }
 
+PromptInput prepare_chat(const Engine& engine, const tokenizer::ChatRequest& chat, size_t image_count,
+                         const std::function<vision::EncodedImage(size_t)>& encode) {
+  check_takes_images(engine, image_count);  // before the text-only template refuses image parts
+  tokenizer::ChatOptions options;
+  options.add_generation_prompt = true;
+  return prepare_prompt(engine, tokenizer::render_chat(engine.chat_kind, chat, options), image_count, encode);
+}
+
 }  // namespace
+
+PromptInput Engine::prepare_text(const std::string& text, const std::vector<fs::path>& image_files) const {
+  // Qwen2.5-VL's template writes an image as <|vision_start|><|image_pad|><|vision_end|>; untagged
+  // images go before the text, as swift places them.
+  constexpr std::string_view kTag = "<image>", kImage = "<|vision_start|><|image_pad|><|vision_end|>";
+  std::string prompt;
+  size_t tags = 0;
+  for (size_t at = 0;;) {
+    const size_t found = text.find(kTag, at);
+    prompt += text.substr(at, found == std::string::npos ? std::string::npos : found - at);
+    if (found == std::string::npos) break;
+    prompt += kImage;
+    ++tags;
+    at = found + kTag.size();
+  }
+  if (tags == 0) {
+    std::string images;
+    for (size_t i = 0; i < image_files.size(); ++i) images += kImage;
+    prompt = images + prompt;
+  } else if (tags != image_files.size()) {
+    throw Error("the text has " + std::to_string(tags) + " <image> tag(s) but " + std::to_string(image_files.size()) +
+                " image(s) were given");
+  }
+  return prepare_prompt(*this, prompt, image_files.size(), [&](size_t i) { return images->encode(image_files[i]); });
+}
 
 PromptInput Engine::prepare(const nlohmann::ordered_json& request, const fs::path& base_dir) const {
   const tokenizer::ChatRequest chat = tokenizer::parse_chat_request(request);

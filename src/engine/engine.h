@@ -59,6 +59,9 @@ class Engine {
   // token count, the vision embeddings and the M-RoPE positions. Relative image paths that do not
   // exist as given are looked up under `base_dir`. Safe to call while another thread generates.
   PromptInput prepare(const nlohmann::ordered_json& request, const std::filesystem::path& base_dir = {}) const;
+  // Raw text (no chat template) with images: each <image> tag becomes the image (none: all images
+  // before the text, as swift places them), as `score` takes it.
+  PromptInput prepare_text(const std::string& text, const std::vector<std::filesystem::path>& image_files) const;
   // prepare() for a request whose image parts carry no path (a server's {"type": "image"} parts):
   // their bytes are `images`, in order of appearance, decoded and encoded exactly as files are
   // (same preprocessing, same cache). Safe to call while another thread generates.

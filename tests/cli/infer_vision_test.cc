@@ -97,6 +97,33 @@ TEST_F(InferVision, ThreeDevicesWithTheTowerOnItsOwnGiveTheOneDeviceOutput) {
     EXPECT_NEAR(values.first / values.second, 1.0, 0.10) << device << ": peak " << values.first << ", plan " << values.second;
 }
 
+// score takes images in raw text (<image> tags, as infer's queries), on one device or three.
+TEST_F(InferVision, ScoreWithImagesCountsTheirTokensAndMatchesAcrossDevices) {
+  const fs::path map = *dir_ / "vl_score_map.json";
+  std::ofstream(map) << json{{"model.embed_tokens", "cpu:0"}, {"model.layers.0", "cpu:0"}, {"model.layers.1", "cpu:1"},
+                             {"model.norm", "cpu:1"}, {"lm_head", "cpu:1"}, {"visual", "cpu:2"}}
+                            .dump();
+  auto score = [&](const std::string& text, std::vector<std::string> extra) {
+    std::vector<std::string> args{"score", "--model", model(), "--text", text, "--threads", "2", "--json"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const auto r = run_vlmforge(args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return r.exit_code == 0 ? json::parse(r.out) : json();
+  };
+  const json text = score("A picture of a gradient.", {});
+  const json image = score("<image>A picture of a gradient.", {"--images", file("wide.png")});
+  // 200x120 → 28 image tokens, plus <|vision_start|><|vision_end|>.
+  EXPECT_EQ(image["tokens"].get<int>() - text["tokens"].get<int>(), 30);
+  EXPECT_NE(image["perplexity"], text["perplexity"]);
+  const json placed = score("<image>A picture of a gradient.",
+                            {"--images", file("wide.png"), "--device_map", map.string(), "--devices", "cpu:0,cpu:1,cpu:2",
+                             "--max_memory", "64MiB"});
+  EXPECT_EQ(placed, image);  // bit for bit
+  const auto mismatch = run_vlmforge({"score", "--model", model(), "--text", "<image><image>", "--images", file("wide.png")});
+  EXPECT_EQ(mismatch.exit_code, 1) << mismatch.err;
+  EXPECT_NE(mismatch.err.find("2 <image> tag(s) but 1 image(s)"), std::string::npos) << mismatch.err;
+}
+
 TEST_F(InferVision, MinPixelsAboveMaxPixelsWarnsAndShrinksAsTransformers) {
   const json text = query("Describe this.", {});
   const auto r = run_vlmforge({"infer", "--model", model(), "--query", "<image>Describe this.", "--images", file("wide.png"),
