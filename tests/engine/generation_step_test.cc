@@ -9,28 +9,15 @@
 #include "engine/generation_step.h"
 #include "engine/generator.h"
 #include "support/test_support.h"
+#include "support/tiny_model_fixture.h"
 #include "util/error.h"
 
 namespace vlmforge::test {
 namespace {
 namespace fs = std::filesystem;
 
-class GenerationStepTest : public ::testing::Test {
+class GenerationStepTest : public TinyModelFixture {
  protected:
-  static fs::path model_dir() { return shared_dir() / "golden" / "qwen2-tiny-f32"; }
-  static void SetUpTestSuite() {
-    if (!fs::exists(model_dir() / "config.json")) return;
-    model_ = std::make_unique<Qwen2Model>(model_dir(), 2);
-    tokenizer_ = std::make_unique<tokenizer::Tokenizer>(tokenizer::Tokenizer::load(model_dir() / "tokenizer.json"));
-  }
-  static void TearDownTestSuite() {
-    model_.reset();
-    tokenizer_.reset();
-  }
-  void SetUp() override {
-    VLMFORGE_REQUIRE_SHARED(model_dir() / "config.json");
-    ASSERT_TRUE(model_ && tokenizer_) << "loading " << model_dir() << " failed in SetUpTestSuite";
-  }
   static GenerationParams params(size_t max_new_tokens) {
     GenerationParams p;
     p.max_new_tokens = max_new_tokens;
@@ -38,9 +25,6 @@ class GenerationStepTest : public ::testing::Test {
     p.logprobs = true;
     return p;
   }
-
-  static inline std::unique_ptr<Qwen2Model> model_;
-  static inline std::unique_ptr<tokenizer::Tokenizer> tokenizer_;
 };
 
 TEST_F(GenerationStepTest, ABatchWithPromptsStillInPrefillGetsWhatEachPromptGetsAlone) {

@@ -10,6 +10,7 @@
 #include "engine/token_text.h"
 #include "server/scheduler.h"
 #include "support/test_support.h"
+#include "support/tiny_model_fixture.h"
 
 namespace vlmforge::test {
 namespace {
@@ -17,23 +18,8 @@ namespace fs = std::filesystem;
 using server::Job;
 using server::Scheduler;
 
-class DeployScheduler : public ::testing::Test {
+class DeployScheduler : public TinyModelFixture {
  protected:
-  static fs::path model_dir() { return shared_dir() / "golden" / "qwen2-tiny-f32"; }
-  static void SetUpTestSuite() {
-    if (!fs::exists(model_dir() / "config.json")) return;
-    model_ = std::make_unique<Qwen2Model>(model_dir(), 2);
-    tokenizer_ = std::make_unique<tokenizer::Tokenizer>(tokenizer::Tokenizer::load(model_dir() / "tokenizer.json"));
-  }
-  static void TearDownTestSuite() {
-    model_.reset();
-    tokenizer_.reset();
-  }
-  void SetUp() override {
-    VLMFORGE_REQUIRE_SHARED(model_dir() / "config.json");
-    ASSERT_TRUE(model_ && tokenizer_) << "loading " << model_dir() << " failed in SetUpTestSuite";
-  }
-
   static GenerationParams params(size_t max_new_tokens, float temperature, uint64_t seed) {
     GenerationParams p;
     p.max_new_tokens = max_new_tokens;
@@ -54,9 +40,6 @@ class DeployScheduler : public ::testing::Test {
     for (int i = 0; i < 2000 && !condition(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
     ASSERT_TRUE(condition());
   }
-
-  static inline std::unique_ptr<Qwen2Model> model_;
-  static inline std::unique_ptr<tokenizer::Tokenizer> tokenizer_;
 };
 
 TEST_F(DeployScheduler, JoiningSequencesGetWhatEachPromptGetsAlone) {
