@@ -14,7 +14,6 @@
 
 namespace vlmforge::test {
 namespace {
-namespace fs = std::filesystem;
 
 class GenerationStepTest : public TinyModelFixture {
  protected:
