@@ -14,7 +14,6 @@
 
 namespace vlmforge::test {
 namespace {
-namespace fs = std::filesystem;
 using server::Job;
 using server::Scheduler;
 
