@@ -28,20 +28,19 @@ std::unique_ptr<PlacedRun> place_model(const fs::path& model_dir, const DeviceMa
   if (!args.enabled()) {
     // One host device: the weights stay in the memory map (lent to the device, no copy), KV
     // caches grow with their sequences, and everything is accounted on it as on any placement.
-    run->one_device = true;
     const std::vector<DeviceTarget> host =
         registry.resolve({DeviceSpec{"cpu", 0}}, MaxMemory{}, process_environment());
     run->devices = registry.open(host, options.threads);
     Device* device = run->devices.front().get();
-    const ModelShape shape = ModelShape::from_checkpoint(model_dir);
-    run->placement = {device, std::vector<Device*>(static_cast<size_t>(shape.config.num_hidden_layers), device),
-                      device, device, shape.config.vision ? device : nullptr, false};
+    const ModelConfig config = ModelConfig::load(model_dir);  // config.json only: the headers are read once, by the model
+    run->placement = {device, std::vector<Device*>(static_cast<size_t>(config.num_hidden_layers), device), device,
+                      device, config.vision ? device : nullptr, false};
     // The plan is what --memory_report compares with; it is an upper bound here, as the caches
     // it counts at max_model_len grow only as far as the sequences do.
     if (args.memory_report) {
       PlacementFlags flags;
       flags.devices = "cpu:0";
-      run->plan = plan_from_flags(shape, flags, options, registry, process_environment());
+      run->plan = plan_from_flags(ModelShape::from_checkpoint(model_dir), flags, options, registry, process_environment());
     }
     return run;
   }

@@ -27,7 +27,6 @@ struct PlacedRun {
   Plan plan;
   std::vector<std::unique_ptr<Device>> devices;
   ModelPlacement placement;
-  bool one_device = false;  // no --device_map: the plan exists only with --memory_report
 
   // One line per device on stderr: the plan, and with --memory_report the peak accounted memory
   // next to the plan's estimate.

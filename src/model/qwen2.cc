@@ -171,7 +171,7 @@ std::vector<float> Qwen2Model::forward(std::span<const SequenceChunk> chunks) {
     std::array<int64_t, 3> rope;  // all equal for text
   };
   std::vector<Row> rows;
-  std::vector<size_t> logit_rows;
+  std::vector<uint32_t> logit_rows;  // the rows that give logits, for the final norm's gather
   for (const auto& c : chunks) {
     if (c.tokens.empty()) throw Error("internal error: empty sequence chunk");
     if (!c.positions.empty() && c.positions.size() != c.tokens.size())
@@ -179,7 +179,7 @@ std::vector<float> Qwen2Model::forward(std::span<const SequenceChunk> chunks) {
                   std::to_string(c.tokens.size()) + " tokens");
     c.cache->reserve_more(c.tokens.size());
     for (size_t i = 0; i < c.tokens.size(); ++i) {
-      if (c.all_logits || i + 1 == c.tokens.size()) logit_rows.push_back(rows.size());
+      if (c.all_logits || i + 1 == c.tokens.size()) logit_rows.push_back(static_cast<uint32_t>(rows.size()));
       const size_t slot = c.cache->length() + i;
       const int64_t p = static_cast<int64_t>(slot) + c.position_delta;
       rows.push_back({c.cache, slot, c.positions.empty() ? std::array<int64_t, 3>{p, p, p} : c.positions[i]});
@@ -257,8 +257,7 @@ std::vector<float> Qwen2Model::forward(std::span<const SequenceChunk> chunks) {
   {
     Context& c = *contexts_[current];
     c.scratch.final_rows.ensure(m * hidden);
-    std::vector<uint32_t> picked(logit_rows.begin(), logit_rows.end());
-    c.stream->gather_rows(rows_of(c.scratch.x, hidden), picked, hidden, rows_of(c.scratch.final_rows, hidden));
+    c.stream->gather_rows(rows_of(c.scratch.x, hidden), logit_rows, hidden, rows_of(c.scratch.final_rows, hidden));
     c.stream->rms_norm(rows_of(c.scratch.final_rows, hidden), final_norm_, eps, m, hidden,
                        rows_of(c.scratch.final_rows, hidden));
   }
