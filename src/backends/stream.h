@@ -17,6 +17,7 @@
 
 #include "backends/device.h"
 #include "io/dtype.h"
+#include "kernels/quant_format.h"
 
 namespace vlmforge {
 
@@ -31,13 +32,17 @@ struct F32Rows {
   F32Rows rows_from(size_t first) const { return {buffer, offset + first * stride, stride}; }
 };
 
-// A stored matrix [rows, cols] starting `offset` bytes into `buffer`.
+// A stored matrix [rows, cols] starting `offset` bytes into `buffer`: BF16/F16/F32 values, or,
+// when quant.quantized(), group-quantized codes in kernels/quant_format.h's layout (dtype U8).
 struct WeightView {
   const DeviceBuffer* buffer = nullptr;
   size_t offset = 0;  // bytes
   DType dtype = DType::F32;
   size_t rows = 0, cols = 0;
-  size_t bytes() const { return rows * cols * (dtype_info(dtype).bits / 8); }
+  kernels::QuantLayout quant;
+  size_t bytes() const {
+    return quant.quantized() ? quant.bytes(rows, cols) : rows * cols * (dtype_info(dtype).bits / 8);
+  }
 };
 
 // `size` fp32 parameters (a norm weight, a bias, DoRA factors); size 0 means none.
