@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <thread>
 
+#include "cli/base_model.h"
 #include "cli/commands.h"
 #include "cli/engine_flags.h"
 #include "engine/token_text.h"
@@ -37,7 +38,8 @@ std::vector<int32_t> parse_ids(const std::string& list) {
   }
 }
 
-int run(const ScoreArgs& a) {
+int run(ScoreArgs a) {
+  a.engine.model = resolve_base_model(a.engine.model, a.engine.adapters);
   const int sources = !a.ids.empty() + !a.text.empty() + !a.file.empty();
   if (sources != 1) throw UsageError("give exactly one of --ids, --text, --file");
   auto encode = [&](const tokenizer::Tokenizer& t) {
@@ -117,13 +119,17 @@ void add_score_command(CLI::App& app, int& exit_code) {
   CLI::App* cmd = app.add_subcommand(
       "score", "Score a text: the log-probability of each token given the ones before it, the most likely\n"
                "next tokens, and the perplexity (as llama-perplexity reports for llama.cpp).");
-  add_model_flags(cmd, a->engine)->required();
+  add_model_flags(cmd, a->engine)->description(
+      "Model directory (config.json, *.safetensors, tokenizer.json); with --adapters CKPT, default: the base "
+      "model its args.json / adapter_config.json names, as swift's --load_args");
+  add_adapter_flag(cmd, a->engine);
+  add_image_flags(cmd, a->engine);
   cmd->add_option("--ids", a->ids, "Token ids, comma- or space-separated or a JSON array (0 to 2147483647)");
   cmd->add_option("--text", a->text, "Text to tokenize and score (special tokens in it are recognised)");
   cmd->add_option("--file", a->file, "File whose text to score");
   cmd->add_option("--images", a->images,
-                  "Qwen2.5-VL: images in the text, one per <image> tag (no tags: all before the text); the pixel "
-                  "budget from MIN_PIXELS / MAX_PIXELS");
+                  "Qwen2.5-VL: images in the text, one per <image> tag (no tags: all before the text), sized "
+                  "by --max_pixels/--min_pixels or MAX_PIXELS/MIN_PIXELS, as infer");
   cmd->add_option("--top_logprobs", a->top_logprobs, "Next tokens to list")->capture_default_str();
   cmd->add_flag("--json", a->json, "{\"prompt_logprobs\": [...], \"next_top\": [[id, logprob], ...], \"perplexity\": x}");
   cmd->callback([a, &exit_code] { exit_code = run(*a); });

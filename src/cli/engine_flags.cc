@@ -26,18 +26,26 @@ void add_generation_flags(CLI::App* cmd, EngineFlags& f) {
   add_model_flags(cmd, f)->description(
       "Model directory (config.json, *.safetensors, tokenizer.json); with --adapters CKPT, default: the base "
       "model its args.json / adapter_config.json names, as swift's --load_args");
-  cmd->add_option("--adapters,--lora", f.adapters, "PEFT LoRA adapters applied unmerged (same outputs as the merged model)");
+  add_adapter_flag(cmd, f);
   cmd->add_option("--max_model_len", f.max_model_len, "Longest sequence (prompt + answer); default from config.json");
   cmd->add_option("--kv_cache_dtype", f.kv_cache_dtype, "KV cache storage: bfloat16 halves its memory")
       ->check(CLI::IsMember({"float32", "bfloat16"}))
       ->capture_default_str();
-  cmd->add_option("--max_pixels", f.max_pixels, "Image pixel budget upper bound (default: MAX_PIXELS env or 12845056)");
-  cmd->add_option("--min_pixels", f.min_pixels, "Image pixel budget lower bound (default: MIN_PIXELS env or 3136)");
+  add_image_flags(cmd, f);
   cmd->add_option("--image_cache_mb", f.image_cache_mb, "Memory for cached vision embeddings (LRU by image content)")
       ->capture_default_str();
+}
+
+void add_image_flags(CLI::App* cmd, EngineFlags& f) {
+  cmd->add_option("--max_pixels", f.max_pixels, "Image pixel budget upper bound (default: MAX_PIXELS env or 12845056)");
+  cmd->add_option("--min_pixels", f.min_pixels, "Image pixel budget lower bound (default: MIN_PIXELS env or 3136)");
   cmd->add_flag("--exif_transpose", f.exif_transpose,
                 "Turn EXIF-rotated photos upright (PIL's ImageOps.exif_transpose) before resizing; off by default, "
                 "as swift and qwen_vl_utils train and infer on the stored pixels");
+}
+
+void add_adapter_flag(CLI::App* cmd, EngineFlags& f) {
+  cmd->add_option("--adapters,--lora", f.adapters, "PEFT LoRA adapters applied unmerged (same outputs as the merged model)");
 }
 
 EngineOptions engine_options(const EngineFlags& flags) {

@@ -28,9 +28,12 @@ struct EngineFlags {
 // --memory_report): what every engine command takes. Returns the --model option.
 CLI::Option* add_model_flags(CLI::App* cmd, EngineFlags& flags);
 // add_model_flags plus what generating commands take: --adapters, --max_model_len,
-// --kv_cache_dtype, and the image flags (--max_pixels, --min_pixels, --image_cache_mb,
-// --exif_transpose).
+// --kv_cache_dtype, the image flags and --image_cache_mb.
 void add_generation_flags(CLI::App* cmd, EngineFlags& flags);
+// The image pixel budget and orientation: --max_pixels, --min_pixels, --exif_transpose.
+void add_image_flags(CLI::App* cmd, EngineFlags& flags);
+// --adapters (alias --lora).
+void add_adapter_flag(CLI::App* cmd, EngineFlags& flags);
 
 // The flags' engine options (the pixel budget's warning, if any, on stderr); no placement yet
 // (load_engine in engine/placement.h places and loads it).

@@ -115,6 +115,9 @@ TEST_F(InferVision, ScoreWithImagesCountsTheirTokensAndMatchesAcrossDevices) {
   // 200x120 → 28 image tokens, plus <|vision_start|><|vision_end|>.
   EXPECT_EQ(image["tokens"].get<int>() - text["tokens"].get<int>(), 30);
   EXPECT_NE(image["perplexity"], text["perplexity"]);
+  // The pixel budget as infer takes it: --max_pixels 6000 → 84x56 → 6 tokens.
+  const json small = score("<image>A picture of a gradient.", {"--images", file("wide.png"), "--max_pixels", "6000"});
+  EXPECT_EQ(small["tokens"].get<int>() - text["tokens"].get<int>(), 8);
   const json placed = score("<image>A picture of a gradient.",
                             {"--images", file("wide.png"), "--device_map", map.string(), "--devices", "cpu:0,cpu:1,cpu:2",
                              "--max_memory", "64MiB"});
@@ -200,6 +203,20 @@ TEST_F(InferVision, VisionLoraUnmergedMatchesTheMergedModel) {
   ASSERT_EQ(from_merged.size(), 4u);
   for (size_t i = 0; i < 4; ++i) EXPECT_NEAR(unmerged[i], from_merged[i], 1e-4) << i;
   EXPECT_NE(base, unmerged);
+
+  // score takes the adapters too: its prompt logprobs match the merged model's.
+  auto score = [&](const std::vector<std::string>& model_args) {
+    std::vector<std::string> args{"score", "--text", "<image>A gradient.", "--images", file("wide.png"), "--json"};
+    args.insert(args.end(), model_args.begin(), model_args.end());
+    const auto r = run_vlmforge(args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return r.exit_code == 0 ? json::parse(r.out)["prompt_logprobs"].get<std::vector<double>>() : std::vector<double>{};
+  };
+  const auto scored = score({"--model", model(), "--adapters", adapter}), scored_merged = score({"--model", merged});
+  ASSERT_EQ(scored.size(), scored_merged.size());
+  ASSERT_FALSE(scored.empty());
+  for (size_t i = 0; i < scored.size(); ++i) EXPECT_NEAR(scored[i], scored_merged[i], 1e-4) << i;
+  EXPECT_NE(scored, score({"--model", model()}));
 }
 
 TEST_F(InferVision, DatasetRowsWithImagesSameResultsWithOrWithoutOverlap) {
