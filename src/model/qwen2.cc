@@ -67,7 +67,7 @@ void Qwen2Model::load_weights(const ModelPlacement& p) {
   const uint64_t hidden = config_.hidden_size, inter = config_.intermediate_size, vocab = config_.vocab_size;
   const uint64_t kv_dim = static_cast<uint64_t>(config_.num_key_value_heads) * config_.head_dim();
   const std::string prefix = checkpoint_.find("model.embed_tokens.weight") ? "model." : "model.language_model.";
-  weights_ = std::make_unique<DeviceWeights>(checkpoint_, lora_.get(), "config.json");
+  weights_ = std::make_unique<DeviceWeights>(checkpoint_, lora_.get(), config_.quantization, "config.json");
   DeviceWeights& w = *weights_;
   embed_table_ = w.matrix(*p.embed, prefix + "embed_tokens.weight", vocab, hidden, "embed_tokens weights");
   for (int l = 0; l < config_.num_hidden_layers; ++l) {

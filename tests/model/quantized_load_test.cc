@@ -1,0 +1,115 @@
+// Published-format AWQ and GPTQ checkpoints (the shared micro models) load as they are: every
+// quantized linear repacked into the device layout and accounted on its device, everything else
+// as stored; inconsistent checkpoints fail naming the tensor or field.
+#include <gtest/gtest.h>
+
+#include "backends/cpu_device.h"
+#include "io/json_file.h"
+#include "io/safetensors_writer.h"
+#include "model/device_weights.h"
+#include "model/qwen2.h"
+#include "support/test_support.h"
+
+namespace vlmforge::test {
+namespace {
+namespace fs = std::filesystem;
+
+struct QuantizedGolden {
+  const char* dir;
+  uint32_t bits;
+  bool permuted;  // desc_act with a shuffled g_idx
+};
+
+constexpr QuantizedGolden kGoldens[] = {
+    {"qwen2-micro-awq", 4, false}, {"qwen2-micro-gptq-int4", 4, true}, {"qwen2-micro-gptq-int8-v2", 8, false}};
+
+TEST(QuantizedLoad, LinearsAreRepackedAndAccountedTheRestAsStored) {
+  for (const QuantizedGolden& g : kGoldens) {
+    SCOPED_TRACE(g.dir);
+    const fs::path dir = shared_dir() / "golden" / g.dir;
+    VLMFORGE_REQUIRE_SHARED(dir / "model.safetensors");
+    const ModelConfig config = ModelConfig::load(dir);
+    ASSERT_TRUE(config.quantization);
+    const Checkpoint ckpt(dir);
+    CpuDevice device(0, std::nullopt, 1);
+    DeviceWeights w(ckpt, nullptr, config.quantization, "config.json");
+    const uint64_t before = device.allocated();
+    const LinearView down = w.linear(device, "model.layers.0.mlp.down_proj", 64, 160, false, "down");
+    EXPECT_EQ(down.weight.dtype, DType::U8);
+    EXPECT_EQ(down.weight.quant.bits, g.bits);
+    EXPECT_EQ(down.weight.quant.group_size, 32u);
+    EXPECT_EQ(down.weight.quant.has_perm, g.permuted);
+    EXPECT_EQ(down.out_features(), 64u);
+    EXPECT_EQ(down.in_features(), 160u);
+    EXPECT_EQ(device.allocated() - before, down.weight.quant.bytes(64, 160));
+    EXPECT_EQ(down.weight.bytes(), down.weight.quant.bytes(64, 160));
+    const LinearView q = w.linear(device, "model.layers.0.self_attn.q_proj", 64, 64, true, "q");
+    EXPECT_EQ(q.weight.quant.bits, g.bits);
+    EXPECT_EQ(q.bias.size, 64u);
+    const LinearView head = w.linear(device, "lm_head", 512, 64, false, "lm_head");
+    EXPECT_FALSE(head.weight.quant.quantized());
+    EXPECT_EQ(head.weight.dtype, DType::F16);
+    EXPECT_NO_THROW(Qwen2Model(dir, 1));
+  }
+}
+
+std::string load_error(const fs::path& dir) {
+  return error_of([&] { Qwen2Model model(dir, 1); });
+}
+
+void edit_config(const fs::path& dir, const std::function<void(nlohmann::json&)>& edit) {
+  nlohmann::json config = read_json_file(dir / "config.json");
+  edit(config);
+  write_text_file(dir / "config.json", config.dump(2));
+}
+
+TEST(QuantizedLoad, InconsistentCheckpointsNameTheTensorOrField) {
+  const fs::path golden = shared_dir() / "golden" / "qwen2-micro-awq";
+  VLMFORGE_REQUIRE_SHARED(golden / "model.safetensors");
+  TempDir tmp;
+  const fs::path dir = tmp / "m";
+  fs::create_directory(dir);
+  for (const char* f : {"config.json", "model.safetensors"}) fs::copy_file(golden / f, dir / f);
+  const nlohmann::json original = read_json_file(dir / "config.json");
+
+  edit_config(dir, [](auto& c) { c.erase("quantization_config"); });
+  EXPECT_NE(load_error(dir).find("tensor 'model.layers.0.self_attn.q_proj.qweight' is quantized, but config.json has "
+                                 "no quantization_config"),
+            std::string::npos)
+      << load_error(dir);
+
+  edit_config(dir, [&](auto& c) {
+    c = original;
+    c["intermediate_size"] = 192;
+  });
+  EXPECT_NE(load_error(dir).find("tensor 'model.layers.0.mlp.gate_proj.qweight' holds a weight of [160, 64] (out, in), "
+                                 "expected [192, 64] from config.json"),
+            std::string::npos)
+      << load_error(dir);
+
+  edit_config(dir, [&](auto& c) {
+    c = original;
+    c["quantization_config"]["modules_to_not_convert"] = {"mlp"};
+  });
+  EXPECT_NE(load_error(dir).find("'model.layers.0.mlp.gate_proj.qweight' is quantized, but config.json's "
+                                 "quantization_config.modules_to_not_convert lists its module"),
+            std::string::npos)
+      << load_error(dir);
+
+  edit_config(dir, [&](auto& c) {
+    c = original;
+    c["quantization_config"]["group_size"] = 64;
+  });
+  EXPECT_NE(load_error(dir).find("tensor 'model.layers.0.self_attn.q_proj.scales' has shape [2, 64], expected [1, 64]"),
+            std::string::npos)
+      << load_error(dir);
+
+  edit_config(dir, [&](auto& c) {
+    c = original;
+    c["quantization_config"]["bits"] = 3;
+  });
+  EXPECT_NE(load_error(dir).find("config.json: quantization_config.bits is 3"), std::string::npos) << load_error(dir);
+}
+
+}  // namespace
+}  // namespace vlmforge::test
