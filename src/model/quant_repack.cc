@@ -88,9 +88,7 @@ QuantizedShape quantized_shape(const QuantizationConfig& config, const Quantized
   s.cols = awq ? t.qweight.shape[0] : t.qweight.shape[0] * pack;
   s.rows = awq ? t.qweight.shape[1] * pack : t.qweight.shape[1];
   if (s.rows == 0 || s.cols == 0) throw Error("tensor '" + t.qweight.name + "' is empty");
-  s.layout.bits = static_cast<uint32_t>(config.bits);
-  // One group per row is a group as wide as the row, rounded up to the layout's multiple of 32.
-  s.layout.group_size = config.group_size == -1 ? (s.cols + 31) / 32 * 32 : static_cast<size_t>(config.group_size);
+  s.layout = config.device_layout(s.cols, false);  // has_perm once g_idx is read, below
   const uint64_t groups = s.layout.groups(s.cols);
   const std::string group_text = std::to_string(groups) + " groups of " + std::to_string(s.layout.group_size) +
                                  " of the " + std::to_string(s.cols) + " inputs";

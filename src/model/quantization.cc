@@ -96,6 +96,11 @@ std::string QuantizationConfig::describe() const {
   return s;
 }
 
+kernels::QuantLayout QuantizationConfig::device_layout(uint64_t cols, bool has_perm) const {
+  const size_t group = group_size == -1 ? (cols + 31) / 32 * 32 : static_cast<size_t>(group_size);
+  return {static_cast<uint32_t>(bits), group, has_perm};
+}
+
 bool QuantizationConfig::keeps_unquantized(const std::string& module) const {
   return std::any_of(modules_to_not_convert.begin(), modules_to_not_convert.end(),
                      [&](const std::string& m) { return !m.empty() && module.find(m) != std::string::npos; });

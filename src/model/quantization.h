@@ -3,9 +3,12 @@
 // GEMM packing) and GPTQ (AutoGPTQ / GPTQModel, checkpoint format v1 or v2), 4 or 8 bits. Any
 // other method, bit width or packing is refused by name, so a checkpoint is never run with its
 // codes misread.
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include "kernels/quant_format.h"
 
 namespace vlmforge {
 
@@ -25,6 +28,9 @@ struct QuantizationConfig {
 
   // "awq 4-bit, group 128" / "gptq 8-bit v2, group 32, desc_act, asym".
   std::string describe() const;
+  // The device layout of a weight with `cols` inputs (one group per row: a group as wide as the
+  // row, rounded up to the layout's multiple of 32).
+  kernels::QuantLayout device_layout(uint64_t cols, bool has_perm) const;
   // Whether `module` ("model.layers.0.mlp.up_proj") is one of modules_to_not_convert.
   bool keeps_unquantized(const std::string& module) const;
 

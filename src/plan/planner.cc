@@ -8,6 +8,7 @@
 #include "backends/cpu_device.h"
 #include "io/safetensors.h"
 #include "model/layout.h"
+#include "model/quantized_checkpoint.h"
 #include "util/bytes.h"
 #include "util/error.h"
 #include "backends/cpu_stream.h"
@@ -297,14 +298,23 @@ ModelShape ModelShape::from_tensors(const ModelConfig& config,
 ModelShape ModelShape::from_checkpoint(const std::filesystem::path& model_dir) {
   const ModelConfig config = ModelConfig::load(model_dir);
   const Checkpoint ckpt(model_dir);
-  std::vector<std::pair<std::string, uint64_t>> tensors;
-  for (const auto& t : ckpt.tensors()) tensors.emplace_back(t.name(), t.info->nbytes());
+  // Quantized linears take their repacked layout's bytes on the device.
+  const auto tensors = device_tensor_bytes(ckpt, config.quantization ? &*config.quantization : nullptr);
   return from_tensors(config, tensors, model_dir.string());
 }
 
 ModelShape ModelShape::from_config(const ModelConfig& config, DType dtype, std::string source) {
   std::vector<std::pair<std::string, uint64_t>> tensors;
-  for (const auto& spec : checkpoint_tensors(config, dtype)) tensors.emplace_back(spec.name, spec.nbytes());
+  const std::optional<QuantizationConfig>& q = config.quantization;
+  for (const auto& spec : checkpoint_tensors(config, dtype)) {
+    // Published AWQ / GPTQ checkpoints quantize the decoder layers' linear weights (a GPTQ
+    // desc_act one with its column permutation); the rest stays as stored.
+    const std::string module = spec.name.substr(0, spec.name.size() - std::string_view(".weight").size());
+    const bool quantized = q && spec.name.find(".layers.") != std::string::npos && spec.name.ends_with("_proj.weight") &&
+                           !q->keeps_unquantized(module);
+    tensors.emplace_back(spec.name, quantized ? q->device_layout(spec.shape[1], q->desc_act).bytes(spec.shape[0], spec.shape[1])
+                                              : spec.nbytes());
+  }
   return from_tensors(config, tensors, std::move(source));
 }
 

@@ -53,6 +53,35 @@ TEST(QuantizedLoad, LinearsAreRepackedAndAccountedTheRestAsStored) {
   }
 }
 
+TEST(QuantizedLoad, InspectShowsTheQuantizationAndTheRepackedBytes) {
+  const fs::path dir = shared_dir() / "golden" / "qwen2-micro-gptq-int4";
+  VLMFORGE_REQUIRE_SHARED(dir / "model.safetensors");
+  const auto r = run_vlmforge({"inspect", dir.string(), "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  const nlohmann::json& q = j["config"]["quantization"];
+  EXPECT_EQ(q["quant_method"], "gptq");
+  EXPECT_EQ(q["bits"], 4);
+  EXPECT_EQ(q["group_size"], 32);
+  EXPECT_EQ(q["desc_act"], true);
+  EXPECT_EQ(q["sym"], false);
+  EXPECT_EQ(q["zeros_minus_one"], true);
+  // Stored bytes of everything but the quantized tensors, plus each linear's device layout.
+  const QuantizationConfig config = *ModelConfig::load(dir).quantization;
+  uint64_t expected = 0;
+  for (const auto& t : j["tensors"]) {
+    const std::string name = t["name"];
+    const auto& shape = t["shape"];
+    if (name.ends_with(".qweight"))
+      expected += config.device_layout(shape[0].get<uint64_t>() * 8, true).bytes(shape[1], shape[0].get<uint64_t>() * 8);
+    else if (!name.ends_with(".qzeros") && !name.ends_with(".scales") && !name.ends_with(".g_idx"))
+      expected += t["bytes"].get<uint64_t>();
+  }
+  EXPECT_EQ(j["device_bytes"].get<uint64_t>(), expected);
+  const auto text = run_vlmforge({"inspect", dir.string(), "--summary"});
+  EXPECT_NE(text.out.find("quantized: gptq 4-bit v1, group 32, desc_act, asym;"), std::string::npos) << text.out;
+}
+
 std::string load_error(const fs::path& dir) {
   return error_of([&] { Qwen2Model model(dir, 1); });
 }
