@@ -15,8 +15,9 @@ namespace {
 // their even and odd columns (the low and high nibbles of 16 code bytes). Groups are multiples of it.
 constexpr size_t kBlock = 32;
 // From this many tokens on, dequantizing a panel once and reusing it beats widening codes in
-// registers per token group (bench/quant_bench measures both paths).
-constexpr size_t kQuantGemmTokens = 32;
+// registers per token group: bench/quant_bench --crossover on AVX-512 measured the decode kernel
+// 0.6-0.8x the GEMM's time at 16 tokens and 0.9-1.2x at 24, on Qwen2.5-1.5B's MLP shapes.
+constexpr size_t kQuantGemmTokens = 20;
 
 size_t padded_cols(size_t cols) { return (cols + kBlock - 1) / kBlock * kBlock; }
 bool gemm_path(size_t tokens, QuantPath path) {
@@ -100,16 +101,17 @@ HWY_INLINE void GroupChunk(const Sections& s, size_t row, size_t g0, size_t coun
   }
 }
 
-// kRows weight rows × kTokens tokens over the whole input: per group, vector sums of q·x, scaled
-// into the totals at the group's end; the zeros' share, s·z·Σx, subtracted once at the end.
+// kRows weight rows × kTokens tokens over the whole input. Codes widen to fp32 and take their
+// group's scale once per row, then feed every token: Σ q·s·x per row and token in vector
+// accumulators throughout; the zeros' share, Σ_g s·z·Σ_group x, is subtracted once at the end.
 template <uint32_t kBits, size_t kRows, size_t kTokens>
 HWY_INLINE void DecodeTile(const QuantInputs& in, const Sections& s, size_t group_size, const float* bias,
                            float* out, size_t out_stride, size_t row) {
   const DF df;
   const size_t lanes = hn::Lanes(df), width = in.stride;
-  VF total[kRows][kTokens];
+  VF acc[kRows][kTokens];
   for (size_t r = 0; r < kRows; ++r)
-    for (size_t t = 0; t < kTokens; ++t) total[r][t] = hn::Zero(df);
+    for (size_t t = 0; t < kTokens; ++t) acc[r][t] = hn::Zero(df);
   float zero_share[kRows][kTokens] = {};
   const uint8_t* codes[kRows];
   for (size_t r = 0; r < kRows; ++r) codes[r] = s.codes + (row + r) * s.row_bytes;
@@ -124,9 +126,6 @@ HWY_INLINE void DecodeTile(const QuantInputs& in, const Sections& s, size_t grou
         for (size_t j = 0; j < count; ++j) zero_share[r][t] += scaled_zero[r][j] * in.group_sums[t * s.groups + g0 + j];
     for (size_t j = 0; j < count; ++j) {
       const size_t c0 = (g0 + j) * group_size, c1 = std::min(c0 + group_size, width);
-      VF acc[kRows][kTokens];
-      for (size_t r = 0; r < kRows; ++r)
-        for (size_t t = 0; t < kTokens; ++t) acc[r][t] = hn::Zero(df);
       for (size_t c = c0; c < c1; c += kBlock) {
         if (c % kLineCols == 0)
           for (size_t r = 0; r < kRows; ++r) hwy::Prefetch(codes[r] + kRows * s.row_bytes + c * kBits / 8);
@@ -141,37 +140,33 @@ HWY_INLINE void DecodeTile(const QuantInputs& in, const Sections& s, size_t grou
             for (size_t r = 0; r < kRows; ++r) {
               VF low, high;
               Codes4(codes[r] + c / 2 + half, low, high);
-              for (size_t t = 0; t < kTokens; ++t) acc[r][t] = hn::MulAdd(high, odd[t], hn::MulAdd(low, even[t], acc[r][t]));
+              const VF sv = hn::Set(df, scale[r][j]);
+              low = hn::Mul(low, sv);
+              high = hn::Mul(high, sv);
+              for (size_t t = 0; t < kTokens; ++t)
+                acc[r][t] = hn::MulAdd(high, odd[t], hn::MulAdd(low, even[t], acc[r][t]));
             }
           } else {
             VF xv[kTokens];
             for (size_t t = 0; t < kTokens; ++t) xv[t] = hn::LoadU(df, in.x + t * width + c + h);
             for (size_t r = 0; r < kRows; ++r) {
-              const VF q = Codes8(codes[r] + c + h);
+              const VF q = hn::Mul(Codes8(codes[r] + c + h), hn::Set(df, scale[r][j]));
               for (size_t t = 0; t < kTokens; ++t) acc[r][t] = hn::MulAdd(q, xv[t], acc[r][t]);
             }
           }
         }
       }
-      for (size_t r = 0; r < kRows; ++r) {
-        const VF sv = hn::Set(df, scale[r][j]);
-        for (size_t t = 0; t < kTokens; ++t) total[r][t] = hn::MulAdd(sv, acc[r][t], total[r][t]);
-      }
     }
   }
   float sums[kRows][kTokens];
-  gemm::SumTile(df, total, sums);
+  gemm::SumTile(df, acc, sums);
   for (size_t r = 0; r < kRows; ++r)
     for (size_t t = 0; t < kTokens; ++t)
       out[t * out_stride + row + r] = sums[r][t] - zero_share[r][t] + (bias ? bias[row + r] : 0.0f);
 }
 
-// 4 rows × 2 tokens with 32 registers (8 group sums, 8 totals), 4 × 1 with 16.
-#if HWY_ARCH_X86 && HWY_TARGET > HWY_AVX3
-constexpr size_t kDecodeTokens = 1;
-#else
-constexpr size_t kDecodeTokens = 2;
-#endif
+// 4 rows × 4 tokens with 32 registers (16 accumulators, 8 input vectors), 4 × 2 with 16.
+constexpr size_t kDecodeTokens = gemm::kTileTokens;
 
 template <uint32_t kBits, size_t kTokens>
 HWY_INLINE void DecodeRows(const QuantInputs& in, const Sections& s, size_t gs, const float* bias, float* out,
@@ -186,14 +181,21 @@ template <uint32_t kBits>
 void DecodeAllTokens(const QuantInputs& in, const Sections& s, size_t gs, const float* bias, float* out,
                      size_t out_stride, size_t row_begin, size_t row_end) {
   QuantInputs part = in;
-  size_t t = 0;
-  for (; t < in.tokens; t += kDecodeTokens) {
+  for (size_t t = 0; t < in.tokens;) {
     part.x = in.x + t * in.stride;
     part.group_sums = in.group_sums + t * s.groups;
-    if (t + kDecodeTokens <= in.tokens)
-      DecodeRows<kBits, kDecodeTokens>(part, s, gs, bias, out + t * out_stride, out_stride, row_begin, row_end);
-    else
-      DecodeRows<kBits, 1>(part, s, gs, bias, out + t * out_stride, out_stride, row_begin, row_end);
+    float* o = out + t * out_stride;
+    const size_t left = in.tokens - t;
+    if (left >= kDecodeTokens) {
+      DecodeRows<kBits, kDecodeTokens>(part, s, gs, bias, o, out_stride, row_begin, row_end);
+      t += kDecodeTokens;
+    } else if (kDecodeTokens > 2 && left >= 2) {
+      DecodeRows<kBits, 2>(part, s, gs, bias, o, out_stride, row_begin, row_end);
+      t += 2;
+    } else {
+      DecodeRows<kBits, 1>(part, s, gs, bias, o, out_stride, row_begin, row_end);
+      t += 1;
+    }
   }
 }
 
