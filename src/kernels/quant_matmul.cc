@@ -15,9 +15,10 @@ namespace {
 // their even and odd columns (the low and high nibbles of 16 code bytes). Groups are multiples of it.
 constexpr size_t kBlock = 32;
 // From this many tokens on, dequantizing a panel once and reusing it beats widening codes in
-// registers per token group: bench/quant_bench --crossover on AVX-512 measured the decode kernel
-// 0.6-0.8x the GEMM's time at 16 tokens and 0.9-1.2x at 24, on Qwen2.5-1.5B's MLP shapes.
-constexpr size_t kQuantGemmTokens = 20;
+// registers per 4 tokens: bench/quant_bench --crossover (AVX-512, one thread, Qwen2.5-1.5B MLP
+// shapes) measured the decode kernel at 0.7-0.9x the GEMM's time at 24 tokens and, at 32 (the
+// GEMM's token tile), 0.75-0.93x for 8-bit codes and 1.2-1.4x for 4-bit ones.
+constexpr size_t kQuantGemmTokens = 32;
 
 size_t padded_cols(size_t cols) { return (cols + kBlock - 1) / kBlock * kBlock; }
 bool gemm_path(size_t tokens, QuantPath path) {
@@ -79,10 +80,10 @@ HWY_INLINE void Codes4(const uint8_t* bytes, VF& low, VF& high) {
   high = hn::ConvertTo(df, hn::BitCast(DI32(), hn::ShiftRight<4>(wide)));
 }
 
-// Up to 16 groups' scales and scale·zero of kRows rows, from group g0 on, as fp32.
+// Up to 16 groups' scales s and offsets −s·z of kRows rows, from group g0 on, as fp32.
 template <size_t kRows>
 HWY_INLINE void GroupChunk(const Sections& s, size_t row, size_t g0, size_t count, float (&scale)[kRows][16],
-                           float (&scaled_zero)[kRows][16]) {
+                           float (&offset)[kRows][16]) {
   const DF df;
   const size_t lanes = hn::Lanes(df);
   for (size_t r = 0; r < kRows; ++r) {
@@ -92,18 +93,20 @@ HWY_INLINE void GroupChunk(const Sections& s, size_t row, size_t g0, size_t coun
     for (; j + lanes <= count; j += lanes) {
       const VF sv = hn::PromoteTo(df, hn::LoadU(DH(), reinterpret_cast<const hwy::float16_t*>(sr + j)));
       hn::StoreU(sv, df, scale[r] + j);
-      hn::StoreU(hn::Mul(sv, Codes8(zr + j)), df, scaled_zero[r] + j);
+      hn::StoreU(hn::Neg(hn::Mul(sv, Codes8(zr + j))), df, offset[r] + j);
     }
     for (; j < count; ++j) {
       scale[r][j] = f16_to_f32(sr[j]);
-      scaled_zero[r][j] = scale[r][j] * static_cast<float>(zr[j]);
+      offset[r][j] = -scale[r][j] * static_cast<float>(zr[j]);
     }
   }
 }
 
-// kRows weight rows × kTokens tokens over the whole input. Codes widen to fp32 and take their
-// group's scale once per row, then feed every token: Σ q·s·x per row and token in vector
-// accumulators throughout; the zeros' share, Σ_g s·z·Σ_group x, is subtracted once at the end.
+// kRows weight rows × kTokens tokens over the whole input. Codes widen to fp32 and become
+// weights with one fused multiply-add per vector, q·s + (−s·z), which then feed every token's
+// vector accumulator. (Folding the zeros out instead, s·(Σ q·x − z·Σ x), needs the scale applied
+// per group all the same once the tile holds several tokens, and its per-group scalar sums of
+// s·z·Σx measured slower than this free offset.)
 template <uint32_t kBits, size_t kRows, size_t kTokens>
 HWY_INLINE void DecodeTile(const QuantInputs& in, const Sections& s, size_t group_size, const float* bias,
                            float* out, size_t out_stride, size_t row) {
@@ -112,18 +115,14 @@ HWY_INLINE void DecodeTile(const QuantInputs& in, const Sections& s, size_t grou
   VF acc[kRows][kTokens];
   for (size_t r = 0; r < kRows; ++r)
     for (size_t t = 0; t < kTokens; ++t) acc[r][t] = hn::Zero(df);
-  float zero_share[kRows][kTokens] = {};
   const uint8_t* codes[kRows];
   for (size_t r = 0; r < kRows; ++r) codes[r] = s.codes + (row + r) * s.row_bytes;
   // Decode reads each code once; fetch the next tile's rows a cache line ahead (see matmul.cc).
   constexpr size_t kLineCols = kBits == 4 ? 128 : 64;
   for (size_t g0 = 0; g0 < s.groups; g0 += 16) {
     const size_t count = std::min<size_t>(16, s.groups - g0);
-    float scale[kRows][16], scaled_zero[kRows][16];
-    GroupChunk<kRows>(s, row, g0, count, scale, scaled_zero);
-    for (size_t r = 0; r < kRows; ++r)
-      for (size_t t = 0; t < kTokens; ++t)
-        for (size_t j = 0; j < count; ++j) zero_share[r][t] += scaled_zero[r][j] * in.group_sums[t * s.groups + g0 + j];
+    float scale[kRows][16], offset[kRows][16];
+    GroupChunk<kRows>(s, row, g0, count, scale, offset);
     for (size_t j = 0; j < count; ++j) {
       const size_t c0 = (g0 + j) * group_size, c1 = std::min(c0 + group_size, width);
       for (size_t c = c0; c < c1; c += kBlock) {
@@ -140,9 +139,9 @@ HWY_INLINE void DecodeTile(const QuantInputs& in, const Sections& s, size_t grou
             for (size_t r = 0; r < kRows; ++r) {
               VF low, high;
               Codes4(codes[r] + c / 2 + half, low, high);
-              const VF sv = hn::Set(df, scale[r][j]);
-              low = hn::Mul(low, sv);
-              high = hn::Mul(high, sv);
+              const VF sv = hn::Set(df, scale[r][j]), ov = hn::Set(df, offset[r][j]);
+              low = hn::MulAdd(low, sv, ov);
+              high = hn::MulAdd(high, sv, ov);
               for (size_t t = 0; t < kTokens; ++t)
                 acc[r][t] = hn::MulAdd(high, odd[t], hn::MulAdd(low, even[t], acc[r][t]));
             }
@@ -150,7 +149,7 @@ HWY_INLINE void DecodeTile(const QuantInputs& in, const Sections& s, size_t grou
             VF xv[kTokens];
             for (size_t t = 0; t < kTokens; ++t) xv[t] = hn::LoadU(df, in.x + t * width + c + h);
             for (size_t r = 0; r < kRows; ++r) {
-              const VF q = hn::Mul(Codes8(codes[r] + c + h), hn::Set(df, scale[r][j]));
+              const VF q = hn::MulAdd(Codes8(codes[r] + c + h), hn::Set(df, scale[r][j]), hn::Set(df, offset[r][j]));
               for (size_t t = 0; t < kTokens; ++t) acc[r][t] = hn::MulAdd(q, xv[t], acc[r][t]);
             }
           }
@@ -162,7 +161,7 @@ HWY_INLINE void DecodeTile(const QuantInputs& in, const Sections& s, size_t grou
   gemm::SumTile(df, acc, sums);
   for (size_t r = 0; r < kRows; ++r)
     for (size_t t = 0; t < kTokens; ++t)
-      out[t * out_stride + row + r] = sums[r][t] - zero_share[r][t] + (bias ? bias[row + r] : 0.0f);
+      out[t * out_stride + row + r] = sums[r][t] + (bias ? bias[row + r] : 0.0f);
 }
 
 // 4 rows × 4 tokens with 32 registers (16 accumulators, 8 input vectors), 4 × 2 with 16.
@@ -183,7 +182,6 @@ void DecodeAllTokens(const QuantInputs& in, const Sections& s, size_t gs, const 
   QuantInputs part = in;
   for (size_t t = 0; t < in.tokens;) {
     part.x = in.x + t * in.stride;
-    part.group_sums = in.group_sums + t * s.groups;
     float* o = out + t * out_stride;
     const size_t left = in.tokens - t;
     if (left >= kDecodeTokens) {
@@ -258,14 +256,14 @@ HWY_EXPORT(QuantMatmulRows);
 
 size_t quant_inputs_floats(const QuantMatrix& w, size_t tokens, QuantPath path) {
   if (gemm_path(tokens, path)) return w.layout.has_perm ? tokens * w.cols : 0;
-  return tokens * (padded_cols(w.cols) + w.layout.groups(w.cols));
+  return tokens * padded_cols(w.cols);
 }
 
 QuantInputs prepare_quant_inputs(const float* x, size_t tokens, size_t x_stride, const QuantMatrix& w, float* scratch,
                                  QuantPath path) {
   const Sections s = sections_of(w);
   const size_t cols = w.cols;
-  QuantInputs in{x, x_stride, tokens, nullptr, gemm_path(tokens, path)};
+  QuantInputs in{x, x_stride, tokens, gemm_path(tokens, path)};
   if (in.gemm) {
     if (s.perm) {
       for (size_t t = 0; t < tokens; ++t)
@@ -275,22 +273,15 @@ QuantInputs prepare_quant_inputs(const float* x, size_t tokens, size_t x_stride,
     }
     return in;
   }
-  const size_t width = padded_cols(cols), gs = w.layout.group_size;
-  float* copy = scratch;
-  float* sums = scratch + tokens * width;
+  const size_t width = padded_cols(cols);
   for (size_t t = 0; t < tokens; ++t) {
-    float* row = copy + t * width;
+    float* row = scratch + t * width;
     const float* src = x + t * x_stride;
     if (s.perm)
       for (size_t c = 0; c < cols; ++c) row[c] = src[s.perm[c]];
     else
       std::copy_n(src, cols, row);
-    std::fill(row + cols, row + width, 0.0f);
-    for (size_t g = 0; g < s.groups; ++g) {
-      float sum = 0;
-      for (size_t c = g * gs; c < std::min(cols, (g + 1) * gs); ++c) sum += row[c];
-      sums[t * s.groups + g] = sum;
-    }
+    std::fill(row + cols, row + width, 0.0f);  // the padding's codes, whatever they are, meet zeros
     if (w.layout.bits == 4) {
       float block[kBlock];
       for (size_t c = 0; c < width; c += kBlock) {
@@ -302,9 +293,8 @@ QuantInputs prepare_quant_inputs(const float* x, size_t tokens, size_t x_stride,
       }
     }
   }
-  in.x = copy;
+  in.x = scratch;
   in.stride = width;
-  in.group_sums = sums;
   return in;
 }
 

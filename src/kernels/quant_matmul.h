@@ -2,9 +2,9 @@
 // Matrix products with group-quantized weights in kernels/quant_format.h's layout:
 //   out[t, o] = Σ_c x[t, perm ? perm[c] : c] · W[o, c] (+ bias[o]),  W[o, c] = (q − z) · s per group.
 // Decode (few tokens) reads each weight byte once per call for all tokens: codes widen to fp32 in
-// registers, and the zero folds out of the inner loop, per group Σ (q − z)·s·x = s·(Σ q·x − z·Σ x),
-// with the per-token group sums Σ x computed once per call. Prefill (many tokens) dequantizes a
-// panel of weight rows to fp32 once and reuses it for every token (matmul.cc's blocked GEMM).
+// registers, become weights with one fused multiply-add, q·s + (−s·z), and feed up to 4 tokens
+// per unpack. Prefill (many tokens) dequantizes a panel of weight rows to fp32 once and reuses it
+// for every token (matmul.cc's blocked GEMM).
 // SIMD via Highway with runtime dispatch.
 //
 // A call is two steps: prepare_quant_inputs() once (single thread) lays the activations out as
@@ -33,7 +33,6 @@ struct QuantInputs {
                              // Gemm: permuted (or the caller's x, unpermuted weights).
   size_t stride = 0;
   size_t tokens = 0;
-  const float* group_sums = nullptr;  // Decode: [tokens, groups] Σ x over each group's columns
   bool gemm = false;
 };
 

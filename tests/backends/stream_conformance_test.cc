@@ -121,8 +121,8 @@ struct HostRows {
 // One linear layer of the test with its host values, for the reference.
 struct HostLinear {
   std::vector<float> w, bias, dora;
-  // Quantized weights: per weight, the magnitude its term adds to the kernels' folded sums
-  // (test::QuantWeight::folded), which bounds their rounding instead of |w|.
+  // Quantized weights: per weight, the magnitude the kernels' rounding scales with
+  // (test::QuantWeight::folded), used instead of |w|.
   std::vector<double> folded;
   struct Lora {
     std::vector<float> a, b;
@@ -638,7 +638,7 @@ TEST_P(StreamConformance, LinearAddsLoraDeltasDoraAndBias) {
 // Quantized weights of each layout the loaders produce: 4 and 8 bits, groups of 32 to 128, with
 // and without a permutation; output counts off the 4-row tile, inputs off the 32-column block
 // and groups cut short (160 in groups of 64, 100 in groups of 32); token counts on both sides of
-// the decode kernel's token tiles (2 and 4) and both of its paths (the blocked GEMM from 20 on).
+// the decode kernel's token tiles (2 and 4) and both of its paths (the blocked GEMM from 32 on).
 const kernels::QuantScheme kQuantSchemes[] = {
     kernels::QuantScheme::q8_0(), kernels::QuantScheme::q4_0(),
     kernels::QuantScheme::round_to_nearest(4, 64, false), kernels::QuantScheme::round_to_nearest(4, 128, true),

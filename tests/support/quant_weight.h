@@ -21,8 +21,9 @@ struct QuantWeight {
   std::vector<std::byte> bytes;  // layout.bytes(rows, cols)
   std::vector<uint32_t> perm;    // empty: none
   std::vector<double> values;    // [rows, cols] (q − z)·s, in stored column order
-  // [rows, cols] |s|·(q + z): a term's share of the magnitude of the kernels' folded sums
-  // s·(Σ q·x − z·Σ x), whose rounding errors scale with it rather than with |(q − z)·s·x|.
+  // [rows, cols] |s|·(q + z): bounds the magnitudes of q·s and s·z, which the kernels round
+  // before they cancel to (q − z)·s (the decode kernel's q·s + (−s·z)), so a term's rounding
+  // error scales with it·|x| rather than with |(q − z)·s·x|.
   std::vector<double> folded;
 
   QuantWeight(const kernels::QuantScheme& scheme, bool with_perm, size_t rows_, size_t cols_, std::mt19937& rng)
