@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "util/error.h"
+#include "util/half.h"
 
 namespace vlmforge {
 
@@ -164,6 +165,25 @@ std::vector<std::byte> repack_quantized(const QuantizationConfig& config, const 
                   sizeof(uint16_t));
   if (order) std::memcpy(out.data() + L.perm_offset(rows, cols), order->data(), cols * sizeof(uint32_t));
   return out;
+}
+
+void dequantize_row(const QuantizedShape& s, std::span<const std::byte> layout_bytes, uint64_t row, float* out) {
+  const kernels::QuantLayout& L = s.layout;
+  const uint64_t cols = s.cols, groups = L.groups(cols);
+  const auto* data = reinterpret_cast<const uint8_t*>(layout_bytes.data());
+  const uint8_t* codes = data + L.codes_offset() + row * L.row_code_bytes(cols);
+  const uint8_t* zeros = data + L.zeros_offset(s.rows, cols) + row * groups;
+  const std::byte* scales = layout_bytes.data() + L.scales_offset(s.rows, cols) + row * groups * sizeof(uint16_t);
+  const std::byte* perm = layout_bytes.data() + L.perm_offset(s.rows, cols);
+  for (uint64_t j = 0; j < cols; ++j) {
+    const uint32_t q = L.bits == 8 ? codes[j] : (codes[j / 2] >> (4 * (j & 1))) & 15u;
+    const uint64_t g = j / L.group_size;
+    uint16_t scale;
+    std::memcpy(&scale, scales + g * sizeof(scale), sizeof(scale));
+    uint32_t input = static_cast<uint32_t>(j);
+    if (L.has_perm) std::memcpy(&input, perm + j * sizeof(input), sizeof(input));
+    out[input] = (static_cast<float>(q) - static_cast<float>(zeros[g])) * f16_to_f32(scale);
+  }
 }
 
 }  // namespace vlmforge

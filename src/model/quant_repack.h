@@ -58,4 +58,8 @@ QuantizedShape quantized_shape(const QuantizationConfig& config, const Quantized
 std::vector<std::byte> repack_quantized(const QuantizationConfig& config, const QuantizedTensors& t,
                                         const QuantizedShape& shape);
 
+// Row `row` of the weight held in `layout_bytes` (repack_quantized's output for `shape`) as fp32,
+// in input order: out[c] = W[row, c] (DoRA's weight norms of a quantized base).
+void dequantize_row(const QuantizedShape& shape, std::span<const std::byte> layout_bytes, uint64_t row, float* out);
+
 }  // namespace vlmforge

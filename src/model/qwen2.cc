@@ -22,7 +22,9 @@ F32Rows rows_of(const DeviceArray& a, size_t stride) { return {&a.buffer(), 0, s
 Qwen2Model::Qwen2Model(const fs::path& model_dir, size_t threads, const std::vector<fs::path>& adapter_dirs,
                        const ModelPlacement* placement)
     : config_(ModelConfig::load(model_dir)), checkpoint_(model_dir) {
-  if (!adapter_dirs.empty()) lora_ = std::make_unique<RuntimeLora>(checkpoint_, adapter_dirs);
+  if (!adapter_dirs.empty())
+    lora_ = std::make_unique<RuntimeLora>(checkpoint_, adapter_dirs,
+                                          config_.quantization ? &*config_.quantization : nullptr);
   const bool vision_language = config_.model_type == "qwen2_5_vl" || config_.architecture == "Qwen2_5_VLForConditionalGeneration";
   if (config_.model_type != "qwen2" && config_.architecture != "Qwen2ForCausalLM" && !vision_language)
     throw Error(model_dir.string() + ": unsupported architecture '" +
