@@ -3,11 +3,17 @@
 // as stored; inconsistent checkpoints fail naming the tensor or field.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "backends/cpu_device.h"
 #include "io/json_file.h"
+#include "kernels/convert.h"
 #include "io/safetensors_writer.h"
 #include "model/device_weights.h"
 #include "model/qwen2.h"
+#include "model/random_checkpoint.h"
+#include "support/quant_packing.h"
 #include "support/test_support.h"
 
 namespace vlmforge::test {
@@ -80,6 +86,84 @@ TEST(QuantizedLoad, InspectShowsTheQuantizationAndTheRepackedBytes) {
   EXPECT_EQ(j["device_bytes"].get<uint64_t>(), expected);
   const auto text = run_vlmforge({"inspect", dir.string(), "--summary"});
   EXPECT_NE(text.out.find("quantized: gptq 4-bit v1, group 32, desc_act, asym;"), std::string::npos) << text.out;
+}
+
+// Round-to-nearest 4-bit codes of W [rows, cols], asymmetric groups of 32 (AutoAWQ's
+// quantizer without its activation-aware scaling), scales exact in fp16.
+Reference quantize_round_to_nearest(const float* w, uint64_t rows, uint64_t cols) {
+  Reference ref{rows, cols, 32, 4, std::vector<uint32_t>(rows * cols), {}, {}, {}};
+  ref.zero.resize(ref.groups() * rows);
+  ref.scale.resize(ref.groups() * rows);
+  for (uint64_t c = 0; c < cols; ++c) ref.g_idx.push_back(static_cast<uint32_t>(c / 32));
+  for (uint64_t g = 0; g < ref.groups(); ++g)
+    for (uint64_t r = 0; r < rows; ++r) {
+      const float* x = w + r * cols + g * 32;
+      const float lo = std::min(0.0f, *std::min_element(x, x + 32)), hi = std::max(0.0f, *std::max_element(x, x + 32));
+      const float scale = f16_to_f32(f32_to_f16(std::max(hi - lo, 1e-6f) / 15));
+      const float zero = std::clamp(std::round(-lo / scale), 0.0f, 15.0f);
+      ref.scale[g * rows + r] = scale;
+      ref.zero[g * rows + r] = static_cast<uint32_t>(zero);
+      for (uint64_t i = 0; i < 32; ++i)
+        ref.q[r * cols + g * 32 + i] = static_cast<uint32_t>(std::clamp(std::round(x[i] / scale) + zero, 0.0f, 15.0f));
+    }
+  return ref;
+}
+
+// Qwen2.5-VL AWQ as Qwen publishes it: the decoder's linears quantized, the vision tower
+// ("modules_to_not_convert": ["visual"]), embeddings and lm_head as stored.
+TEST(QuantizedLoad, QwenVlAwqQuantizesTheDecoderOnlyAndComputesItsDequantizedTwin) {
+  TempDir dir;
+  CheckpointOptions options;
+  options.dtype = DType::F32;
+  generate_checkpoint(preset_config("tiny-vl"), dir / "source", options);
+  const Checkpoint source(dir / "source");
+  std::vector<TensorSpec> awq_specs, dense_specs;
+  std::vector<std::vector<std::byte>> awq_data, dense_data;
+  auto add = [](std::vector<TensorSpec>& specs, std::vector<std::vector<std::byte>>& data, TensorSpec spec,
+                std::span<const std::byte> bytes) {
+    specs.push_back(std::move(spec));
+    data.emplace_back(bytes.begin(), bytes.end());
+  };
+  size_t quantized = 0;
+  for (const TensorRef& t : source.tensors()) {
+    const std::string& name = t.name();
+    if (name.find(".layers.") == std::string::npos || !name.ends_with("_proj.weight")) {
+      add(awq_specs, awq_data, {name, t.info->dtype, t.info->shape}, t.data());
+      add(dense_specs, dense_data, {name, t.info->dtype, t.info->shape}, t.data());
+      continue;
+    }
+    const uint64_t rows = t.info->shape[0], cols = t.info->shape[1];
+    const std::vector<float> w = kernels::tensor_to_f32(t);
+    const Reference ref = quantize_round_to_nearest(w.data(), rows, cols);
+    const Packed p = pack_awq(ref);
+    const std::string module = name.substr(0, name.size() - 7);
+    add(awq_specs, awq_data, {module + ".qweight", DType::I32, p.qweight_shape}, std::as_bytes(std::span(p.qweight)));
+    add(awq_specs, awq_data, {module + ".qzeros", DType::I32, p.qzeros_shape}, std::as_bytes(std::span(p.qzeros)));
+    add(awq_specs, awq_data, {module + ".scales", DType::F16, p.scales_shape}, std::as_bytes(std::span(p.scales)));
+    std::vector<float> dequantized(rows * cols);
+    for (uint64_t r = 0; r < rows; ++r)
+      for (uint64_t c = 0; c < cols; ++c) dequantized[r * cols + c] = ref.weight(r, c);
+    add(dense_specs, dense_data, {name, DType::F32, {rows, cols}}, std::as_bytes(std::span(dequantized)));
+    ++quantized;
+  }
+  EXPECT_EQ(quantized, 2u * 7u);  // every decoder linear of both layers, none of the tower's
+  nlohmann::json config = read_json_file(dir / "source" / "config.json");
+  for (const auto& [name, specs, data] : {std::tuple{"dense", &dense_specs, &dense_data}, {"awq", &awq_specs, &awq_data}}) {
+    fs::create_directories(dir / name);
+    const std::vector<std::span<const std::byte>> spans(data->begin(), data->end());
+    save_safetensors(dir / name / "model.safetensors", *specs, spans);
+    if (std::string(name) == "awq")
+      config["quantization_config"] = {{"quant_method", "awq"}, {"bits", 4},          {"group_size", 32},
+                                       {"version", "gemm"},     {"zero_point", true}, {"modules_to_not_convert", {"visual"}}};
+    write_text_file(dir / name / "config.json", config.dump(2));
+  }
+  Qwen2Model awq(dir / "awq", 2), dense(dir / "dense", 2);
+  const std::vector<int32_t> ids{3, 141, 59, 265, 35, 89, 79, 323};
+  KvCache awq_cache = awq.make_cache(ids.size()), dense_cache = dense.make_cache(ids.size());
+  const SequenceChunk awq_chunk{&awq_cache, ids, true}, dense_chunk{&dense_cache, ids, true};
+  const std::vector<float> got = awq.forward(std::span(&awq_chunk, 1)), want = dense.forward(std::span(&dense_chunk, 1));
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-4) << "logit " << i;
 }
 
 std::string load_error(const fs::path& dir) {
