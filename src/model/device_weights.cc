@@ -7,7 +7,10 @@ namespace vlmforge {
 
 DeviceWeights::DeviceWeights(const Checkpoint& checkpoint, const RuntimeLora* lora,
                              std::optional<QuantizationConfig> quantization, std::string shape_source)
-    : checkpoint_(checkpoint), lora_(lora), quantization_(std::move(quantization)), shape_source_(std::move(shape_source)) {}
+    : checkpoint_(checkpoint),
+      lora_(lora),
+      quantization_(std::move(quantization)),
+      shape_source_(std::move(shape_source)) {}
 
 bool DeviceWeights::has(const std::string& name) const {
   return (lora_ && lora_->replacement(name)) || checkpoint_.find(name);
@@ -85,7 +88,8 @@ LinearView DeviceWeights::linear(Device& device, const std::string& module, uint
   LinearView l;
   // A modules_to_save replacement of the weight is a full matrix, whatever the base stores.
   const bool replaced = lora_ && lora_->replacement(module + ".weight");
-  if (const auto q = replaced ? std::nullopt : find_quantized_linear(checkpoint_, quantization_ ? &*quantization_ : nullptr, module)) {
+  const QuantizationConfig* quantization = quantization_ ? &*quantization_ : nullptr;
+  if (const auto q = replaced ? std::nullopt : find_quantized_linear(checkpoint_, quantization, module)) {
     if (quantization_->keeps_unquantized(module))
       throw Error(checkpoint_.root().string() + ": tensor '" + q->tensors.qweight.name +
                   "' is quantized, but config.json's quantization_config.modules_to_not_convert lists its module");

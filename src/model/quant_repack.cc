@@ -138,8 +138,10 @@ std::vector<std::byte> repack_quantized(const QuantizationConfig& config, const 
         for (uint32_t m = 0; m < 8; ++m) put_code(8 * k + m, i, (w >> (4 * kAwqNibbleOfColumn[m])) & mask);
       }
     for (uint64_t g = 0; g < groups; ++g)
-      for (uint64_t r = 0; r < rows; ++r)
-        zeros[r * groups + g] = static_cast<uint8_t>((word(t.qzeros, g * words + r / 8) >> (4 * kAwqNibbleOfColumn[r % 8])) & mask);
+      for (uint64_t r = 0; r < rows; ++r) {
+        const uint32_t w = word(t.qzeros, g * words + r / 8);
+        zeros[r * groups + g] = static_cast<uint8_t>((w >> (4 * kAwqNibbleOfColumn[r % 8])) & mask);
+      }
   } else {
     const uint32_t pack = codes_per_word(config);
     for (uint64_t k = 0; k < cols / pack; ++k)
@@ -161,8 +163,8 @@ std::vector<std::byte> repack_quantized(const QuantizationConfig& config, const 
   std::byte* scales = out.data() + L.scales_offset(rows, cols);
   for (uint64_t g = 0; g < groups; ++g)
     for (uint64_t r = 0; r < rows; ++r)
-      std::memcpy(scales + (r * groups + g) * sizeof(uint16_t), t.scales.bytes.data() + (g * rows + r) * sizeof(uint16_t),
-                  sizeof(uint16_t));
+      std::memcpy(scales + (r * groups + g) * sizeof(uint16_t),
+                  t.scales.bytes.data() + (g * rows + r) * sizeof(uint16_t), sizeof(uint16_t));
   if (order) std::memcpy(out.data() + L.perm_offset(rows, cols), order->data(), cols * sizeof(uint32_t));
   return out;
 }

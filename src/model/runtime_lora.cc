@@ -42,23 +42,25 @@ std::function<void(size_t, float*)> stored_rows(const TensorRef& weight) {
 struct BaseLinear {
   std::string weight_name;
   uint64_t rows = 0, cols = 0;
-  const TensorRef* stored = nullptr;             // a BF16 / F16 / F32 weight
-  std::optional<CheckpointQuantizedLinear> quantized;  // or an AWQ / GPTQ one
+  const TensorRef* stored = nullptr;                   // a BF16 / F16 / F32 weight,
+  std::optional<CheckpointQuantizedLinear> quantized;  // or an AWQ / GPTQ one of this shape
+  QuantizedShape quantized_shape;
 };
 
 std::optional<BaseLinear> find_base_linear(const Checkpoint& base, const std::string& module,
                                            const QuantizationConfig* quantization) {
   if (const TensorRef* weight = resolve_base_tensor(base, module + ".weight")) {
     const auto& shape = weight->info->shape;
-    return BaseLinear{weight->name(), shape.size() == 2 ? shape[0] : 0, shape.size() == 2 ? shape[1] : 0, weight, {}};
+    const bool matrix = shape.size() == 2;
+    return BaseLinear{weight->name(), matrix ? shape[0] : 0, matrix ? shape[1] : 0, weight, {}, {}};
   }
   const TensorRef* qweight = resolve_base_tensor(base, module + ".qweight");
   if (!qweight) return std::nullopt;
-  const std::string base_module = qweight->name().substr(0, qweight->name().size() - std::string_view(".qweight").size());
-  BaseLinear l{base_module + ".weight", 0, 0, nullptr, find_quantized_linear(base, quantization, base_module)};
-  const QuantizedShape shape = checked_quantized_shape(base, *quantization, l.quantized->tensors);
-  l.rows = shape.rows;
-  l.cols = shape.cols;
+  const std::string name = qweight->name().substr(0, qweight->name().size() - std::string_view(".qweight").size());
+  BaseLinear l{name + ".weight", 0, 0, nullptr, find_quantized_linear(base, quantization, name), {}};
+  l.quantized_shape = checked_quantized_shape(base, *quantization, l.quantized->tensors);
+  l.rows = l.quantized_shape.rows;
+  l.cols = l.quantized_shape.cols;
   return l;
 }
 
@@ -91,16 +93,14 @@ RuntimeLora::RuntimeLora(const Checkpoint& base, const std::vector<fs::path>& ad
         for (size_t i = 0; i < bias.size(); ++i) layer.bias_delta[i] += static_cast<float>(m.scaling) * bias[i];
       }
       if (m.magnitude) {
-        std::vector<std::byte> repacked;  // a quantized base's weight, dequantized a row at a time
-        QuantizedShape shape;
-        if (weight->quantized) {
-          shape = checked_quantized_shape(base, *quantization, weight->quantized->tensors);
-          repacked = repack_quantized(*quantization, weight->quantized->tensors, shape);
+        std::vector<std::byte> layout;  // a quantized base's weight, dequantized a row at a time
+        std::function<void(size_t, float*)> read_row;
+        if (weight->stored) {
+          read_row = stored_rows(*weight->stored);
+        } else {
+          layout = repack_quantized(*quantization, weight->quantized->tensors, weight->quantized_shape);
+          read_row = [&](size_t r, float* out) { dequantize_row(weight->quantized_shape, layout, r, out); };
         }
-        std::function<void(size_t, float*)> read_row = [&](size_t r, float* out) {
-          dequantize_row(shape, repacked, r, out);
-        };
-        if (weight->stored) read_row = stored_rows(*weight->stored);
         layer.dora_factor = dora_factor(weight->rows, weight->cols, read_row, layer, kernels::tensor_to_f32(*m.magnitude));
       }
     }
