@@ -15,6 +15,11 @@ namespace {
 // 4, 6, 1, 3, 5, 7); this is the inverse: the nibble of column 8k + m.
 constexpr uint32_t kAwqNibbleOfColumn[8] = {0, 4, 1, 5, 2, 6, 3, 7};
 
+// Output rows repacked together: their code rows stay in cache while the stored words are read
+// once each, in order (a row at a time would stride through the words; a word at a time through
+// the rows).
+constexpr uint64_t kRowBlock = 64;
+
 std::string shape_text(const std::vector<uint64_t>& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
@@ -132,11 +137,12 @@ std::vector<std::byte> repack_quantized(const QuantizationConfig& config, const 
   uint8_t* zeros = reinterpret_cast<uint8_t*>(out.data() + L.zeros_offset(rows, cols));
   if (config.method == QuantMethod::kAwq) {
     const uint64_t words = rows / 8;
-    for (uint64_t i = 0; i < cols; ++i)
-      for (uint64_t k = 0; k < words; ++k) {
-        const uint32_t w = word(t.qweight, i * words + k);
-        for (uint32_t m = 0; m < 8; ++m) put_code(8 * k + m, i, (w >> (4 * kAwqNibbleOfColumn[m])) & mask);
-      }
+    for (uint64_t r0 = 0; r0 < rows; r0 += kRowBlock)
+      for (uint64_t i = 0; i < cols; ++i)
+        for (uint64_t k = r0 / 8; k < std::min(rows, r0 + kRowBlock) / 8; ++k) {
+          const uint32_t w = word(t.qweight, i * words + k);
+          for (uint32_t m = 0; m < 8; ++m) put_code(8 * k + m, i, (w >> (4 * kAwqNibbleOfColumn[m])) & mask);
+        }
     for (uint64_t g = 0; g < groups; ++g)
       for (uint64_t r = 0; r < rows; ++r) {
         const uint32_t w = word(t.qzeros, g * words + r / 8);
@@ -144,11 +150,12 @@ std::vector<std::byte> repack_quantized(const QuantizationConfig& config, const 
       }
   } else {
     const uint32_t pack = codes_per_word(config);
-    for (uint64_t k = 0; k < cols / pack; ++k)
-      for (uint64_t r = 0; r < rows; ++r) {
-        const uint32_t w = word(t.qweight, k * rows + r);
-        for (uint32_t n = 0; n < pack; ++n) put_code(r, k * pack + n, (w >> (bits * n)) & mask);
-      }
+    for (uint64_t r0 = 0; r0 < rows; r0 += kRowBlock)
+      for (uint64_t k = 0; k < cols / pack; ++k)
+        for (uint64_t r = r0; r < std::min(rows, r0 + kRowBlock); ++r) {
+          const uint32_t w = word(t.qweight, k * rows + r);
+          for (uint32_t n = 0; n < pack; ++n) put_code(r, k * pack + n, (w >> (bits * n)) & mask);
+        }
     const uint32_t offset = config.zeros_minus_one ? 1 : 0;
     for (uint64_t g = 0; g < groups; ++g)
       for (uint64_t r = 0; r < rows; ++r) {
