@@ -12,6 +12,7 @@
 #include "util/bytes.h"
 #include "util/error.h"
 #include "backends/cpu_stream.h"
+#include "kernels/quant_matmul.h"
 #include "model/activations.h"
 #include "vision/vision_activations.h"
 
@@ -324,6 +325,22 @@ PlanStrategy parse_plan_strategy(const std::string& name) {
   throw UsageError("--strategy: expected auto, balanced or sequential, got '" + name + "'");
 }
 
+namespace {
+
+// A host device lays out the activations of a layer's quantized products for the kernels
+// (CpuStream's "quantized-product inputs"): the largest of a layer's linear calls (q/k/v or
+// gate/up together, down), for `rows` tokens on the decode path, which needs the most.
+uint64_t cpu_quant_input_floats(const ModelConfig& c, uint64_t rows) {
+  if (!c.quantization) return 0;
+  auto floats = [&](uint64_t cols) {
+    const kernels::QuantMatrix w{nullptr, 0, cols, c.quantization->device_layout(cols, c.quantization->desc_act)};
+    return static_cast<uint64_t>(kernels::quant_inputs_floats(w, rows, kernels::QuantPath::Decode));
+  };
+  return std::max(3 * floats(static_cast<uint64_t>(c.hidden_size)), floats(static_cast<uint64_t>(c.intermediate_size)));
+}
+
+}  // namespace
+
 DeviceCost device_cost(const ModelShape& shape, const std::vector<size_t>& modules, const PlanOptions& o,
                        const DeviceTarget& target) {
   const ModelConfig& c = shape.config;
@@ -362,6 +379,7 @@ DeviceCost device_cost(const ModelShape& shape, const std::vector<size_t>& modul
   if (layers) {
     // The buffers the model's devices allocate, and the attention scores of each worker.
     floats += layer_activations(c, rows).floats() + lanes * cpu_attention_scores(group, len);
+    if (target.spec.type == "cpu") floats += cpu_quant_input_floats(c, rows);
   } else if (text) {
     floats += rows * hidden;
   }

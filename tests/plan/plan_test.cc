@@ -114,6 +114,27 @@ TEST(PlanShapes, QuantizedCheckpointsCountTheirRepackedLayout) {
   }
 }
 
+// The host's quantized-product inputs are part of the plan: a quantized run's accounted peak
+// matches the estimate.
+TEST(PlanRuntime, QuantizedRunsPeakAtThePlan) {
+  const std::filesystem::path golden = test::shared_dir() / "golden";
+  VLMFORGE_REQUIRE_SHARED(golden / "qwen2-micro-gptq-int4" / "model.safetensors");
+  test::TempDir dir;
+  for (const char* f : {"config.json", "model.safetensors"})
+    std::filesystem::copy_file(golden / "qwen2-micro-gptq-int4" / f, dir / f);
+  std::filesystem::copy_file(golden / "qwen2-tiny-f32" / "tokenizer.json", dir / "tokenizer.json");
+  std::string ids;
+  for (int i = 0; i < 48; ++i) ids += std::to_string(7 * i + 3) + ",";
+  ids.pop_back();
+  const auto r = test::run_vlmforge({"score", "--model", dir.path().string(), "--ids", ids, "--device_map", "auto",
+                                     "--devices", "cpu:0,cpu:1", "--max_memory", "1GiB", "--memory_report"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto report = test::memory_report(r.err);
+  ASSERT_FALSE(report.empty()) << r.err;
+  for (const auto& [device, values] : report)
+    EXPECT_NEAR(values.first / values.second, 1.0, 0.02) << device << ": peak " << values.first << ", plan " << values.second;
+}
+
 TEST(PlanRuntime, KvCacheAndWorkspaceFollowTheFormulas) {
   const ModelShape s = ModelShape::from_config(preset_config("qwen2.5-7b"), DType::BF16, "7b");
   PlanOptions o;
