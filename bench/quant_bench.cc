@@ -8,7 +8,7 @@
 // share of the measured bandwidth, and as a speedup over bf16. Formats alternate within each run;
 // figures are medians over --runs. --crossover instead times the quantized decode kernel against
 // the dequantizing GEMM from 8 to 64 tokens (where kernels/quant_matmul.cc switches).
-// Usage: quant_bench [--runs 7] [--threads N] [--footprint_mb 1024] [--crossover]
+// Usage: quant_bench [--runs 7] [--threads N] [--footprint_mb 1024] [--tokens 1,8,512] [--crossover]
 //        (VLMFORGE_SIMD_TARGET=avx2 measures the AVX2 path)
 #include <cstdio>
 #include <cstring>
@@ -30,6 +30,7 @@ namespace {
 
 struct Options {
   size_t runs = 7, threads = 0, footprint_mb = 1024;
+  std::vector<size_t> tokens = {1, 8, 512};
   bool crossover = false;
 };
 
@@ -118,8 +119,8 @@ void run_throughput(ThreadPool& pool, const Options& o, double bandwidth) {
   std::mt19937 rng(1);
   for (const Shape& s : kShapes) {
     std::vector<Format> formats = formats_of(s, o.footprint_mb << 20, rng);
-    for (size_t tokens : {1, 8, 512}) {
-      const bool prefill = tokens > 32;
+    for (size_t tokens : o.tokens) {
+      const bool prefill = tokens >= 32;  // compute bound: one copy, in cache
       const std::vector<float> x = random_floats(tokens * s.cols, rng, 1.0f);
       std::vector<float> out(tokens * s.rows), scratch;
       std::vector<std::vector<double>> times(formats.size());
@@ -184,7 +185,15 @@ int main(int argc, char** argv) {
       if (arg == "--runs") o.runs = std::stoul(value());
       else if (arg == "--threads") o.threads = std::stoul(value());
       else if (arg == "--footprint_mb") o.footprint_mb = std::stoul(value());
-      else if (arg == "--crossover") o.crossover = true;
+      else if (arg == "--tokens") {
+        o.tokens.clear();
+        const std::string list = value();
+        for (size_t pos = 0; pos < list.size();) {
+          const size_t comma = std::min(list.find(',', pos), list.size());
+          o.tokens.push_back(std::stoul(list.substr(pos, comma - pos)));
+          pos = comma + 1;
+        }
+      } else if (arg == "--crossover") o.crossover = true;
       else throw std::runtime_error("unknown argument " + arg);
     }
     vlmforge::ThreadPool pool(o.threads);

@@ -648,7 +648,7 @@ std::string quant_name(const kernels::QuantScheme& s) {
   return std::to_string(s.bits) + "-bit group " + std::to_string(s.group_size) + (s.symmetric ? " symmetric" : "");
 }
 
-TEST_P(StreamConformance, LinearRunsQuantizedWeightsWithBiasAndLora) {
+TEST_P(StreamConformance, LinearRunsQuantizedWeightsWithBiasLoraAndDora) {
   on_every_target([&] {
     for (const kernels::QuantScheme& scheme : kQuantSchemes)
       for (bool with_perm : {false, true})
@@ -656,7 +656,7 @@ TEST_P(StreamConformance, LinearRunsQuantizedWeightsWithBiasAndLora) {
           for (size_t n : {1, 2, 3, 7, 8, 31, 33, 64}) {
             const bool with_lora = (n + n_out) % 2 == 0;
             SCOPED_TRACE(quant_name(scheme) + (with_perm ? " permuted" : "") + " in " + std::to_string(in) +
-                         " out " + std::to_string(n_out) + " rows " + std::to_string(n) + (with_lora ? " lora" : ""));
+                         " out " + std::to_string(n_out) + " rows " + std::to_string(n) + (with_lora ? " lora+dora" : ""));
             // Two outputs of one input (as q/k/v): the second quantized differently, permuted
             // by its own order, so prepared activations must not be shared between them.
             const size_t second = 6;
@@ -665,10 +665,13 @@ TEST_P(StreamConformance, LinearRunsQuantizedWeightsWithBiasAndLora) {
             l[0] = {quant_weight(scheme, with_perm, n_out, in, h[0]), vector(h[0].bias = random(n_out)), {}, {}};
             l[1] = {quant_weight(kernels::QuantScheme::round_to_nearest(4, 32, false), true, second, in, h[1]),
                     {}, {}, {}};
-            if (with_lora) {
+            if (with_lora) {  // and DoRA's per-output factors
               HostLinear::Lora a{{}, {}, 4, 0.5f};
               l[0].loras.push_back({weight(DType::BF16, 4, in, a.a), weight(DType::F32, n_out, 4, a.b), a.scale});
               h[0].loras.push_back(std::move(a));
+              h[0].dora = random(n_out);
+              for (float& f : h[0].dora) f = 1 + 0.1f * f;
+              l[0].dora_factor = vector(h[0].dora);
             }
             HostRows x = rows(n, in, 2, 3), out = rows(n, n_out + second, 1, 2);
             DeviceBuffer bx = upload(x), bo = upload(out);
