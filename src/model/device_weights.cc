@@ -56,8 +56,13 @@ WeightView DeviceWeights::quantized_matrix(Device& device, const CheckpointQuant
     throw Error(checkpoint_.root().string() + ": tensor '" + name + "' holds a weight of [" + std::to_string(shape.rows) +
                 ", " + std::to_string(shape.cols) + "] (out, in), expected [" + std::to_string(rows) + ", " +
                 std::to_string(cols) + "] from " + shape_source_);
-  // The repacked bytes live only until they are uploaded: one weight's worth beyond the model.
-  const DeviceBuffer& b = keep(device.upload(repack_quantized(*quantization_, linear.tensors, shape), what));
+  std::vector<std::byte> repacked;  // lives only until uploaded: one weight's worth beyond the model
+  try {
+    repacked = repack_quantized(*quantization_, linear.tensors, shape);
+  } catch (const Error& e) {
+    throw Error(checkpoint_.root().string() + ": " + e.what());
+  }
+  const DeviceBuffer& b = keep(device.upload(repacked, what));
   for (const TensorRef* t : linear.refs) t->release();
   return {&b, 0, DType::U8, rows, cols, shape.layout};
 }
