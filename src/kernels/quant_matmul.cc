@@ -16,8 +16,8 @@ namespace {
 constexpr size_t kBlock = 32;
 // From this many tokens on, dequantizing a panel once and reusing it beats widening codes in
 // registers per 4 tokens: bench/quant_bench --crossover (AVX-512, one thread, Qwen2.5-1.5B MLP
-// shapes) measured the decode kernel at 0.7-0.9x the GEMM's time at 24 tokens and, at 32 (the
-// GEMM's token tile), 0.75-0.93x for 8-bit codes and 1.2-1.4x for 4-bit ones.
+// shapes) measured the decode kernel at 0.3x the GEMM's time at 8 tokens, 0.8-1.05x at 24,
+// 0.97-1.22x at 32 (the GEMM's token tile) and 1.4-1.55x at 64.
 constexpr size_t kQuantGemmTokens = 32;
 
 size_t padded_cols(size_t cols) { return (cols + kBlock - 1) / kBlock * kBlock; }
