@@ -16,8 +16,8 @@ namespace {
 constexpr size_t kBlock = 32;
 // From this many tokens on, dequantizing a panel once and reusing it beats widening codes in
 // registers per 4 tokens: bench/quant_bench --crossover (AVX-512, one thread, Qwen2.5-1.5B MLP
-// shapes) measured the decode kernel at 0.7-0.9x the GEMM's time at 24 tokens and, at 32 (the
-// GEMM's token tile), 0.75-0.93x for 8-bit codes and 1.2-1.4x for 4-bit ones.
+// shapes) measured the decode kernel at 0.3x the GEMM's time at 8 tokens, 0.8-1.05x at 24,
+// 0.97-1.22x at 32 (the GEMM's token tile) and 1.4-1.55x at 64.
 constexpr size_t kQuantGemmTokens = 32;
 
 size_t padded_cols(size_t cols) { return (cols + kBlock - 1) / kBlock * kBlock; }
@@ -80,6 +80,14 @@ HWY_INLINE void Codes4(const uint8_t* bytes, VF& low, VF& high) {
   high = hn::ConvertTo(df, hn::BitCast(DI32(), hn::ShiftRight<4>(wide)));
 }
 
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+// With 16 lanes the 16 weights a group's 4-bit codes can stand for fit one register: a code
+// becomes its weight with one permute (vpermps) instead of a conversion and a multiply-add.
+constexpr bool kWeightTable = true;
+#else
+constexpr bool kWeightTable = false;
+#endif
+
 // Up to 16 groups' scales s and offsets −s·z of kRows rows, from group g0 on, as fp32.
 template <size_t kRows>
 HWY_INLINE void GroupChunk(const Sections& s, size_t row, size_t g0, size_t count, float (&scale)[kRows][16],
@@ -125,6 +133,10 @@ HWY_INLINE void DecodeTile(const QuantInputs& in, const Sections& s, size_t grou
     GroupChunk<kRows>(s, row, g0, count, scale, offset);
     for (size_t j = 0; j < count; ++j) {
       const size_t c0 = (g0 + j) * group_size, c1 = std::min(c0 + group_size, width);
+      VF table[kRows];  // kWeightTable: (q − z)·s for q = 0..15
+      if constexpr (kBits == 4 && kWeightTable)
+        for (size_t r = 0; r < kRows; ++r)
+          table[r] = hn::MulAdd(hn::Iota(df, 0), hn::Set(df, scale[r][j]), hn::Set(df, offset[r][j]));
       for (size_t c = c0; c < c1; c += kBlock) {
         if (c % kLineCols == 0)
           for (size_t r = 0; r < kRows; ++r) hwy::Prefetch(codes[r] + kRows * s.row_bytes + c * kBits / 8);
@@ -138,10 +150,16 @@ HWY_INLINE void DecodeTile(const QuantInputs& in, const Sections& s, size_t grou
             }
             for (size_t r = 0; r < kRows; ++r) {
               VF low, high;
-              Codes4(codes[r] + c / 2 + half, low, high);
-              const VF sv = hn::Set(df, scale[r][j]), ov = hn::Set(df, offset[r][j]);
-              low = hn::MulAdd(low, sv, ov);
-              high = hn::MulAdd(high, sv, ov);
+              if constexpr (kWeightTable) {
+                const auto wide = hn::PromoteTo(DU32(), hn::LoadU(DU8(), codes[r] + c / 2 + half));
+                low = hn::TableLookupLanes(table[r], hn::IndicesFromVec(df, hn::BitCast(DI32(), hn::And(wide, hn::Set(DU32(), 15u)))));
+                high = hn::TableLookupLanes(table[r], hn::IndicesFromVec(df, hn::BitCast(DI32(), hn::ShiftRight<4>(wide))));
+              } else {
+                Codes4(codes[r] + c / 2 + half, low, high);
+                const VF sv = hn::Set(df, scale[r][j]), ov = hn::Set(df, offset[r][j]);
+                low = hn::MulAdd(low, sv, ov);
+                high = hn::MulAdd(high, sv, ov);
+              }
               for (size_t t = 0; t < kTokens; ++t)
                 acc[r][t] = hn::MulAdd(high, odd[t], hn::MulAdd(low, even[t], acc[r][t]));
             }
