@@ -7,6 +7,7 @@
 #include "io/safetensors.h"
 #include "lora/adapter.h"
 #include "model/config.h"
+#include "model/quantized_checkpoint.h"
 #include "util/bytes.h"
 #include "util/error.h"
 
@@ -50,6 +51,16 @@ json config_json(const ModelConfig& c) {
             {"torch_dtype", c.torch_dtype},
             {"rope_theta", c.rope_theta},
             {"max_position_embeddings", c.max_position_embeddings}};
+  if (c.quantization) {
+    const QuantizationConfig& q = *c.quantization;
+    j["quantization"] = {{"quant_method", q.method == QuantMethod::kAwq ? "awq" : "gptq"},
+                         {"bits", q.bits},
+                         {"group_size", q.group_size},
+                         {"desc_act", q.desc_act},
+                         {"sym", q.sym},
+                         {"zeros_minus_one", q.zeros_minus_one},
+                         {"modules_to_not_convert", q.modules_to_not_convert}};
+  }
   if (c.vision)
     j["vision"] = {{"depth", c.vision->depth},
                    {"hidden_size", c.vision->hidden_size},
@@ -118,6 +129,13 @@ int run(const InspectArgs& args) {
   out["total_bytes"] = total;
   out["blocks"] = blocks;
   out["tensors"] = tensors;
+  // A quantized model's weights once its linears are repacked for the devices (what `plan` counts).
+  std::optional<uint64_t> device_bytes;
+  if (config && config->quantization) {
+    device_bytes = 0;
+    for (const auto& [name, bytes] : device_tensor_bytes(ckpt, &*config->quantization)) *device_bytes += bytes;
+    out["device_bytes"] = *device_bytes;
+  }
 
   if (args.json) {
     std::printf("%s\n", out.dump(2).c_str());
@@ -132,6 +150,9 @@ int run(const InspectArgs& args) {
                 c.architecture.c_str(), c.model_type.c_str(), c.hidden_size, c.intermediate_size, c.num_hidden_layers,
                 c.num_attention_heads, c.num_key_value_heads, c.head_dim(), c.vocab_size,
                 c.tie_word_embeddings ? "tied embeddings" : "separate lm_head", c.torch_dtype.c_str());
+    if (c.quantization)
+      std::printf("  quantized: %s; %s on the devices once repacked\n", c.quantization->describe().c_str(),
+                  format_bytes(*device_bytes).c_str());
     if (c.vision)
       std::printf("  vision tower: %d blocks, hidden %d, intermediate %d, %d heads, output %d, patch %d, window %d\n",
                   c.vision->depth, c.vision->hidden_size, c.vision->intermediate_size, c.vision->num_heads,
@@ -162,7 +183,8 @@ void add_inspect_command(CLI::App& app, int& exit_code) {
   auto args = std::make_shared<InspectArgs>();
   CLI::App* cmd = app.add_subcommand(
       "inspect", "Show a checkpoint's config, parameter count, tensors (name, dtype, shape, bytes) and bytes per\n"
-                 "decoder layer. PATH: a model directory, a .safetensors file, or a PEFT adapter directory.");
+                 "decoder layer; for AWQ / GPTQ models also the quantization and the bytes once repacked for the\n"
+                 "devices. PATH: a model directory, a .safetensors file, or a PEFT adapter directory.");
   cmd->add_option("PATH", args->path, "Model directory, safetensors file or adapter directory")->required();
   cmd->add_flag("--json", args->json, "Print everything as one JSON object");
   cmd->add_flag("--summary", args->summary, "Leave out the per-tensor table");

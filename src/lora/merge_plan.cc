@@ -92,6 +92,10 @@ MergePlan plan_merge(const Checkpoint& base, const std::vector<Adapter>& adapter
     }
     for (const auto& m : adapter.modules()) {
       const TensorRef* weight = resolve_base_tensor(base, m.module + ".weight");
+      if (!weight && resolve_base_tensor(base, m.module + ".qweight"))
+        throw Error(where + ": target module '" + m.module + "' is quantized (AWQ / GPTQ '.qweight') in the base model " +
+                    base.root().string() + "; LoRA cannot be merged into quantized weights: apply the adapter unmerged "
+                    "with --adapters (infer, score, deploy), or merge it into the unquantized model");
       if (!weight)
         throw Error(where + ": target module '" + m.module + "' (from adapter tensor '" + m.a->name() +
                     "') has no weight in the base model " + base.root().string() +

@@ -109,6 +109,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
     c.image_token_id = first_int(f.find("image_token_id"), c.image_token_id);
     c.vision_start_token_id = first_int(f.find("vision_start_token_id"), c.vision_start_token_id);
   }
+  if (const auto it = j.find("quantization_config"); it != j.end() && !it->is_null())
+    c.quantization = QuantizationConfig::from_json(*it, source);
   return c;
 }
 

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "model/quantization.h"
+
 namespace vlmforge {
 
 struct VisionConfig {
@@ -47,6 +49,7 @@ struct ModelConfig {
   std::optional<VisionConfig> vision;   // present for vision-language models
   int image_token_id = 151655;          // <|image_pad|>
   int vision_start_token_id = 151652;   // <|vision_start|>
+  std::optional<QuantizationConfig> quantization;  // AWQ / GPTQ checkpoints (quantization_config)
 
   int head_dim() const { return hidden_size / num_attention_heads; }
   bool is_vision_language() const { return vision.has_value(); }

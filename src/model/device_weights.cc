@@ -5,8 +5,12 @@
 
 namespace vlmforge {
 
-DeviceWeights::DeviceWeights(const Checkpoint& checkpoint, const RuntimeLora* lora, std::string shape_source)
-    : checkpoint_(checkpoint), lora_(lora), shape_source_(std::move(shape_source)) {}
+DeviceWeights::DeviceWeights(const Checkpoint& checkpoint, const RuntimeLora* lora,
+                             std::optional<QuantizationConfig> quantization, std::string shape_source)
+    : checkpoint_(checkpoint),
+      lora_(lora),
+      quantization_(std::move(quantization)),
+      shape_source_(std::move(shape_source)) {}
 
 bool DeviceWeights::has(const std::string& name) const {
   return (lora_ && lora_->replacement(name)) || checkpoint_.find(name);
@@ -41,7 +45,26 @@ WeightView DeviceWeights::matrix(Device& device, const std::string& name, const 
   const DeviceBuffer& b = keep(device.wrap_host(t.data(), what));
   // A copy was made: the host need not keep the mapped pages.
   if (!b.wraps_host()) t.release();
-  return {&b, 0, t.info->dtype, rows, cols};
+  return {&b, 0, t.info->dtype, rows, cols, {}};
+}
+
+WeightView DeviceWeights::quantized_matrix(Device& device, const CheckpointQuantizedLinear& linear, uint64_t rows,
+                                           uint64_t cols, const std::string& what) {
+  const std::string& name = linear.tensors.qweight.name;
+  const QuantizedShape shape = checked_quantized_shape(checkpoint_, *quantization_, linear.tensors);
+  if (shape.rows != rows || shape.cols != cols)
+    throw Error(checkpoint_.root().string() + ": tensor '" + name + "' holds a weight of [" + std::to_string(shape.rows) +
+                ", " + std::to_string(shape.cols) + "] (out, in), expected [" + std::to_string(rows) + ", " +
+                std::to_string(cols) + "] from " + shape_source_);
+  std::vector<std::byte> repacked;  // lives only until uploaded: one weight's worth beyond the model
+  try {
+    repacked = repack_quantized(*quantization_, linear.tensors, shape);
+  } catch (const Error& e) {
+    throw Error(checkpoint_.root().string() + ": " + e.what());
+  }
+  const DeviceBuffer& b = keep(device.upload(repacked, what));
+  for (const TensorRef* t : linear.refs) t->release();
+  return {&b, 0, DType::U8, rows, cols, shape.layout};
 }
 
 VectorView DeviceWeights::put_vector(Device& device, std::vector<float> values, const std::string& what) {
@@ -68,13 +91,23 @@ bool DeviceWeights::adapted(const std::string& module) const {
 LinearView DeviceWeights::linear(Device& device, const std::string& module, uint64_t out, uint64_t in, bool bias,
                                  const std::string& what) {
   LinearView l;
-  l.weight = matrix(device, module + ".weight", out, in, what);
+  // A modules_to_save replacement of the weight is a full matrix, whatever the base stores.
+  const bool replaced = lora_ && lora_->replacement(module + ".weight");
+  const QuantizationConfig* quantization = quantization_ ? &*quantization_ : nullptr;
+  if (const auto q = replaced ? std::nullopt : find_quantized_linear(checkpoint_, quantization, module)) {
+    if (quantization_->keeps_unquantized(module))
+      throw Error(checkpoint_.root().string() + ": tensor '" + q->tensors.qweight.name +
+                  "' is quantized, but config.json's quantization_config.modules_to_not_convert lists its module");
+    l.weight = quantized_matrix(device, *q, out, in, what);
+  } else {
+    l.weight = matrix(device, module + ".weight", out, in, what);
+  }
   if (bias) l.bias = vector(device, module + ".bias", out, what);
   if (const LinearAdapters* adapters = lora_ ? lora_->find(module + ".weight") : nullptr) {
     // The factors live as long as the RuntimeLora: lent, not copied, where the device allows.
     auto lend = [&](const std::vector<float>& v, size_t rows, size_t cols) {
       const DeviceBuffer& b = keep(device.wrap_host(std::as_bytes(std::span(v)), what + " (LoRA)"));
-      return WeightView{&b, 0, DType::F32, rows, cols};
+      return WeightView{&b, 0, DType::F32, rows, cols, {}};
     };
     for (const LinearLora& lora : adapters->loras)
       l.loras.push_back({lend(lora.a, lora.rank, in), lend(lora.b, out, lora.rank), lora.scale});

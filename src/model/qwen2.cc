@@ -22,7 +22,9 @@ F32Rows rows_of(const DeviceArray& a, size_t stride) { return {&a.buffer(), 0, s
 Qwen2Model::Qwen2Model(const fs::path& model_dir, size_t threads, const std::vector<fs::path>& adapter_dirs,
                        const ModelPlacement* placement)
     : config_(ModelConfig::load(model_dir)), checkpoint_(model_dir) {
-  if (!adapter_dirs.empty()) lora_ = std::make_unique<RuntimeLora>(checkpoint_, adapter_dirs);
+  if (!adapter_dirs.empty())
+    lora_ = std::make_unique<RuntimeLora>(checkpoint_, adapter_dirs,
+                                          config_.quantization ? &*config_.quantization : nullptr);
   const bool vision_language = config_.model_type == "qwen2_5_vl" || config_.architecture == "Qwen2_5_VLForConditionalGeneration";
   if (config_.model_type != "qwen2" && config_.architecture != "Qwen2ForCausalLM" && !vision_language)
     throw Error(model_dir.string() + ": unsupported architecture '" +
@@ -67,7 +69,7 @@ void Qwen2Model::load_weights(const ModelPlacement& p) {
   const uint64_t hidden = config_.hidden_size, inter = config_.intermediate_size, vocab = config_.vocab_size;
   const uint64_t kv_dim = static_cast<uint64_t>(config_.num_key_value_heads) * config_.head_dim();
   const std::string prefix = checkpoint_.find("model.embed_tokens.weight") ? "model." : "model.language_model.";
-  weights_ = std::make_unique<DeviceWeights>(checkpoint_, lora_.get(), "config.json");
+  weights_ = std::make_unique<DeviceWeights>(checkpoint_, lora_.get(), config_.quantization, "config.json");
   DeviceWeights& w = *weights_;
   embed_table_ = w.matrix(*p.embed, prefix + "embed_tokens.weight", vocab, hidden, "embed_tokens weights");
   for (int l = 0; l < config_.num_hidden_layers; ++l) {

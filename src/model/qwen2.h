@@ -1,8 +1,9 @@
 #pragma once
 // Qwen2 / Qwen2.5 causal language model (Qwen2ForCausalLM): every step runs through the backend op
 // interface (backends/stream.h) on the devices of its placement, one stream per device; weights
-// BF16, F16 or F32 as stored (lent from the memory map where the device addresses host memory),
-// activations and accumulation in fp32.
+// BF16, F16 or F32 as stored (lent from the memory map where the device addresses host memory)
+// or AWQ / GPTQ quantized linears repacked into the device quant layout, activations and
+// accumulation in fp32.
 #include <array>
 #include <cstdint>
 #include <filesystem>

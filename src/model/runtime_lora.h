@@ -2,7 +2,9 @@
 // PEFT LoRA adapters applied at inference time, unmerged: y = x·Wᵀ + Σ s·(x·Aᵀ)·Bᵀ (+ bias).
 // DoRA scales output rows by m / ‖W + s·B·A‖ (computed once at load), as the merged weight would.
 // Full tensors saved by modules_to_save replace the base tensors; lora_B biases are folded into
-// the layer bias. Embedding LoRA and fan_in_fan_out adapters are merge-only (clear error).
+// the layer bias. Embedding LoRA and fan_in_fan_out adapters are merge-only (clear error). A base
+// linear stored quantized (AWQ / GPTQ "<module>.qweight") takes adapters as well, as PEFT applies
+// them over quantized layers: DoRA's norms then come from the dequantized weight.
 #include <filesystem>
 #include <string>
 #include <unordered_map>
@@ -10,6 +12,7 @@
 
 #include "io/safetensors.h"
 #include "lora/adapter.h"
+#include "model/quantization.h"
 
 namespace vlmforge {
 
@@ -28,9 +31,12 @@ struct LinearAdapters {
 
 class RuntimeLora {
  public:
-  RuntimeLora(const Checkpoint& base, const std::vector<std::filesystem::path>& adapter_dirs);
+  // `quantization`: the base's quantization_config (null when it has none).
+  RuntimeLora(const Checkpoint& base, const std::vector<std::filesystem::path>& adapter_dirs,
+              const QuantizationConfig* quantization);
 
-  // Adapters on the linear layer whose weight tensor is `weight_name` (a base tensor name).
+  // Adapters on the linear layer whose weight tensor is `weight_name` (a base tensor name;
+  // "<module>.weight" for a quantized module too).
   const LinearAdapters* find(const std::string& weight_name) const;
   // A full replacement for base tensor `name` (modules_to_save), or nullptr.
   const TensorRef* replacement(const std::string& name) const;

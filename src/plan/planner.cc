@@ -8,9 +8,11 @@
 #include "backends/cpu_device.h"
 #include "io/safetensors.h"
 #include "model/layout.h"
+#include "model/quantized_checkpoint.h"
 #include "util/bytes.h"
 #include "util/error.h"
 #include "backends/cpu_stream.h"
+#include "kernels/quant_matmul.h"
 #include "model/activations.h"
 #include "vision/vision_activations.h"
 
@@ -297,14 +299,23 @@ ModelShape ModelShape::from_tensors(const ModelConfig& config,
 ModelShape ModelShape::from_checkpoint(const std::filesystem::path& model_dir) {
   const ModelConfig config = ModelConfig::load(model_dir);
   const Checkpoint ckpt(model_dir);
-  std::vector<std::pair<std::string, uint64_t>> tensors;
-  for (const auto& t : ckpt.tensors()) tensors.emplace_back(t.name(), t.info->nbytes());
+  // Quantized linears take their repacked layout's bytes on the device.
+  const auto tensors = device_tensor_bytes(ckpt, config.quantization ? &*config.quantization : nullptr);
   return from_tensors(config, tensors, model_dir.string());
 }
 
 ModelShape ModelShape::from_config(const ModelConfig& config, DType dtype, std::string source) {
   std::vector<std::pair<std::string, uint64_t>> tensors;
-  for (const auto& spec : checkpoint_tensors(config, dtype)) tensors.emplace_back(spec.name, spec.nbytes());
+  const std::optional<QuantizationConfig>& q = config.quantization;
+  for (const auto& spec : checkpoint_tensors(config, dtype)) {
+    // Published AWQ / GPTQ checkpoints quantize the decoder layers' linear weights (a GPTQ
+    // desc_act one with its column permutation); the rest stays as stored.
+    const std::string module = spec.name.substr(0, spec.name.size() - std::string_view(".weight").size());
+    const bool quantized = q && spec.name.find(".layers.") != std::string::npos && spec.name.ends_with("_proj.weight") &&
+                           !q->keeps_unquantized(module);
+    tensors.emplace_back(spec.name, quantized ? q->device_layout(spec.shape[1], q->desc_act).bytes(spec.shape[0], spec.shape[1])
+                                              : spec.nbytes());
+  }
   return from_tensors(config, tensors, std::move(source));
 }
 
@@ -313,6 +324,22 @@ PlanStrategy parse_plan_strategy(const std::string& name) {
   if (name == "sequential") return PlanStrategy::kSequential;
   throw UsageError("--strategy: expected auto, balanced or sequential, got '" + name + "'");
 }
+
+namespace {
+
+// A host device lays out the activations of a layer's quantized products for the kernels
+// (CpuStream's "quantized-product inputs"): the largest of a layer's linear calls (q/k/v or
+// gate/up together, down), for `rows` tokens on the decode path, which needs the most.
+uint64_t cpu_quant_input_floats(const ModelConfig& c, uint64_t rows) {
+  if (!c.quantization) return 0;
+  auto floats = [&](uint64_t cols) {
+    const kernels::QuantMatrix w{nullptr, 0, cols, c.quantization->device_layout(cols, c.quantization->desc_act)};
+    return static_cast<uint64_t>(kernels::quant_inputs_floats(w, rows, kernels::QuantPath::Decode));
+  };
+  return std::max(3 * floats(static_cast<uint64_t>(c.hidden_size)), floats(static_cast<uint64_t>(c.intermediate_size)));
+}
+
+}  // namespace
 
 DeviceCost device_cost(const ModelShape& shape, const std::vector<size_t>& modules, const PlanOptions& o,
                        const DeviceTarget& target) {
@@ -352,6 +379,7 @@ DeviceCost device_cost(const ModelShape& shape, const std::vector<size_t>& modul
   if (layers) {
     // The buffers the model's devices allocate, and the attention scores of each worker.
     floats += layer_activations(c, rows).floats() + lanes * cpu_attention_scores(group, len);
+    if (target.spec.type == "cpu") floats += cpu_quant_input_floats(c, rows);
   } else if (text) {
     floats += rows * hidden;
   }

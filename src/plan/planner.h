@@ -34,9 +34,12 @@ struct ModelShape {
   std::string source;  // the directory, config.json or preset it came from
 
   uint64_t weight_bytes() const;
-  // From the safetensors headers of a checkpoint directory (no tensor data is read).
+  // From the safetensors headers of a checkpoint directory (no tensor data is read but GPTQ's
+  // g_idx, which decides whether a quantized weight's layout carries a column permutation).
+  // Quantized linears count the bytes of their repacked device layout.
   static ModelShape from_checkpoint(const std::filesystem::path& model_dir);
-  // From a config alone (a config.json or a preset), weights of `dtype`.
+  // From a config alone (a config.json or a preset), weights of `dtype`; with a
+  // quantization_config, the decoder layers' linear weights in their device quant layout.
   static ModelShape from_config(const ModelConfig& config, DType dtype, std::string source);
   // Groups (tensor name, bytes) into modules; throws naming a tensor that belongs to none.
   static ModelShape from_tensors(const ModelConfig& config, const std::vector<std::pair<std::string, uint64_t>>& tensors,

@@ -37,7 +37,7 @@ WindowLayout window_layout(uint32_t grid_h, uint32_t grid_w, const VisionConfig&
 }
 
 VisionTower::VisionTower(const Checkpoint& ckpt, const ModelConfig& model_config, Device& device, const RuntimeLora* lora)
-    : stream_(device.open_stream()), weights_(ckpt, lora, "vision_config") {
+    : stream_(device.open_stream()), weights_(ckpt, lora, model_config.quantization, "vision_config") {
   if (!model_config.vision) throw Error(ckpt.root().string() + ": config.json has no vision_config");
   config_ = *model_config.vision;
   const VisionConfig& c = config_;

@@ -36,5 +36,16 @@ TEST_P(GoldenMerge, MatchesReferenceWithinOneBf16Ulp) {
 
 INSTANTIATE_TEST_SUITE_P(Shared, GoldenMerge, ::testing::Values("lora", "rslora", "dora"));
 
+// An AWQ base (the micro model has the golden adapters' shapes) cannot take a merge: the error
+// says so and what to do instead.
+TEST(GoldenMerge, QuantizedBaseIsRefusedPointingAtRuntimeAdapters) {
+  const fs::path base = shared_dir() / "golden" / "qwen2-micro-awq", adapter = shared_dir() / "golden" / "lora" / "lora";
+  VLMFORGE_REQUIRE_SHARED(base / "model.safetensors");
+  TempDir dir;
+  const std::string error = error_of([&] { merge(base, {adapter}, dir / "merged"); });
+  EXPECT_NE(error.find("' is quantized (AWQ / GPTQ '.qweight') in the base model"), std::string::npos) << error;
+  EXPECT_NE(error.find("apply the adapter unmerged with --adapters"), std::string::npos) << error;
+}
+
 }  // namespace
 }  // namespace vlmforge::test

@@ -69,9 +69,19 @@ TEST_P(Qwen2Golden, PromptLogprobsNextTop5AndGreedy) {
   }
 }
 
+// The quantized micro models' references are float64 forwards over their dequantized weights
+// (AWQ GEMM; GPTQ v1 4-bit desc_act asym; GPTQ v2 8-bit sym), all group 32.
 INSTANTIATE_TEST_SUITE_P(Shared, Qwen2Golden,
-                         ::testing::Values(GoldenParam{"qwen2-tiny-f32", 1e-4}, GoldenParam{"qwen2-tiny-bf16", 2e-2}),
-                         [](const auto& info) { return std::string(info.param.dir).substr(11); });
+                         ::testing::Values(GoldenParam{"qwen2-tiny-f32", 1e-4}, GoldenParam{"qwen2-tiny-bf16", 2e-2},
+                                           GoldenParam{"qwen2-micro-awq", 1e-4},
+                                           GoldenParam{"qwen2-micro-gptq-int4", 1e-4},
+                                           GoldenParam{"qwen2-micro-gptq-int8-v2", 1e-4}),
+                         [](const auto& info) {
+                           // "qwen2-tiny-f32" -> "tiny_f32": test names take no dashes.
+                           std::string name = std::string(info.param.dir).substr(6);
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
 
 }  // namespace
 }  // namespace vlmforge::test

@@ -87,6 +87,54 @@ TEST(PlanShapes, HeadersOfAGeneratedCheckpointGiveTheSameModules) {
   }
 }
 
+TEST(PlanShapes, QuantizedCheckpointsCountTheirRepackedLayout) {
+  for (const auto& [name, permuted] : {std::pair{"qwen2-micro-awq", false}, {"qwen2-micro-gptq-int4", true},
+                                       {"qwen2-micro-gptq-int8-v2", false}}) {
+    SCOPED_TRACE(name);
+    const std::filesystem::path dir = test::shared_dir() / "golden" / name;
+    VLMFORGE_REQUIRE_SHARED(dir / "model.safetensors");
+    const ModelShape s = ModelShape::from_checkpoint(dir);
+    const QuantizationConfig& q = *s.config.quantization;
+    // A layer: q, k, v, o [out, in] and gate, up, down repacked, the q/k/v biases and both norms F16.
+    uint64_t layer = (64 + 32 + 32) * 2 + 2 * 64 * 2;
+    for (const auto& [out, in] : {std::pair<uint64_t, uint64_t>{64, 64}, {32, 64}, {32, 64}, {64, 64}, {160, 64},
+                                  {160, 64}, {64, 160}})
+      layer += q.device_layout(in, permuted).bytes(out, in);
+    ASSERT_EQ(s.modules[1].name, "model.layers.0");
+    EXPECT_EQ(s.modules[1].weight_bytes, layer);
+    // The config alone gives the same bytes (GPTQ desc_act taken as permuted).
+    const ModelShape from_config = ModelShape::from_config(s.config, DType::F16, "cfg");
+    ASSERT_EQ(from_config.modules.size(), s.modules.size());
+    for (size_t i = 0; i < s.modules.size(); ++i) EXPECT_EQ(from_config.modules[i].weight_bytes, s.modules[i].weight_bytes);
+
+    const auto r = test::run_vlmforge({"plan", "--model", dir.string(), "--devices", "cuda:0", "--max_memory", "4GB",
+                                       "--max_model_len", "256", "--json"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(json::parse(r.out)["weights"].get<uint64_t>(), s.weight_bytes());
+  }
+}
+
+// The host's quantized-product inputs are part of the plan: a quantized run's accounted peak
+// matches the estimate.
+TEST(PlanRuntime, QuantizedRunsPeakAtThePlan) {
+  const std::filesystem::path golden = test::shared_dir() / "golden";
+  VLMFORGE_REQUIRE_SHARED(golden / "qwen2-micro-gptq-int4" / "model.safetensors");
+  test::TempDir dir;
+  for (const char* f : {"config.json", "model.safetensors"})
+    std::filesystem::copy_file(golden / "qwen2-micro-gptq-int4" / f, dir / f);
+  std::filesystem::copy_file(golden / "qwen2-tiny-f32" / "tokenizer.json", dir / "tokenizer.json");
+  std::string ids;
+  for (int i = 0; i < 48; ++i) ids += std::to_string(7 * i + 3) + ",";
+  ids.pop_back();
+  const auto r = test::run_vlmforge({"score", "--model", dir.path().string(), "--ids", ids, "--device_map", "auto",
+                                     "--devices", "cpu:0,cpu:1", "--max_memory", "1GiB", "--memory_report"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto report = test::memory_report(r.err);
+  ASSERT_FALSE(report.empty()) << r.err;
+  for (const auto& [device, values] : report)
+    EXPECT_NEAR(values.first / values.second, 1.0, 0.02) << device << ": peak " << values.first << ", plan " << values.second;
+}
+
 TEST(PlanRuntime, KvCacheAndWorkspaceFollowTheFormulas) {
   const ModelShape s = ModelShape::from_config(preset_config("qwen2.5-7b"), DType::BF16, "7b");
   PlanOptions o;
