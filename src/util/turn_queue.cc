@@ -1,8 +1,7 @@
 #include "util/turn_queue.h"
 
 #include <algorithm>
-
-#include "util/error.h"
+#include <string>
 
 namespace vlmforge {
 
@@ -12,6 +11,8 @@ TurnQueue::Turn::~Turn() {
 
 TurnQueue::Turn TurnQueue::wait(const std::function<bool()>& stop, std::chrono::milliseconds poll) {
   std::unique_lock lock(mutex_);
+  if ((busy_ || !waiting_.empty()) && waiting_.size() >= max_waiting_)
+    throw TurnQueueFull(std::to_string(waiting_.size()) + " callers are already waiting (the most allowed)");
   const uint64_t ticket = next_ticket_++;
   waiting_.push_back(ticket);
   for (;;) {
@@ -36,6 +37,11 @@ TurnQueue::Turn TurnQueue::wait(const std::function<bool()>& stop, std::chrono::
 size_t TurnQueue::waiting() const {
   std::lock_guard lock(mutex_);
   return waiting_.size();
+}
+
+bool TurnQueue::busy() const {
+  std::lock_guard lock(mutex_);
+  return busy_;
 }
 
 void TurnQueue::release() {

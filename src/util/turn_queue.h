@@ -3,15 +3,25 @@
 // thread that asks again after its turn goes behind every thread already waiting, so callers that
 // take one turn per item (a request's images) share the resource round-robin: a request with ten
 // images does not hold back a one-image request that arrived during its first. A waiter can give
-// up its place (its client hung up) without holding back the ones behind it.
+// up its place (its client hung up) without holding back the ones behind it, and the line is
+// bounded, so a flood of callers is refused at once instead of piling up.
 #include <chrono>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <list>
 #include <mutex>
 
+#include "util/error.h"
+
 namespace vlmforge {
+
+// Thrown by TurnQueue::wait when max_waiting callers are already in line.
+class TurnQueueFull : public Error {
+ public:
+  using Error::Error;
+};
 
 class TurnQueue {
  public:
@@ -29,17 +39,25 @@ class TurnQueue {
     TurnQueue* queue_;
   };
 
-  // Waits until every caller that asked earlier has had its turn. `stop` (may be empty) is asked
-  // every `poll` while waiting, outside the queue's lock: once true, the place is given up and
-  // Cancelled is thrown.
+  // At most `max_waiting` callers wait at once (the one holding the turn not counted).
+  explicit TurnQueue(size_t max_waiting = SIZE_MAX) : max_waiting_(max_waiting) {}
+
+  // Waits until every caller that asked earlier has had its turn. Throws TurnQueueFull when the
+  // turn is taken and max_waiting callers already wait. `stop` (may be empty) is asked every
+  // `poll` while waiting, outside the queue's lock: once true, the place is given up and Cancelled
+  // is thrown.
   Turn wait(const std::function<bool()>& stop, std::chrono::milliseconds poll = std::chrono::milliseconds(50));
 
   // Callers waiting now (not counting the one holding the turn).
   size_t waiting() const;
+  // Whether some caller holds the turn now.
+  bool busy() const;
+  size_t max_waiting() const { return max_waiting_; }
 
  private:
   void release();
 
+  const size_t max_waiting_;
   mutable std::mutex mutex_;
   std::condition_variable changed_;
   std::list<uint64_t> waiting_;  // tickets in arrival order

@@ -24,8 +24,8 @@ Sha256Digest image_cache_key(std::span<const uint8_t> bytes, const PixelBudget& 
 }
 
 ImageEncoder::ImageEncoder(VisionTower& tower, const PixelBudget& budget, uint64_t cache_bytes,
-                           const DecodeOptions& decode)
-    : tower_(tower), budget_(budget), decode_(decode), capacity_(cache_bytes) {}
+                           const DecodeOptions& decode, size_t max_waiting)
+    : tower_(tower), budget_(budget), decode_(decode), capacity_(cache_bytes), turns_(max_waiting) {}
 
 EncodedImage ImageEncoder::encode(const std::filesystem::path& path, const std::function<bool()>& stop) {
   const auto start = Clock::now();
@@ -50,6 +50,17 @@ std::optional<EncodedImage> ImageEncoder::lookup(const Key& key) {
 
 EncodedImage ImageEncoder::encode(std::span<const uint8_t> bytes, const std::string& name,
                                   const std::function<bool()>& stop) {
+  try {
+    return encode_or_stop(bytes, name, stop);
+  } catch (const Cancelled&) {
+    std::lock_guard lock(mutex_);
+    ++timings_.cancelled;
+    throw;
+  }
+}
+
+EncodedImage ImageEncoder::encode_or_stop(std::span<const uint8_t> bytes, const std::string& name,
+                                          const std::function<bool()>& stop) {
   auto check_stop = [&] {
     if (stop && stop()) throw Cancelled("encoding " + name + " cancelled");
   };
