@@ -4,6 +4,9 @@
 // the NFC form of every string.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
+
 #include <nlohmann/json.hpp>
 
 #include "io/json_file.h"
@@ -81,6 +84,46 @@ TEST(TokenizerGolden, WholeCorpusInOneTextEncodesAsThePiecesJoined) {
     rest.remove_prefix(take);
   }
   EXPECT_EQ(chunked, expected);
+}
+
+TEST(TokenizerGolden, EncodeWithALimitIsTheFullEncodeOrAPrefixLongerThanTheLimit) {
+  VLMFORGE_REQUIRE_SHARED(test::shared_dir() / "tokenizer" / "tokenizer.json");
+  std::string whole;
+  for (const auto& c : golden_cases()) {
+    ASSERT_EQ(qwen_tokenizer().encode(c.text, c.ids.size()), c.ids) << nlohmann::json(c.text).dump();
+    whole += c.text;
+  }
+  const std::vector<TokenId> full = qwen_tokenizer().encode(whole);
+  ASSERT_GT(full.size(), 2000u);
+  for (const size_t limit : {size_t{0}, size_t{1}, size_t{7}, size_t{500}, full.size() - 1}) {
+    const std::vector<TokenId> cut = qwen_tokenizer().encode(whole, limit);
+    ASSERT_GT(cut.size(), limit);
+    ASSERT_LE(cut.size(), full.size());
+    EXPECT_TRUE(std::equal(cut.begin(), cut.end(), full.begin())) << "limit " << limit;
+  }
+  EXPECT_EQ(qwen_tokenizer().encode(whole, full.size()), full);
+  EXPECT_EQ(qwen_tokenizer().encode(whole, full.size() + 1000), full);
+}
+
+TEST(TokenizerGolden, EncodeWithALimitStopsEarlyOnAHugeText) {
+  VLMFORGE_REQUIRE_SHARED(test::shared_dir() / "tokenizer" / "tokenizer.json");
+  // 50 MB of prose, some 10 M tokens: under a limit of 1000 only a chunk of pieces past the
+  // limit is tokenized (a full encode returns every id, and takes seconds).
+  const std::string line = "The quick brown fox, 42 times, jumps over the lazy dog's kennel.\n";
+  std::string huge;
+  huge.reserve(50'000'000 + line.size());
+  while (huge.size() < 50'000'000) huge += line;
+  const auto start = std::chrono::steady_clock::now();
+  const std::vector<TokenId> cut = qwen_tokenizer().encode(huge, 1000);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_GT(cut.size(), 1000u);
+  EXPECT_LT(cut.size(), 1000u + 4 * 1024) << "more than one chunk of pieces was encoded past the limit";
+  // Each line starts after a "\n" + ASCII letter, a safe cut: the first 600 lines encode as a
+  // prefix of the whole, which the limited encode must be a prefix of in turn.
+  const std::vector<TokenId> head = qwen_tokenizer().encode(std::string_view(huge).substr(0, 600 * line.size()));
+  ASSERT_LE(cut.size(), head.size());
+  EXPECT_TRUE(std::equal(cut.begin(), cut.end(), head.begin()));
+  EXPECT_LT(seconds, 5.0) << "a limited encode of 50 MB took " << seconds << " s";
 }
 
 TEST(TokenizerGolden, StreamingDetokenizerMatchesDecodeAndNeverEmitsBrokenUtf8) {

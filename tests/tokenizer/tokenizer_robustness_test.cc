@@ -226,6 +226,18 @@ TEST(TokenizerFuzz, HandMatchedQwen2SplitEqualsPcre2) {
     fast.split(text, got);
     reference.split(text, want);
     ASSERT_EQ(got, want) << json(text).dump();
+    // Split a few pieces at a time, each call resuming where the last stopped: the same pieces.
+    for (const RegexSplitter* splitter : {&fast, &reference}) {
+      std::vector<std::string_view> resumed;
+      const size_t step = 1 + round % 3;
+      for (size_t from = 0, calls = 0; from < text.size(); ++calls) {
+        const size_t before = resumed.size();
+        from = splitter->split(text, resumed, from, step);
+        ASSERT_LE(resumed.size() - before, step + 1) << json(text).dump();  // a trailing gap may follow
+        ASSERT_LE(calls, text.size()) << "no progress: " << json(text).dump();
+      }
+      ASSERT_EQ(resumed, want) << json(text).dump() << " " << step << " pieces at a time";
+    }
   }
 }
 
