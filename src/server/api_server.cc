@@ -303,13 +303,20 @@ void ApiServer::record(const std::string& path, int status) {
   ++requests_[{known.count(path) ? path : "other", status}];
 }
 
+namespace {
+
+// OpenAI's answer to a prompt longer than the context; `what` names what does not fit.
+ApiError context_too_long(const CompletionRequest& request, size_t max_len, const std::string& what) {
+  return ApiError(400, "This model's maximum context length is " + std::to_string(max_len) + " tokens, and " + what +
+                           " cannot fit in it. Shorten the prompt.",
+                  request.endpoint == Endpoint::kCompletions ? "prompt" : "messages", "context_length_exceeded");
+}
+
+}  // namespace
+
 void ApiServer::check_prompt_size(const CompletionRequest& request) const {
   const size_t max_len = options_.max_model_len;
-  auto too_long = [&](const std::string& what) {
-    return ApiError(400, "This model's maximum context length is " + std::to_string(max_len) + " tokens, and " + what +
-                             " cannot fit in it. Shorten the prompt.",
-                    request.endpoint == Endpoint::kCompletions ? "prompt" : "messages", "context_length_exceeded");
-  };
+  auto too_long = [&](const std::string& what) { return context_too_long(request, max_len, what); };
   if (request.prompt_ids.size() > max_len) throw too_long(std::to_string(request.prompt_ids.size()) + " prompt token ids");
   // Every message costs at least one token of the chat template.
   if (request.messages.size() > max_len) throw too_long(std::to_string(request.messages.size()) + " messages");
@@ -343,9 +350,17 @@ void ApiServer::check_prompt_size(const CompletionRequest& request) const {
   if (image_tokens >= max_len) throw too_long("the request's images, " + std::to_string(image_tokens) + " image tokens,");
 }
 
-PromptInput ApiServer::prompt_input(const CompletionRequest& request) const {
+PromptInput ApiServer::prompt_input(const CompletionRequest& request, const std::function<bool()>& client_gone) const {
+  // Tokenizing stops once the prompt is known not to fit (the byte bound of check_prompt_size
+  // leaves room for prompts of many times max_model_len tokens).
+  const size_t max_len = options_.max_model_len;
+  auto too_long = [&] { return context_too_long(request, max_len, "a prompt of more than " + std::to_string(max_len) + " tokens"); };
   if (request.endpoint == Endpoint::kCompletions) {
-    if (!request.prompt_is_ids) return text_prompt(session_.tokenizer.encode(request.prompt));
+    if (!request.prompt_is_ids) {
+      std::vector<int32_t> ids = session_.tokenizer.encode(request.prompt, max_len);
+      if (ids.size() > max_len) throw too_long();
+      return text_prompt(std::move(ids));
+    }
     for (int32_t id : request.prompt_ids)
       if (id < 0 || static_cast<size_t>(id) >= session_.model->vocab_size())
         throw ApiError(400, "token id " + std::to_string(id) + " is outside the vocabulary (0.." +
@@ -355,8 +370,16 @@ PromptInput ApiServer::prompt_input(const CompletionRequest& request) const {
   if (!request.images.empty()) {
     if (vision_hook_) {
       try {
-        return vision_hook_(request.messages, request.images);
+        return vision_hook_(request.messages, request.images, max_len, client_gone);
       } catch (const ApiError&) {
+        throw;
+      } catch (const PromptTooLong&) {
+        throw too_long();
+      } catch (const TurnQueueFull& e) {
+        throw ApiError(429, std::string("too many requests are waiting for the image encoder (") + e.what() +
+                                "; --max_queue bounds them): retry later",
+                       "", "image_queue_full");
+      } catch (const Cancelled&) {
         throw;
       } catch (const Error& e) {
         // Undecodable pixels, an aspect ratio the processor refuses, a chat template error.
@@ -373,7 +396,9 @@ PromptInput ApiServer::prompt_input(const CompletionRequest& request) const {
                    "messages", "image_input_not_supported");
   }
   try {
-    return text_prompt(session_.encode_chat(request.messages));
+    return text_prompt(session_.encode_chat(request.messages, max_len));
+  } catch (const PromptTooLong&) {
+    throw too_long();
   } catch (const Error& e) {
     throw ApiError(400, std::string("cannot apply the chat template: ") + e.what(), "messages");
   }
@@ -383,6 +408,8 @@ void ApiServer::handle_completion(Endpoint endpoint, const httplib::Request& req
                                   httplib::Response& res) {
   std::shared_ptr<Job> job;
   CompletionRequest request;
+  const int fd = connection_fd(req);
+  PeerWatch peer(fd, req.version == "HTTP/1.1");
   try {
     if (json_nesting_exceeds(raw_body, kMaxJsonDepth))
       throw ApiError(400, "request JSON nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
@@ -398,27 +425,28 @@ void ApiServer::handle_completion(Endpoint endpoint, const httplib::Request& req
                               options_.served_model_name + "'",
                      "model", "model_not_found");
     check_prompt_size(request);
-    PromptInput prompt = prompt_input(request);
+    PromptInput prompt = prompt_input(request, [&peer] { return peer.gone(); });
     GenerationParams params = generation_params(request, session_.defaults, prompt.tokens.size(), options_.max_model_len);
     try {
       job = scheduler_.submit(std::move(prompt), std::move(params));
     } catch (const QueueFull& e) {
-      res.set_header("Retry-After", "1");
       throw ApiError(429, e.what(), "", "queue_full");
     } catch (const ShuttingDown& e) {
       throw ApiError(503, e.what(), "", "shutting_down");
     }
   } catch (const ApiError& e) {
+    if (e.status() == 429) res.set_header("Retry-After", "1");
     send_error(res, e);
+    return;
+  } catch (const Cancelled&) {
+    res.status = 499;  // the client left while its images waited or encoded; nobody reads an answer
     return;
   }
 
   ResponseMeta meta{random_id(endpoint == Endpoint::kChatCompletions ? "chatcmpl-" : "cmpl-"), unix_now(),
                     options_.served_model_name};
-  const int fd = connection_fd(req);
 
   if (!request.stream) {
-    PeerWatch peer(fd, req.version == "HTTP/1.1");
     for (;;) {
       const Job::Update u = job->wait(SIZE_MAX, SIZE_MAX, kPollInterval);
       if (u.finished) break;
@@ -528,6 +556,14 @@ std::string ApiServer::metrics_text() const {
         std::pair{"body_too_large", c.body_too_large}, std::pair{"bad_head", c.bad_head},
         std::pair{"over_capacity", c.over_capacity}, std::pair{"evicted_idle", c.evicted_idle}})
     value(std::string("vlmforge_connections_refused_total{reason=\"") + reason + "\"}", static_cast<double>(count));
+  if (session_.images) {
+    metric("vlmforge_image_encoder_waiting", "gauge", "Requests waiting for the image encoder (at most --max_queue).");
+    value("vlmforge_image_encoder_waiting", static_cast<double>(session_.images->waiting()));
+    metric("vlmforge_image_encoder_busy", "gauge", "1 while a request's image is decoded and encoded.");
+    value("vlmforge_image_encoder_busy", session_.images->busy() ? 1.0 : 0.0);
+    metric("vlmforge_image_encodes_cancelled_total", "counter", "Image encodes stopped because their client left.");
+    value("vlmforge_image_encodes_cancelled_total", static_cast<double>(session_.images->timings().cancelled));
+  }
   metric("vlmforge_memory_bytes", "gauge", "Memory by device: resident set of the process and the KV caches in it.");
   value("vlmforge_memory_bytes{device=\"cpu\",kind=\"resident\"}", static_cast<double>(current_rss_bytes()));
   value("vlmforge_memory_bytes{device=\"cpu\",kind=\"kv_cache\"}", static_cast<double>(s.kv_cache_bytes));
