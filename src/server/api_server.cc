@@ -91,6 +91,7 @@ int connection_fd(const httplib::Request& req) {
 class PeerWatch {
  public:
   PeerWatch(int fd, bool may_probe) : fd_(fd), may_probe_(may_probe) {}
+  int fd() const { return fd_; }
   bool gone() {
     if (fd_ < 0) return false;
     pollfd p{fd_, POLLRDHUP, 0};
@@ -376,8 +377,8 @@ PromptInput ApiServer::prompt_input(const CompletionRequest& request, const std:
       } catch (const PromptTooLong&) {
         throw too_long();
       } catch (const TurnQueueFull& e) {
-        throw ApiError(429, std::string("too many requests are waiting for the image encoder (") + e.what() +
-                                "; --max_queue bounds them): retry later",
+        throw ApiError(429, std::string("too many requests are waiting for the image encoder: ") + e.what() +
+                                ", as --max_queue allows; retry shortly",
                        "", "image_queue_full");
       } catch (const Cancelled&) {
         throw;
@@ -408,8 +409,13 @@ void ApiServer::handle_completion(Endpoint endpoint, const httplib::Request& req
                                   httplib::Response& res) {
   std::shared_ptr<Job> job;
   CompletionRequest request;
-  const int fd = connection_fd(req);
-  PeerWatch peer(fd, req.version == "HTTP/1.1");
+  // The client's socket, found when first needed (a scan of /proc/self/fd): while the request's
+  // images wait or encode, then while its answer is generated.
+  std::optional<PeerWatch> peer;
+  auto watch = [&]() -> PeerWatch& {
+    if (!peer) peer.emplace(connection_fd(req), req.version == "HTTP/1.1");
+    return *peer;
+  };
   try {
     if (json_nesting_exceeds(raw_body, kMaxJsonDepth))
       throw ApiError(400, "request JSON nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
@@ -425,7 +431,7 @@ void ApiServer::handle_completion(Endpoint endpoint, const httplib::Request& req
                               options_.served_model_name + "'",
                      "model", "model_not_found");
     check_prompt_size(request);
-    PromptInput prompt = prompt_input(request, [&peer] { return peer.gone(); });
+    PromptInput prompt = prompt_input(request, [&watch] { return watch().gone(); });
     GenerationParams params = generation_params(request, session_.defaults, prompt.tokens.size(), options_.max_model_len);
     try {
       job = scheduler_.submit(std::move(prompt), std::move(params));
@@ -450,7 +456,7 @@ void ApiServer::handle_completion(Endpoint endpoint, const httplib::Request& req
     for (;;) {
       const Job::Update u = job->wait(SIZE_MAX, SIZE_MAX, kPollInterval);
       if (u.finished) break;
-      if (peer.gone()) {
+      if (watch().gone()) {
         scheduler_.cancel(job);
         res.status = 499;  // nginx's "client closed request", for the request metrics only
         return;
@@ -467,7 +473,8 @@ void ApiServer::handle_completion(Endpoint endpoint, const httplib::Request& req
   }
 
   // The response head goes out with the first chunk, so no probe: the chunk writes find a gone client.
-  auto state = std::make_shared<StreamState>(StreamState{job, std::move(request), std::move(meta), PeerWatch(fd, false)});
+  auto state = std::make_shared<StreamState>(
+      StreamState{job, std::move(request), std::move(meta), PeerWatch(watch().fd(), false)});
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream",

@@ -12,7 +12,7 @@ TurnQueue::Turn::~Turn() {
 TurnQueue::Turn TurnQueue::wait(const std::function<bool()>& stop, std::chrono::milliseconds poll) {
   std::unique_lock lock(mutex_);
   if ((busy_ || !waiting_.empty()) && waiting_.size() >= max_waiting_)
-    throw TurnQueueFull(std::to_string(waiting_.size()) + " callers are already waiting (the most allowed)");
+    throw TurnQueueFull("the line is full (" + std::to_string(waiting_.size()) + " waiting)");
   const uint64_t ticket = next_ticket_++;
   waiting_.push_back(ticket);
   for (;;) {

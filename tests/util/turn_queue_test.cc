@@ -61,7 +61,7 @@ TEST(TurnQueue, RefusesACallerBeyondTheBoundAndServesAFreeTurnAtOnce) {
     queue.wait({});
     ADD_FAILURE() << "a second waiter was let into a line of one";
   } catch (const TurnQueueFull& e) {
-    EXPECT_NE(std::string(e.what()).find("1 callers are already waiting"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("the line is full (1 waiting)"), std::string::npos) << e.what();
   }
   held.reset();
   waiter.join();
