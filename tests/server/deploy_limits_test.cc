@@ -473,9 +473,9 @@ TEST_F(DeployImages, ALeavingClientStopsItsEncodeAndTheLineIsBoundedAndFair) {
                        model());
   ASSERT_GT(server.port(), 0) << server.log();
   const int port = server.port();
-  // 1344 x 1344: 2304 image tokens of 4 patches each, 9216 patches, whose two full-attention
+  // 1120 x 1120: 1600 image tokens of 4 patches each, 6400 patches, whose two full-attention
   // blocks make a slow encode. A whole one first, to know how slow.
-  const std::string big = image_request("big.png", 1344, 1344);
+  const std::string big = image_request("big.png", 1120, 1120);
   auto start = Clock::now();
   const Reply whole = roundtrip(port, request("POST", "/v1/chat/completions", big), 300s);
   const double whole_seconds = seconds_since(start);
@@ -483,7 +483,7 @@ TEST_F(DeployImages, ALeavingClientStopsItsEncodeAndTheLineIsBoundedAndFair) {
 
   // Another big image (no cache hit) whose client leaves once its encode has started, while a
   // small image waits behind it.
-  const std::string other_big = image_request("big2.png", 1316, 1344);
+  const std::string other_big = image_request("big2.png", 1092, 1120);
   Connection waiting(port);
   double served_seconds = 0;
   {
@@ -513,7 +513,7 @@ TEST_F(DeployImages, ALeavingClientStopsItsEncodeAndTheLineIsBoundedAndFair) {
   EXPECT_EQ(served.status, 200) << served.body;
   EXPECT_EQ(metric(port, "vlmforge_image_encodes_cancelled_total"), 1);
   EXPECT_EQ(metric(port, "vlmforge_image_encoder_busy"), 0);
-  std::printf("a whole 9216-patch encode took %.2f s; once its client left, the waiting image was answered in %.2f s\n",
+  std::printf("a whole 6400-patch encode took %.2f s; once its client left, the waiting image was answered in %.2f s\n",
               whole_seconds, served_seconds);
   // The big encode stopped between blocks, long before it would have ended.
   EXPECT_LT(served_seconds, whole_seconds / 2);
