@@ -315,7 +315,7 @@ ApiError context_too_long(const CompletionRequest& request, size_t max_len, cons
 
 }  // namespace
 
-void ApiServer::check_prompt_size(const CompletionRequest& request) const {
+size_t ApiServer::check_prompt_size(const CompletionRequest& request) const {
   const size_t max_len = options_.max_model_len;
   auto too_long = [&](const std::string& what) { return context_too_long(request, max_len, what); };
   if (request.prompt_ids.size() > max_len) throw too_long(std::to_string(request.prompt_ids.size()) + " prompt token ids");
@@ -335,7 +335,7 @@ void ApiServer::check_prompt_size(const CompletionRequest& request) const {
   if (text_bytes > byte_limit)
     throw too_long("a prompt of " + std::to_string(text_bytes) + " bytes (more than " + std::to_string(byte_limit) +
                    " bytes: tokens of at most " + std::to_string(max_token_bytes_) + " bytes each)");
-  if (!session_.images) return;
+  if (!session_.images) return 0;
   // Image tokens follow from the header's dimensions (as check-data counts them): an image that
   // cannot fit is refused before it is decoded.
   uint64_t image_tokens = 0;
@@ -349,13 +349,20 @@ void ApiServer::check_prompt_size(const CompletionRequest& request) const {
     image_tokens += resized->tokens();
   }
   if (image_tokens >= max_len) throw too_long("the request's images, " + std::to_string(image_tokens) + " image tokens,");
+  return static_cast<size_t>(image_tokens);
 }
 
-PromptInput ApiServer::prompt_input(const CompletionRequest& request, const std::function<bool()>& client_gone) const {
+PromptInput ApiServer::prompt_input(const CompletionRequest& request, size_t image_tokens,
+                                    const std::function<bool()>& client_gone) const {
   // Tokenizing stops once the prompt is known not to fit (the byte bound of check_prompt_size
   // leaves room for prompts of many times max_model_len tokens).
   const size_t max_len = options_.max_model_len;
-  auto too_long = [&] { return context_too_long(request, max_len, "a prompt of more than " + std::to_string(max_len) + " tokens"); };
+  auto too_long = [&] {
+    return context_too_long(request, max_len,
+                            image_tokens == 0 ? "a prompt of more than " + std::to_string(max_len) + " tokens"
+                                              : "the prompt's text with its images' " + std::to_string(image_tokens) +
+                                                    " image tokens");
+  };
   if (request.endpoint == Endpoint::kCompletions) {
     if (!request.prompt_is_ids) {
       std::vector<int32_t> ids = session_.tokenizer.encode(request.prompt, max_len);
@@ -371,7 +378,11 @@ PromptInput ApiServer::prompt_input(const CompletionRequest& request, const std:
   if (!request.images.empty()) {
     if (vision_hook_) {
       try {
-        return vision_hook_(request.messages, request.images, max_len, client_gone);
+        // The text is tokenized with one <|image_pad|> per image, each later expanded to its
+        // image's tokens (check_prompt_size counted them from the headers, fewer than max_len):
+        // a text longer than this cannot fit with its images, and is refused before any decoding.
+        const size_t text_limit = max_len - image_tokens + request.images.size();
+        return vision_hook_(request.messages, request.images, text_limit, client_gone);
       } catch (const ApiError&) {
         throw;
       } catch (const PromptTooLong&) {
@@ -430,8 +441,8 @@ void ApiServer::handle_completion(Endpoint endpoint, const httplib::Request& req
       throw ApiError(404, "The model '" + request.model + "' does not exist; this server serves '" +
                               options_.served_model_name + "'",
                      "model", "model_not_found");
-    check_prompt_size(request);
-    PromptInput prompt = prompt_input(request, [&watch] { return watch().gone(); });
+    const size_t image_tokens = check_prompt_size(request);
+    PromptInput prompt = prompt_input(request, image_tokens, [&watch] { return watch().gone(); });
     GenerationParams params = generation_params(request, session_.defaults, prompt.tokens.size(), options_.max_model_len);
     try {
       job = scheduler_.submit(std::move(prompt), std::move(params));

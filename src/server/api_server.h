@@ -74,11 +74,12 @@ class ApiServer {
  private:
   void handle_completion(Endpoint endpoint, const httplib::Request& req, const std::string& body, httplib::Response& res);
   // Refuses prompts that cannot fit max_model_len from their size alone, before any tokenizing
-  // or image decoding is spent on them.
-  void check_prompt_size(const CompletionRequest& request) const;
-  // The request's tokens (and images); `client_gone` cancels the image encoding of a request whose
-  // client has left.
-  PromptInput prompt_input(const CompletionRequest& request, const std::function<bool()>& client_gone) const;
+  // or image decoding is spent on them. Returns the tokens the request's images will take.
+  size_t check_prompt_size(const CompletionRequest& request) const;
+  // The request's tokens (and images, `image_tokens` of them); `client_gone` cancels the image
+  // encoding of a request whose client has left.
+  PromptInput prompt_input(const CompletionRequest& request, size_t image_tokens,
+                           const std::function<bool()>& client_gone) const;
   std::string metrics_text() const;
   void record(const std::string& path, int status);
 

@@ -455,11 +455,14 @@ class DeployImages : public ::testing::Test {
   }
   fs::path model() const { return dir_ / "vl"; }
   fs::path media() const { return dir_.path(); }
-  // Writes a PNG into the media directory; returns a chat request for it.
-  std::string image_request(const std::string& name, int width, int height) const {
-    std::ofstream(dir_ / name, std::ios::binary) << encoded_png(width, height);
-    const json part = {{"type", "image_url"}, {"image_url", {{"url", "file://" + (dir_ / name).string()}}}};
-    return json{{"model", "m"}, {"max_tokens", 1}, {"messages", {{{"role", "user"}, {"content", {part}}}}}}.dump();
+  // Writes a PNG (its first `keep` bytes) into the media directory; returns a chat request for it
+  // with `text` after the image.
+  std::string image_request(const std::string& name, int width, int height, const std::string& text = "",
+                            size_t keep = SIZE_MAX) const {
+    std::ofstream(dir_ / name, std::ios::binary) << encoded_png(width, height).substr(0, keep);
+    json content = {{{"type", "image_url"}, {"image_url", {{"url", "file://" + (dir_ / name).string()}}}}};
+    if (!text.empty()) content.push_back({{"type", "text"}, {"text", text}});
+    return json{{"model", "m"}, {"max_tokens", 1}, {"messages", {{{"role", "user"}, {"content", content}}}}}.dump();
   }
 
  private:
@@ -517,6 +520,22 @@ TEST_F(DeployImages, ALeavingClientStopsItsEncodeAndTheLineIsBoundedAndFair) {
               whole_seconds, served_seconds);
   // The big encode stopped between blocks, long before it would have ended.
   EXPECT_LT(served_seconds, whole_seconds / 2);
+}
+
+TEST_F(DeployImages, TextThatCannotFitWithItsImagesIsRefusedBeforeDecoding) {
+  DeployProcess server({"--max_model_len", "1700", "--allowed_local_media_path", media().string()}, model());
+  ASSERT_GT(server.port(), 0) << server.log();
+  // 1600 image tokens by its header, and pixel data cut short: decoding it would fail.
+  std::string words;
+  while (words.size() < 1000) words += " word";  // some 200 tokens: 1600 + 200 > 1700
+  Reply r = roundtrip(server.port(), request("POST", "/v1/chat/completions", image_request("cut.png", 1120, 1120, words, 200)));
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(r.body.find("context_length_exceeded"), std::string::npos) << r.body;
+  EXPECT_NE(r.body.find("1600 image tokens"), std::string::npos) << r.body;
+  // With a short text it fits, so it is decoded, and only then found broken.
+  r = roundtrip(server.port(), request("POST", "/v1/chat/completions", image_request("cut.png", 1120, 1120, "hi", 200)));
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(r.body.find("cannot use the request's images"), std::string::npos) << r.body;
 }
 
 TEST(DeployLimits, OversizedPromptsAreRefusedBeforeTokenizing) {
