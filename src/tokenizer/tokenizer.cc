@@ -49,8 +49,11 @@ struct EncodeScratch {
 namespace {
 constexpr size_t kCachedPieceMaxBytes = 32;
 constexpr size_t kCachedPieceLimit = 1 << 16;
-// Pieces split and BPE-encoded at a time when encoding under a limit: the limit is checked
-// between chunks, so at most this many pieces are spent past it.
+// Encoding under a limit: the text is taken this many bytes at a time where safe_split_point
+// allows (so the UTF-8 check, the added-token scan and NFC stop with the count too), and within
+// that pieces are split and BPE-encoded 1024 at a time, the limit checked between them: at most
+// that many pieces are spent past it.
+constexpr size_t kLimitedChunkBytes = 64 << 10;
 constexpr size_t kLimitedChunkPieces = 1024;
 }  // namespace
 
@@ -116,23 +119,29 @@ std::vector<TokenId> Tokenizer::encode(std::string_view text, InvalidUtf8 invali
 std::vector<TokenId> Tokenizer::encode(std::string_view text, size_t max_tokens, InvalidUtf8 invalid) const {
   std::vector<TokenId> ids;
   ids.reserve(std::min(text.size() / 3, max_tokens) + 4);
-  encode_append(text, ids, invalid, max_tokens);
+  for (size_t pos = 0; pos < text.size() && ids.size() <= max_tokens;) {
+    const std::string_view rest = text.substr(pos);
+    const size_t cut = rest.size() > kLimitedChunkBytes ? safe_split_point(rest.substr(0, kLimitedChunkBytes)) : 0;
+    const size_t take = cut == 0 ? rest.size() : cut;
+    encode_append(rest.substr(0, take), ids, invalid, max_tokens, pos);
+    pos += take;
+  }
   return ids;
 }
 
 void Tokenizer::encode_append(std::string_view text, std::vector<TokenId>& out, InvalidUtf8 invalid) const {
-  encode_append(text, out, invalid, SIZE_MAX);
+  encode_append(text, out, invalid, SIZE_MAX, 0);
 }
 
-void Tokenizer::encode_append(std::string_view text, std::vector<TokenId>& out, InvalidUtf8 invalid,
-                              size_t limit) const {
+void Tokenizer::encode_append(std::string_view text, std::vector<TokenId>& out, InvalidUtf8 invalid, size_t limit,
+                              size_t offset) const {
   const size_t bad = find_invalid_utf8(text);
   if (bad == std::string_view::npos) {
     encode_valid(text, out, limit);
     return;
   }
   if (invalid == InvalidUtf8::kError) {
-    throw Error("input is not valid UTF-8 at byte offset " + std::to_string(bad) +
+    throw Error("input is not valid UTF-8 at byte offset " + std::to_string(offset + bad) +
                 " (without --strict, ill-formed bytes are replaced by U+FFFD)");
   }
   std::string repaired;

@@ -67,8 +67,10 @@ class Tokenizer {
 
  private:
   Tokenizer(TokenizerSpec spec, std::string_view source);
-  // These append to `out` and stop once out.size() > limit (SIZE_MAX: never).
-  void encode_append(std::string_view text, std::vector<TokenId>& out, InvalidUtf8 invalid, size_t limit) const;
+  // These append to `out` and stop once out.size() > limit (SIZE_MAX: never). `offset`: where
+  // `text` starts in the caller's input, for error messages.
+  void encode_append(std::string_view text, std::vector<TokenId>& out, InvalidUtf8 invalid, size_t limit,
+                     size_t offset) const;
   void encode_valid(std::string_view text, std::vector<TokenId>& out, size_t limit) const;
   void encode_segment(std::string_view text, std::vector<TokenId>& out, EncodeScratch& scratch, size_t limit) const;
   void encode_normalized(std::string_view text, std::vector<TokenId>& out, EncodeScratch& scratch, size_t limit) const;
