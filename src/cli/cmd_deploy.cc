@@ -151,9 +151,9 @@ void add_deploy_command(CLI::App& app, int& exit_code) {
       "POST /v1/chat/completions, POST /v1/completions (stream as server-sent events), GET /v1/models,\n"
       "GET /health, GET /metrics (Prometheus). Requests join the running batch between decode steps\n"
       "(continuous batching) up to --max_batch_size; beyond --max_queue waiting requests the answer is 429.\n"
-      "Image requests take turns on the vision encoder in arrival order (beyond --max_queue waiting: 429);\n"
-      "a client that disconnects stops its image encoding.\n"
-      "Qwen2.5-VL checkpoints take image_url parts (sized by --max_pixels/--min_pixels or MAX_PIXELS/MIN_PIXELS, as infer).\n"
+      "Qwen2.5-VL checkpoints take image_url parts (sized by --max_pixels/--min_pixels or MAX_PIXELS/MIN_PIXELS, as infer);\n"
+      "they take turns on the vision encoder in arrival order (beyond --max_queue waiting: 429), and a client\n"
+      "that disconnects stops its image encoding. A prompt past --max_model_len is refused while tokenizing (400).\n"
       "Hostile clients are bounded (docs/security.md): request heads 64 KiB / 128 lines within 10 s (431/408),\n"
       "bodies --max_body_mb chunked or not (413), --max_connections open at once, idle keep-alive 5 s.\n"
       "SIGTERM or Ctrl-C stops accepting, finishes the requests in flight and exits 0.");
