@@ -73,7 +73,9 @@ int run(DeployArgs a) {
   }
 
   // Planned for the server's batch: max_batch_size sequences of max_model_len each.
-  const EngineOptions engine_setup = engine_options(a.engine);
+  EngineOptions engine_setup = engine_options(a.engine);
+  // Requests waiting for the image encoder are bounded as those waiting for the batch.
+  engine_setup.vision.max_waiting_encodes = a.max_queue;
   const PlacedEngine placed =
       load_engine(engine_setup, a.engine.device_map, generation_plan_options(engine_setup, a.max_batch_size));
   for (const auto& device : placed.placed->devices) options.devices.push_back(device.get());
@@ -102,16 +104,17 @@ int run(DeployArgs a) {
   server::Scheduler scheduler(*engine.model, engine.tokenizer, {a.max_batch_size, a.max_queue, max_model_len});
   server::ApiServer api(engine, scheduler, options);
   if (engine.images) {
-    // Images are decoded and encoded on the request's HTTP thread (ImageEncoder serializes them
-    // and caches by content); the scheduler thread only ever runs the language model, so a
-    // request's images do not stall the decode steps of the sequences already running.
-    api.set_vision_prompt_hook(
-        [&engine](const nlohmann::ordered_json& messages, std::span<const server::ImageInput> images) {
-          std::vector<Engine::ImageData> data;
-          for (size_t i = 0; i < images.size(); ++i)
-            data.push_back({images[i].bytes, "image " + std::to_string(i + 1) + " (" + images[i].source + ")"});
-          return engine.prepare_in_memory(messages, data);
-        });
+    // Images are decoded and encoded on the request's HTTP thread (ImageEncoder takes them in
+    // arrival order, one image per turn, and caches by content); the scheduler thread only ever
+    // runs the language model, so a request's images do not stall the decode steps of the
+    // sequences already running.
+    api.set_vision_prompt_hook([&engine](const nlohmann::ordered_json& messages, std::span<const server::ImageInput> images,
+                                         size_t max_tokens, const std::function<bool()>& stop) {
+      std::vector<Engine::ImageData> data;
+      for (size_t i = 0; i < images.size(); ++i)
+        data.push_back({images[i].bytes, "image " + std::to_string(i + 1) + " (" + images[i].source + ")"});
+      return engine.prepare_in_memory(messages, data, max_tokens, stop);
+    });
   }
   const int port = api.bind();
   catch_interrupts();
@@ -148,7 +151,9 @@ void add_deploy_command(CLI::App& app, int& exit_code) {
       "POST /v1/chat/completions, POST /v1/completions (stream as server-sent events), GET /v1/models,\n"
       "GET /health, GET /metrics (Prometheus). Requests join the running batch between decode steps\n"
       "(continuous batching) up to --max_batch_size; beyond --max_queue waiting requests the answer is 429.\n"
-      "Qwen2.5-VL checkpoints take image_url parts (sized by --max_pixels/--min_pixels or MAX_PIXELS/MIN_PIXELS, as infer).\n"
+      "Qwen2.5-VL checkpoints take image_url parts (sized by --max_pixels/--min_pixels or MAX_PIXELS/MIN_PIXELS, as infer);\n"
+      "they take turns on the vision encoder in arrival order (beyond --max_queue waiting: 429), and a client\n"
+      "that disconnects stops its image encoding. A prompt past --max_model_len is refused while tokenizing (400).\n"
       "Hostile clients are bounded (docs/security.md): request heads 64 KiB / 128 lines within 10 s (431/408),\n"
       "bodies --max_body_mb chunked or not (413), --max_connections open at once, idle keep-alive 5 s.\n"
       "SIGTERM or Ctrl-C stops accepting, finishes the requests in flight and exits 0.");
@@ -159,7 +164,7 @@ void add_deploy_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--max_batch_size", a->max_batch_size, "Most sequences decoded together (1..256)")->capture_default_str();
   cmd->add_option("--served_model_name", a->served_model_name, "The model name clients send (default: --model as given)");
   cmd->add_option("--api_key", a->api_key, "Require 'Authorization: Bearer KEY' on /v1/ routes");
-  cmd->add_option("--max_queue", a->max_queue, "Most requests waiting to join the batch (0..1024); more get 429 + Retry-After")
+  cmd->add_option("--max_queue", a->max_queue, "Most requests waiting to join the batch, and most waiting for the image encoder (0..1024); more get 429 + Retry-After")
       ->capture_default_str();
   cmd->add_option("--max_connections", a->max_connections,
                   "Most client connections open at once (1..4096); beyond it the longest-idle one is closed, "

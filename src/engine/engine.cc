@@ -60,15 +60,26 @@ Engine::Engine(const EngineOptions& options)
                                                                      : model->embedding_device();
     vision_tower = std::make_unique<vision::VisionTower>(model->checkpoint(), model->config(), device, model->lora());
     images = std::make_unique<vision::ImageEncoder>(*vision_tower, options.vision.budget, options.vision.cache_bytes,
-                                                    options.vision.decode);
+                                                    options.vision.decode, options.vision.max_waiting_encodes);
   }
 }
 
-std::vector<int32_t> Engine::encode_chat(const nlohmann::ordered_json& request) const {
+namespace {
+
+std::vector<int32_t> encode_within(const tokenizer::Tokenizer& tokenizer, const std::string& text, size_t max_tokens) {
+  std::vector<int32_t> ids = tokenizer.encode(text, max_tokens);
+  if (ids.size() > max_tokens)
+    throw PromptTooLong("the prompt needs more than " + std::to_string(max_tokens) + " tokens");
+  return ids;
+}
+
+}  // namespace
+
+std::vector<int32_t> Engine::encode_chat(const nlohmann::ordered_json& request, size_t max_tokens) const {
   tokenizer::ChatOptions options;
   options.add_generation_prompt = true;
   const std::string prompt = tokenizer::render_chat(chat_kind, tokenizer::parse_chat_request(request), options);
-  return tokenizer.encode(prompt);
+  return encode_within(tokenizer, prompt, max_tokens);
 }
 
 namespace {
@@ -122,10 +133,12 @@ void check_takes_images(const Engine& engine, size_t image_count) {
 }
 
 PromptInput prepare_prompt(const Engine& engine, const std::string& text, size_t image_count,
-                           const std::function<vision::EncodedImage(size_t)>& encode) {
+                           const std::function<vision::EncodedImage(size_t)>& encode, size_t max_tokens = SIZE_MAX) {
   check_takes_images(engine, image_count);
   PromptInput input;
-  input.tokens = engine.tokenizer.encode(text);
+  // Each image is one <|image_pad|> here and only grows when expanded: over the limit already is
+  // refused before any image is decoded.
+  input.tokens = encode_within(engine.tokenizer, text, max_tokens);
   if (image_count == 0) return input;
   const ModelConfig& config = engine.model->config();
   std::vector<ImageGrid> grids;
@@ -154,11 +167,11 @@ PromptInput prepare_prompt(const Engine& engine, const std::string& text, size_t
 }
 
 PromptInput prepare_chat(const Engine& engine, const tokenizer::ChatRequest& chat, size_t image_count,
-                         const std::function<vision::EncodedImage(size_t)>& encode) {
+                         const std::function<vision::EncodedImage(size_t)>& encode, size_t max_tokens = SIZE_MAX) {
   check_takes_images(engine, image_count);  // before the text-only template refuses image parts
   tokenizer::ChatOptions options;
   options.add_generation_prompt = true;
-  return prepare_prompt(engine, tokenizer::render_chat(engine.chat_kind, chat, options), image_count, encode);
+  return prepare_prompt(engine, tokenizer::render_chat(engine.chat_kind, chat, options), image_count, encode, max_tokens);
 }
 
 }  // namespace
@@ -195,15 +208,16 @@ PromptInput Engine::prepare(const nlohmann::ordered_json& request, const fs::pat
                       [&](size_t i) { return images->encode(image_path(references[i], base_dir)); });
 }
 
-PromptInput Engine::prepare_in_memory(const nlohmann::ordered_json& request,
-                                            std::span<const ImageData> image_data) const {
+PromptInput Engine::prepare_in_memory(const nlohmann::ordered_json& request, std::span<const ImageData> image_data,
+                                      size_t max_tokens, const std::function<bool()>& stop) const {
   const tokenizer::ChatRequest chat = tokenizer::parse_chat_request(request);
   const size_t parts = image_parts(chat).size();
   if (parts != image_data.size())
     throw Error("the request has " + std::to_string(parts) + " image part(s) but " + std::to_string(image_data.size()) +
                 " image(s)");
-  return prepare_chat(*this, chat, parts,
-                      [&](size_t i) { return images->encode(image_data[i].bytes, image_data[i].name); });
+  return prepare_chat(
+      *this, chat, parts, [&](size_t i) { return images->encode(image_data[i].bytes, image_data[i].name, stop); },
+      max_tokens);
 }
 
 }  // namespace vlmforge

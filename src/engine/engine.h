@@ -6,6 +6,7 @@
 // from plain options: the command-line flags that fill them live in src/cli/.
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <span>
@@ -17,16 +18,25 @@
 #include "model/qwen2.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
+#include "util/error.h"
 #include "vision/image_encoder.h"
 
 namespace vlmforge {
 
-// Qwen2.5-VL image handling: the pixel budget (swift's MIN_PIXELS / MAX_PIXELS), the image cache and
-// whether EXIF orientations are applied (swift does not apply them).
+// Qwen2.5-VL image handling: the pixel budget (swift's MIN_PIXELS / MAX_PIXELS), the image cache,
+// whether EXIF orientations are applied (swift does not apply them) and how many callers may wait
+// for the vision tower at once (a server's bound; more get TurnQueueFull).
 struct VisionOptions {
   vision::PixelBudget budget;
   uint64_t cache_bytes = uint64_t{512} << 20;
   vision::DecodeOptions decode;
+  size_t max_waiting_encodes = SIZE_MAX;
+};
+
+// A prompt that needs more tokens than the caller allowed; found without tokenizing all of it.
+class PromptTooLong : public Error {
+ public:
+  using Error::Error;
 };
 
 struct EngineOptions {
@@ -53,8 +63,9 @@ class Engine {
   GenerationParams defaults;  // from generation_config.json, with eos / <|im_end|> stop ids
   size_t max_model_len;       // the options' (or the config's) longest sequence, prompt + answer
 
-  // Renders messages (HF or swift form) with the generation prompt and encodes them.
-  std::vector<int32_t> encode_chat(const nlohmann::ordered_json& request) const;
+  // Renders messages (HF or swift form) with the generation prompt and encodes them. Throws
+  // PromptTooLong once they need more than `max_tokens` tokens.
+  std::vector<int32_t> encode_chat(const nlohmann::ordered_json& request, size_t max_tokens = SIZE_MAX) const;
   // encode_chat plus the request's images (Qwen2.5-VL): each <|image_pad|> expanded to the image's
   // token count, the vision embeddings and the M-RoPE positions. Relative image paths that do not
   // exist as given are looked up under `base_dir`. Safe to call while another thread generates.
@@ -64,12 +75,15 @@ class Engine {
   PromptInput prepare_text(const std::string& text, const std::vector<std::filesystem::path>& image_files) const;
   // prepare() for a request whose image parts carry no path (a server's {"type": "image"} parts):
   // their bytes are `images`, in order of appearance, decoded and encoded exactly as files are
-  // (same preprocessing, same cache). Safe to call while another thread generates.
+  // (same preprocessing, same cache). Safe to call while another thread generates. Throws
+  // PromptTooLong, before any image is decoded, when the text alone needs more than `max_tokens`
+  // tokens; Cancelled once `stop` (may be empty) is true while images wait for the tower or encode.
   struct ImageData {
     std::span<const uint8_t> bytes;
     std::string name;  // for error messages
   };
-  PromptInput prepare_in_memory(const nlohmann::ordered_json& request, std::span<const ImageData> images) const;
+  PromptInput prepare_in_memory(const nlohmann::ordered_json& request, std::span<const ImageData> images,
+                                size_t max_tokens = SIZE_MAX, const std::function<bool()>& stop = {}) const;
 };
 
 }  // namespace vlmforge

@@ -91,6 +91,7 @@ int connection_fd(const httplib::Request& req) {
 class PeerWatch {
  public:
   PeerWatch(int fd, bool may_probe) : fd_(fd), may_probe_(may_probe) {}
+  int fd() const { return fd_; }
   bool gone() {
     if (fd_ < 0) return false;
     pollfd p{fd_, POLLRDHUP, 0};
@@ -303,13 +304,20 @@ void ApiServer::record(const std::string& path, int status) {
   ++requests_[{known.count(path) ? path : "other", status}];
 }
 
-void ApiServer::check_prompt_size(const CompletionRequest& request) const {
+namespace {
+
+// OpenAI's answer to a prompt longer than the context; `what` names what does not fit.
+ApiError context_too_long(const CompletionRequest& request, size_t max_len, const std::string& what) {
+  return ApiError(400, "This model's maximum context length is " + std::to_string(max_len) + " tokens, and " + what +
+                           " cannot fit in it. Shorten the prompt.",
+                  request.endpoint == Endpoint::kCompletions ? "prompt" : "messages", "context_length_exceeded");
+}
+
+}  // namespace
+
+size_t ApiServer::check_prompt_size(const CompletionRequest& request) const {
   const size_t max_len = options_.max_model_len;
-  auto too_long = [&](const std::string& what) {
-    return ApiError(400, "This model's maximum context length is " + std::to_string(max_len) + " tokens, and " + what +
-                             " cannot fit in it. Shorten the prompt.",
-                    request.endpoint == Endpoint::kCompletions ? "prompt" : "messages", "context_length_exceeded");
-  };
+  auto too_long = [&](const std::string& what) { return context_too_long(request, max_len, what); };
   if (request.prompt_ids.size() > max_len) throw too_long(std::to_string(request.prompt_ids.size()) + " prompt token ids");
   // Every message costs at least one token of the chat template.
   if (request.messages.size() > max_len) throw too_long(std::to_string(request.messages.size()) + " messages");
@@ -327,7 +335,7 @@ void ApiServer::check_prompt_size(const CompletionRequest& request) const {
   if (text_bytes > byte_limit)
     throw too_long("a prompt of " + std::to_string(text_bytes) + " bytes (more than " + std::to_string(byte_limit) +
                    " bytes: tokens of at most " + std::to_string(max_token_bytes_) + " bytes each)");
-  if (!session_.images) return;
+  if (!session_.images) return 0;
   // Image tokens follow from the header's dimensions (as check-data counts them): an image that
   // cannot fit is refused before it is decoded.
   uint64_t image_tokens = 0;
@@ -341,11 +349,26 @@ void ApiServer::check_prompt_size(const CompletionRequest& request) const {
     image_tokens += resized->tokens();
   }
   if (image_tokens >= max_len) throw too_long("the request's images, " + std::to_string(image_tokens) + " image tokens,");
+  return static_cast<size_t>(image_tokens);
 }
 
-PromptInput ApiServer::prompt_input(const CompletionRequest& request) const {
+PromptInput ApiServer::prompt_input(const CompletionRequest& request, size_t image_tokens,
+                                    const std::function<bool()>& client_gone) const {
+  // Tokenizing stops once the prompt is known not to fit (the byte bound of check_prompt_size
+  // leaves room for prompts of many times max_model_len tokens).
+  const size_t max_len = options_.max_model_len;
+  auto too_long = [&] {
+    return context_too_long(request, max_len,
+                            image_tokens == 0 ? "a prompt of more than " + std::to_string(max_len) + " tokens"
+                                              : "the prompt's text with its images' " + std::to_string(image_tokens) +
+                                                    " image tokens");
+  };
   if (request.endpoint == Endpoint::kCompletions) {
-    if (!request.prompt_is_ids) return text_prompt(session_.tokenizer.encode(request.prompt));
+    if (!request.prompt_is_ids) {
+      std::vector<int32_t> ids = session_.tokenizer.encode(request.prompt, max_len);
+      if (ids.size() > max_len) throw too_long();
+      return text_prompt(std::move(ids));
+    }
     for (int32_t id : request.prompt_ids)
       if (id < 0 || static_cast<size_t>(id) >= session_.model->vocab_size())
         throw ApiError(400, "token id " + std::to_string(id) + " is outside the vocabulary (0.." +
@@ -355,8 +378,20 @@ PromptInput ApiServer::prompt_input(const CompletionRequest& request) const {
   if (!request.images.empty()) {
     if (vision_hook_) {
       try {
-        return vision_hook_(request.messages, request.images);
+        // The text is tokenized with one <|image_pad|> per image, each later expanded to its
+        // image's tokens (check_prompt_size counted them from the headers, fewer than max_len):
+        // a text longer than this cannot fit with its images, and is refused before any decoding.
+        const size_t text_limit = max_len - image_tokens + request.images.size();
+        return vision_hook_(request.messages, request.images, text_limit, client_gone);
       } catch (const ApiError&) {
+        throw;
+      } catch (const PromptTooLong&) {
+        throw too_long();
+      } catch (const TurnQueueFull& e) {
+        throw ApiError(429, std::string("too many requests are waiting for the image encoder: ") + e.what() +
+                                ", as --max_queue allows; retry shortly",
+                       "", "image_queue_full");
+      } catch (const Cancelled&) {
         throw;
       } catch (const Error& e) {
         // Undecodable pixels, an aspect ratio the processor refuses, a chat template error.
@@ -373,7 +408,9 @@ PromptInput ApiServer::prompt_input(const CompletionRequest& request) const {
                    "messages", "image_input_not_supported");
   }
   try {
-    return text_prompt(session_.encode_chat(request.messages));
+    return text_prompt(session_.encode_chat(request.messages, max_len));
+  } catch (const PromptTooLong&) {
+    throw too_long();
   } catch (const Error& e) {
     throw ApiError(400, std::string("cannot apply the chat template: ") + e.what(), "messages");
   }
@@ -383,6 +420,13 @@ void ApiServer::handle_completion(Endpoint endpoint, const httplib::Request& req
                                   httplib::Response& res) {
   std::shared_ptr<Job> job;
   CompletionRequest request;
+  // The client's socket, found when first needed (a scan of /proc/self/fd): while the request's
+  // images wait or encode, then while its answer is generated.
+  std::optional<PeerWatch> peer;
+  auto watch = [&]() -> PeerWatch& {
+    if (!peer) peer.emplace(connection_fd(req), req.version == "HTTP/1.1");
+    return *peer;
+  };
   try {
     if (json_nesting_exceeds(raw_body, kMaxJsonDepth))
       throw ApiError(400, "request JSON nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
@@ -397,32 +441,33 @@ void ApiServer::handle_completion(Endpoint endpoint, const httplib::Request& req
       throw ApiError(404, "The model '" + request.model + "' does not exist; this server serves '" +
                               options_.served_model_name + "'",
                      "model", "model_not_found");
-    check_prompt_size(request);
-    PromptInput prompt = prompt_input(request);
+    const size_t image_tokens = check_prompt_size(request);
+    PromptInput prompt = prompt_input(request, image_tokens, [&watch] { return watch().gone(); });
     GenerationParams params = generation_params(request, session_.defaults, prompt.tokens.size(), options_.max_model_len);
     try {
       job = scheduler_.submit(std::move(prompt), std::move(params));
     } catch (const QueueFull& e) {
-      res.set_header("Retry-After", "1");
       throw ApiError(429, e.what(), "", "queue_full");
     } catch (const ShuttingDown& e) {
       throw ApiError(503, e.what(), "", "shutting_down");
     }
   } catch (const ApiError& e) {
+    if (e.status() == 429) res.set_header("Retry-After", "1");
     send_error(res, e);
+    return;
+  } catch (const Cancelled&) {
+    res.status = 499;  // the client left while its images waited or encoded; nobody reads an answer
     return;
   }
 
   ResponseMeta meta{random_id(endpoint == Endpoint::kChatCompletions ? "chatcmpl-" : "cmpl-"), unix_now(),
                     options_.served_model_name};
-  const int fd = connection_fd(req);
 
   if (!request.stream) {
-    PeerWatch peer(fd, req.version == "HTTP/1.1");
     for (;;) {
       const Job::Update u = job->wait(SIZE_MAX, SIZE_MAX, kPollInterval);
       if (u.finished) break;
-      if (peer.gone()) {
+      if (watch().gone()) {
         scheduler_.cancel(job);
         res.status = 499;  // nginx's "client closed request", for the request metrics only
         return;
@@ -439,7 +484,8 @@ void ApiServer::handle_completion(Endpoint endpoint, const httplib::Request& req
   }
 
   // The response head goes out with the first chunk, so no probe: the chunk writes find a gone client.
-  auto state = std::make_shared<StreamState>(StreamState{job, std::move(request), std::move(meta), PeerWatch(fd, false)});
+  auto state = std::make_shared<StreamState>(
+      StreamState{job, std::move(request), std::move(meta), PeerWatch(watch().fd(), false)});
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream",
@@ -528,6 +574,14 @@ std::string ApiServer::metrics_text() const {
         std::pair{"body_too_large", c.body_too_large}, std::pair{"bad_head", c.bad_head},
         std::pair{"over_capacity", c.over_capacity}, std::pair{"evicted_idle", c.evicted_idle}})
     value(std::string("vlmforge_connections_refused_total{reason=\"") + reason + "\"}", static_cast<double>(count));
+  if (session_.images) {
+    metric("vlmforge_image_encoder_waiting", "gauge", "Requests waiting for the image encoder (at most --max_queue).");
+    value("vlmforge_image_encoder_waiting", static_cast<double>(session_.images->waiting()));
+    metric("vlmforge_image_encoder_busy", "gauge", "1 while a request's image is decoded and encoded.");
+    value("vlmforge_image_encoder_busy", session_.images->busy() ? 1.0 : 0.0);
+    metric("vlmforge_image_encodes_cancelled_total", "counter", "Image encodes stopped because their client left.");
+    value("vlmforge_image_encodes_cancelled_total", static_cast<double>(session_.images->timings().cancelled));
+  }
   metric("vlmforge_memory_bytes", "gauge", "Memory by device: resident set of the process and the KV caches in it.");
   value("vlmforge_memory_bytes{device=\"cpu\",kind=\"resident\"}", static_cast<double>(current_rss_bytes()));
   value("vlmforge_memory_bytes{device=\"cpu\",kind=\"kv_cache\"}", static_cast<double>(s.kv_cache_bytes));

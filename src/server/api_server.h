@@ -47,9 +47,13 @@ struct ServerOptions {
 // ({"type": "image"} in `messages`, the checked image bytes in `images`, same order) into the
 // prompt (tokens with the image tokens expanded, image embeddings, M-RoPE positions). It runs on
 // the request's HTTP thread, so encoding images never holds up the running batch's decode steps.
-// Errors (Error) become a 400. Unset (text-only models): image requests are a 400.
-using VisionPromptHook =
-    std::function<PromptInput(const nlohmann::ordered_json& messages, std::span<const ImageInput> images)>;
+// A text of more than `max_tokens` tokens throws PromptTooLong (a 400) before images are decoded;
+// `stop` turns true once the client is gone, and the hook then throws Cancelled (no answer);
+// TurnQueueFull (too many requests wait for the encoder) becomes a 429; other errors (Error) a 400.
+// Unset (text-only models): image requests are a 400.
+using VisionPromptHook = std::function<PromptInput(const nlohmann::ordered_json& messages,
+                                                   std::span<const ImageInput> images, size_t max_tokens,
+                                                   const std::function<bool()>& stop)>;
 
 class ApiServer {
  public:
@@ -70,9 +74,12 @@ class ApiServer {
  private:
   void handle_completion(Endpoint endpoint, const httplib::Request& req, const std::string& body, httplib::Response& res);
   // Refuses prompts that cannot fit max_model_len from their size alone, before any tokenizing
-  // or image decoding is spent on them.
-  void check_prompt_size(const CompletionRequest& request) const;
-  PromptInput prompt_input(const CompletionRequest& request) const;
+  // or image decoding is spent on them. Returns the tokens the request's images will take.
+  size_t check_prompt_size(const CompletionRequest& request) const;
+  // The request's tokens (and images, `image_tokens` of them); `client_gone` cancels the image
+  // encoding of a request whose client has left.
+  PromptInput prompt_input(const CompletionRequest& request, size_t image_tokens,
+                           const std::function<bool()>& client_gone) const;
   std::string metrics_text() const;
   void record(const std::string& path, int status);
 

@@ -3,6 +3,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 
@@ -176,14 +177,18 @@ RegexSplitter::~RegexSplitter() = default;
 RegexSplitter::RegexSplitter(RegexSplitter&&) noexcept = default;
 RegexSplitter& RegexSplitter::operator=(RegexSplitter&&) noexcept = default;
 
-void RegexSplitter::split(std::string_view text, std::vector<std::string_view>& pieces) const {
+size_t RegexSplitter::split(std::string_view text, std::vector<std::string_view>& pieces, size_t from,
+                            size_t max_pieces) const {
   const std::unique_ptr<pcre2_match_data, MatchDataDeleter> match(
       pcre2_match_data_create_from_pattern(compiled_->code.get(), nullptr));
   if (!match) throw Error("out of memory creating regex match data");
   const auto subject = reinterpret_cast<PCRE2_SPTR>(text.data());
-  size_t gap_start = 0;  // start of the text not yet emitted
-  size_t search = 0;     // where the next match may start
+  size_t gap_start = from;  // start of the text not yet emitted
+  size_t search = from;     // where the next match may start
+  const size_t stop_at = pieces.size() + std::min(max_pieces, SIZE_MAX - pieces.size());
   while (search < text.size()) {
+    // After a match nothing is pending (gap_start == search): a later call can start here.
+    if (pieces.size() >= stop_at && search == gap_start) return search;
     // The common pieces of Qwen2's pattern are matched by hand, far faster than a regex call.
     if (qwen2_pattern_ && search == gap_start) {
       if (const size_t end = qwen2_match_end(text, search); end != kUnsure) {
@@ -218,6 +223,7 @@ void RegexSplitter::split(std::string_view text, std::vector<std::string_view>& 
     }
   }
   if (gap_start < text.size()) pieces.push_back(text.substr(gap_start));
+  return text.size();
 }
 
 }  // namespace vlmforge::tokenizer

@@ -2,6 +2,8 @@
 // The Split pre-tokenizer with "Isolated" behaviour: every regex match is a piece, and so is every
 // stretch of text between matches. The pattern is compiled by PCRE2 with UTF and UCP (so \p{L},
 // \s and friends follow Unicode, as in the Oniguruma engine Hugging Face tokenizers uses) and JIT.
+#include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -17,8 +19,12 @@ class RegexSplitter {
   RegexSplitter(RegexSplitter&&) noexcept;
   RegexSplitter& operator=(RegexSplitter&&) noexcept;
 
-  // Appends the pieces of `text` (valid UTF-8) to `pieces`; they point into `text`.
-  void split(std::string_view text, std::vector<std::string_view>& pieces) const;
+  // Appends the pieces of `text` (valid UTF-8) from offset `from` to `pieces`; they point into
+  // `text`. Stops early, after a match, once `max_pieces` pieces were appended, and returns where
+  // it stopped (text.size() when done): splitting again from there continues the same pieces, as
+  // the regex still sees the text before the offset.
+  size_t split(std::string_view text, std::vector<std::string_view>& pieces, size_t from = 0,
+               size_t max_pieces = SIZE_MAX) const;
 
   const std::string& pattern() const { return pattern_; }
 

@@ -1,5 +1,6 @@
 #include "tokenizer/tokenizer.h"
 
+#include <algorithm>
 #include <unordered_map>
 
 #include "io/json_file.h"
@@ -48,6 +49,12 @@ struct EncodeScratch {
 namespace {
 constexpr size_t kCachedPieceMaxBytes = 32;
 constexpr size_t kCachedPieceLimit = 1 << 16;
+// Encoding under a limit: the text is taken this many bytes at a time where safe_split_point
+// allows (so the UTF-8 check, the added-token scan and NFC stop with the count too), and within
+// that pieces are split and BPE-encoded 1024 at a time, the limit checked between them: at most
+// that many pieces are spent past it.
+constexpr size_t kLimitedChunkBytes = 64 << 10;
+constexpr size_t kLimitedChunkPieces = 1024;
 }  // namespace
 
 Tokenizer Tokenizer::load(const std::filesystem::path& path) {
@@ -109,40 +116,59 @@ std::vector<TokenId> Tokenizer::encode(std::string_view text, InvalidUtf8 invali
   return ids;
 }
 
+std::vector<TokenId> Tokenizer::encode(std::string_view text, size_t max_tokens, InvalidUtf8 invalid) const {
+  std::vector<TokenId> ids;
+  ids.reserve(std::min(text.size() / 3, max_tokens) + 4);
+  for (size_t pos = 0; pos < text.size() && ids.size() <= max_tokens;) {
+    const std::string_view rest = text.substr(pos);
+    const size_t cut = rest.size() > kLimitedChunkBytes ? safe_split_point(rest.substr(0, kLimitedChunkBytes)) : 0;
+    const size_t take = cut == 0 ? rest.size() : cut;
+    encode_append(rest.substr(0, take), ids, invalid, max_tokens, pos);
+    pos += take;
+  }
+  return ids;
+}
+
 void Tokenizer::encode_append(std::string_view text, std::vector<TokenId>& out, InvalidUtf8 invalid) const {
+  encode_append(text, out, invalid, SIZE_MAX, 0);
+}
+
+void Tokenizer::encode_append(std::string_view text, std::vector<TokenId>& out, InvalidUtf8 invalid, size_t limit,
+                              size_t offset) const {
   const size_t bad = find_invalid_utf8(text);
   if (bad == std::string_view::npos) {
-    encode_valid(text, out);
+    encode_valid(text, out, limit);
     return;
   }
   if (invalid == InvalidUtf8::kError) {
-    throw Error("input is not valid UTF-8 at byte offset " + std::to_string(bad) +
+    throw Error("input is not valid UTF-8 at byte offset " + std::to_string(offset + bad) +
                 " (without --strict, ill-formed bytes are replaced by U+FFFD)");
   }
   std::string repaired;
   repaired.reserve(text.size() + 16);
   append_replacing_invalid_utf8(text, repaired, /*keep_truncated_tail=*/false);
-  encode_valid(repaired, out);
+  encode_valid(repaired, out, limit);
 }
 
-void Tokenizer::encode_valid(std::string_view text, std::vector<TokenId>& out) const {
+void Tokenizer::encode_valid(std::string_view text, std::vector<TokenId>& out, size_t limit) const {
   EncodeScratch scratch;
   size_t pos = 0;
-  while (pos < text.size()) {
+  while (pos < text.size() && out.size() <= limit) {
     const std::optional<AddedTokenMatch> match = raw_added_.find(text, pos);
     const size_t segment_end = match ? match->start : text.size();
-    if (segment_end > pos) encode_segment(text.substr(pos, segment_end - pos), out, scratch);
-    if (!match) break;
+    if (segment_end > pos) encode_segment(text.substr(pos, segment_end - pos), out, scratch, limit);
+    if (!match || out.size() > limit) break;
     out.push_back(match->id);
     pos = match->end;
   }
 }
 
-void Tokenizer::encode_segment(std::string_view text, std::vector<TokenId>& out, EncodeScratch& scratch) const {
+void Tokenizer::encode_segment(std::string_view text, std::vector<TokenId>& out, EncodeScratch& scratch,
+                               size_t limit) const {
   scratch.normalized.clear();
   append_normalized(normalization_, text, scratch.normalized);
   if (normalized_added_.empty()) {
-    encode_normalized(scratch.normalized, out, scratch);
+    encode_normalized(scratch.normalized, out, scratch, limit);
     return;
   }
   const std::string normalized = scratch.normalized;  // the scratch buffer is reused below
@@ -150,21 +176,29 @@ void Tokenizer::encode_segment(std::string_view text, std::vector<TokenId>& out,
   while (pos < normalized.size()) {
     const std::optional<AddedTokenMatch> match = normalized_added_.find(normalized, pos);
     const size_t end = match ? match->start : normalized.size();
-    if (end > pos) encode_normalized(std::string_view(normalized).substr(pos, end - pos), out, scratch);
-    if (!match) break;
+    if (end > pos) encode_normalized(std::string_view(normalized).substr(pos, end - pos), out, scratch, limit);
+    if (!match || out.size() > limit) break;
     out.push_back(match->id);
     pos = match->end;
   }
 }
 
-void Tokenizer::encode_normalized(std::string_view text, std::vector<TokenId>& out, EncodeScratch& scratch) const {
+void Tokenizer::encode_normalized(std::string_view text, std::vector<TokenId>& out, EncodeScratch& scratch,
+                                  size_t limit) const {
   if (add_prefix_space_ && !text.starts_with(' ')) {
     scratch.prefixed.assign(1, ' ');
     scratch.prefixed += text;
     text = scratch.prefixed;
   }
-  scratch.pieces.clear();
-  splitter_.split(text, scratch.pieces);
+  const size_t chunk = limit == SIZE_MAX ? SIZE_MAX : kLimitedChunkPieces;
+  for (size_t from = 0; from < text.size() && out.size() <= limit;) {
+    scratch.pieces.clear();
+    from = splitter_.split(text, scratch.pieces, from, chunk);
+    encode_pieces(scratch, out);
+  }
+}
+
+void Tokenizer::encode_pieces(EncodeScratch& scratch, std::vector<TokenId>& out) const {
   for (const std::string_view piece : scratch.pieces) {
     if (piece.size() == 1 || piece.size() > kCachedPieceMaxBytes) {
       bpe_.encode_piece(piece, scratch.bpe, out);

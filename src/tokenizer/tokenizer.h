@@ -38,6 +38,11 @@ class Tokenizer {
   std::vector<TokenId> encode(std::string_view text, InvalidUtf8 invalid = InvalidUtf8::kReplace) const;
   void encode_append(std::string_view text, std::vector<TokenId>& out,
                      InvalidUtf8 invalid = InvalidUtf8::kReplace) const;
+  // encode() with an early exit, for text that may be far too long: once more than `max_tokens`
+  // ids are known, stops without pre-tokenizing or BPE-encoding the rest and returns what it has,
+  // a prefix of encode(text) longer than max_tokens. Otherwise exactly encode(text).
+  std::vector<TokenId> encode(std::string_view text, size_t max_tokens,
+                              InvalidUtf8 invalid = InvalidUtf8::kReplace) const;
 
   // Bytes of the ids, joined; ill-formed UTF-8 (a sequence cut between ids) becomes U+FFFD.
   // Throws Error for an id outside the vocabulary.
@@ -62,9 +67,15 @@ class Tokenizer {
 
  private:
   Tokenizer(TokenizerSpec spec, std::string_view source);
-  void encode_valid(std::string_view text, std::vector<TokenId>& out) const;
-  void encode_segment(std::string_view text, std::vector<TokenId>& out, EncodeScratch& scratch) const;
-  void encode_normalized(std::string_view text, std::vector<TokenId>& out, EncodeScratch& scratch) const;
+  // These append to `out` and stop once out.size() > limit (SIZE_MAX: never). `offset`: where
+  // `text` starts in the caller's input, for error messages.
+  void encode_append(std::string_view text, std::vector<TokenId>& out, InvalidUtf8 invalid, size_t limit,
+                     size_t offset) const;
+  void encode_valid(std::string_view text, std::vector<TokenId>& out, size_t limit) const;
+  void encode_segment(std::string_view text, std::vector<TokenId>& out, EncodeScratch& scratch, size_t limit) const;
+  void encode_normalized(std::string_view text, std::vector<TokenId>& out, EncodeScratch& scratch, size_t limit) const;
+  // BPE-encodes scratch.pieces onto `out`.
+  void encode_pieces(EncodeScratch& scratch, std::vector<TokenId>& out) const;
 
   Normalization normalization_;
   bool add_prefix_space_;

@@ -17,6 +17,13 @@ class UsageError : public Error {
   using Error::Error;
 };
 
+// Work given up because whoever asked for it no longer wants it (a client that hung up, a server
+// shutting down): not a fault of the input.
+class Cancelled : public Error {
+ public:
+  using Error::Error;
+};
+
 // Describes errno for a message, e.g. "No space left on device".
 std::string errno_message(int err);
 

@@ -7,15 +7,18 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <list>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "util/sha256.h"
+#include "util/turn_queue.h"
 #include "vision/image_decode.h"
 #include "vision/smart_resize.h"
 #include "vision/vision_tower.h"
@@ -35,20 +38,33 @@ struct EncodedImage {
 struct ImageTimings {
   double read_seconds = 0, decode_seconds = 0, preprocess_seconds = 0, encode_seconds = 0, lookup_seconds = 0;
   size_t hits = 0, misses = 0;
+  size_t cancelled = 0;  // encodes given up for their caller's stop (waiting or in progress)
 };
 
 class ImageEncoder {
  public:
-  // `tower` must outlive the encoder. cache_bytes 0 disables the cache.
-  ImageEncoder(VisionTower& tower, const PixelBudget& budget, uint64_t cache_bytes, const DecodeOptions& decode = {});
+  // `tower` must outlive the encoder. cache_bytes 0 disables the cache. At most `max_waiting`
+  // callers wait for the tower at once; one more gets TurnQueueFull.
+  ImageEncoder(VisionTower& tower, const PixelBudget& budget, uint64_t cache_bytes, const DecodeOptions& decode = {},
+               size_t max_waiting = SIZE_MAX);
 
-  // Safe to call from several threads (calls are serialized). Throws Error naming the file.
-  EncodedImage encode(const std::filesystem::path& path);
+  // Safe to call from several threads. Cache hits are answered at once; misses take turns on the
+  // tower in arrival order (TurnQueue: one image per turn, so callers encoding several images
+  // alternate), decode included, so one decoded image at a time is in memory. The tower is not
+  // run concurrently: it runs on one Stream, which takes one caller at a time.
+  // `stop` (may be empty) is asked while waiting for the turn, before decoding, between decoding,
+  // preprocessing and the tower, and between the tower's blocks: true throws Cancelled, with the
+  // tower's buffers released. Throws TurnQueueFull when the line is full, Error naming the file
+  // for a bad image.
+  EncodedImage encode(const std::filesystem::path& path, const std::function<bool()>& stop = {});
   // The same for an image already in memory (a server's request body); `name` is used in errors.
-  EncodedImage encode(std::span<const uint8_t> bytes, const std::string& name);
+  EncodedImage encode(std::span<const uint8_t> bytes, const std::string& name, const std::function<bool()>& stop = {});
 
   const PixelBudget& budget() const { return budget_; }
   ImageTimings timings() const;
+  // Callers waiting for the tower now, and whether one is encoding.
+  size_t waiting() const { return turns_.waiting(); }
+  bool busy() const { return turns_.busy(); }
   uint64_t cached_bytes() const;
 
  private:
@@ -66,7 +82,9 @@ class ImageEncoder {
     uint64_t bytes;
   };
 
-  EncodedImage encode_locked(std::span<const uint8_t> bytes, const std::string& name);
+  EncodedImage encode_or_stop(std::span<const uint8_t> bytes, const std::string& name, const std::function<bool()>& stop);
+  // The cached image of `key` (counted as a hit), if any.
+  std::optional<EncodedImage> lookup(const Key& key);
 
   VisionTower& tower_;
   PixelBudget budget_;
@@ -76,7 +94,8 @@ class ImageEncoder {
   std::list<Entry> lru_;  // most recently used first
   std::unordered_map<Key, std::list<Entry>::iterator, KeyHash> index_;
   ImageTimings timings_;
-  mutable std::mutex mutex_;
+  mutable std::mutex mutex_;  // guards the cache and the timings, never held while encoding
+  TurnQueue turns_;           // the decode-preprocess-tower work of cache misses
 };
 
 }  // namespace vlmforge::vision

@@ -78,7 +78,7 @@ VisionTower::VisionTower(const Checkpoint& ckpt, const ModelConfig& model_config
     inv_freq_.push_back(1.0f / std::pow(10000.0f, static_cast<float>(2 * i) / static_cast<float>(rotary_dim)));
 }
 
-std::vector<float> VisionTower::encode(const ImagePatches& patches) {
+std::vector<float> VisionTower::encode(const ImagePatches& patches, const std::function<bool()>& stop) {
   const VisionConfig& c = config_;
   const size_t n = patches.rows(), d = c.hidden_size, heads = c.num_heads, head_dim = d / heads;
   const size_t merge = c.spatial_merge_size, unit = merge * merge, inter = c.intermediate_size;
@@ -136,6 +136,12 @@ std::vector<float> VisionTower::encode(const ImagePatches& patches) {
     const AttentionShape shape{heads, heads, head_dim, 1.0f / std::sqrt(static_cast<float>(head_dim))};
     const F32Rows q = rows(qkv, 3 * d), k = q.columns_from(d), v = q.columns_from(2 * d);
     for (size_t b = 0; b < blocks_.size(); ++b) {
+      if (stop) {
+        // On an asynchronous device the blocks would otherwise all be queued before the first ran.
+        st.synchronize();
+        if (stop()) throw Cancelled("image encoding cancelled after " + std::to_string(b) + " of " +
+                                    std::to_string(blocks_.size()) + " vision blocks");
+      }
       const Block& block = blocks_[b];
       const bool full_attention =
           std::find(c.fullatt_block_indexes.begin(), c.fullatt_block_indexes.end(), static_cast<int>(b)) !=

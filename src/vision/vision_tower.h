@@ -5,6 +5,7 @@
 // RMSNorm, SwiGLU MLP and the PatchMerger (ln_q + MLP), with the window reordering undone at the
 // end. Weights BF16/F16/F32 as stored, activations fp32 in accounted buffers of the device.
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -41,8 +42,9 @@ class VisionTower {
   size_t output_size() const { return static_cast<size_t>(config_.out_hidden_size); }
 
   // Embeddings of one preprocessed image: [patches.tokens(merge), out_hidden_size], in the order of
-  // the <|image_pad|> tokens they replace.
-  std::vector<float> encode(const ImagePatches& patches);
+  // the <|image_pad|> tokens they replace. `stop` (may be empty) is asked before each block: true
+  // throws Cancelled once the work queued so far has run, so every buffer of the call is released.
+  std::vector<float> encode(const ImagePatches& patches, const std::function<bool()>& stop = {});
 
  private:
   struct Block {

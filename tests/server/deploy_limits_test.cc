@@ -28,6 +28,7 @@
 #include <nlohmann/json.hpp>
 
 #include "support/test_support.h"
+#include "vision/encoded_images.h"
 
 namespace vlmforge::test {
 namespace {
@@ -43,8 +44,8 @@ double seconds_since(Clock::time_point start) { return std::chrono::duration<dou
 // A `vlmforge deploy --port 0` child; the destructor stops it (SIGTERM, then SIGKILL).
 class DeployProcess {
  public:
-  explicit DeployProcess(const std::vector<std::string>& extra) {
-    std::vector<std::string> args{vlmforge_binary().string(), "deploy", "--model", tiny_model().string(),
+  explicit DeployProcess(const std::vector<std::string>& extra, const fs::path& model = tiny_model()) {
+    std::vector<std::string> args{vlmforge_binary().string(), "deploy", "--model", model.string(),
                                   "--served_model_name", "m", "--port", "0"};
     args.insert(args.end(), extra.begin(), extra.end());
     int out[2];
@@ -418,6 +419,123 @@ TEST(DeployLimits, FifoInTheMediaDirectoryIsRefusedAtOnce) {
   }
   EXPECT_EQ(r.status, 400) << r.body;
   EXPECT_NE(r.body.find("not a regular file"), std::string::npos) << r.body;
+}
+
+TEST(DeployLimits, PromptsOverTheContextStopTokenizingAndAre400) {
+  START_DEPLOY(server, {"--max_model_len", "64"});
+  // Within the byte bound (64 tokens of the longest vocabulary entry each), far over 64 tokens:
+  // tokenizing stops once the count passes 64.
+  std::string words;
+  while (words.size() < 20000) words += " word";
+  for (const auto& [path, body] :
+       {std::pair{"/v1/completions", completion(words)},
+        std::pair{"/v1/chat/completions",
+                  json{{"model", "m"}, {"messages", {{{"role", "user"}, {"content", words}}}}}.dump()}}) {
+    const Reply r = roundtrip(server.port(), request("POST", path, body));
+    EXPECT_EQ(r.status, 400) << path << ": " << r.body;
+    const json error = json::parse(r.body, nullptr, false);
+    ASSERT_TRUE(error.contains("error")) << r.body;
+    EXPECT_EQ(error["error"]["code"], "context_length_exceeded") << r.body;
+    EXPECT_EQ(error["error"]["type"], "invalid_request_error") << r.body;
+    EXPECT_NE(r.body.find("a prompt of more than 64 tokens"), std::string::npos) << r.body;
+  }
+  // A prompt that fits is still answered.
+  EXPECT_EQ(roundtrip(server.port(), request("POST", "/v1/completions", completion("hello"))).status, 200);
+}
+
+// A Qwen2.5-VL checkpoint with random weights and the real tokenizer, and images in `media`.
+class DeployImages : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    VLMFORGE_REQUIRE_SHARED(shared_dir() / "tokenizer" / "tokenizer.json");
+    const auto r = run_vlmforge({"generate", "checkpoint", "--preset", "tiny-vl", "--output_dir", model().string(),
+                                 "--dtype", "float32", "--vocab_size", "151936", "--tokenizer",
+                                 (shared_dir() / "tokenizer" / "tokenizer.json").string()});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  fs::path model() const { return dir_ / "vl"; }
+  fs::path media() const { return dir_.path(); }
+  // Writes a PNG (its first `keep` bytes) into the media directory; returns a chat request for it
+  // with `text` after the image.
+  std::string image_request(const std::string& name, int width, int height, const std::string& text = "",
+                            size_t keep = SIZE_MAX) const {
+    std::ofstream(dir_ / name, std::ios::binary) << encoded_png(width, height).substr(0, keep);
+    json content = {{{"type", "image_url"}, {"image_url", {{"url", "file://" + (dir_ / name).string()}}}}};
+    if (!text.empty()) content.push_back({{"type", "text"}, {"text", text}});
+    return json{{"model", "m"}, {"max_tokens", 1}, {"messages", {{{"role", "user"}, {"content", content}}}}}.dump();
+  }
+
+ private:
+  TempDir dir_;
+};
+
+TEST_F(DeployImages, ALeavingClientStopsItsEncodeAndTheLineIsBoundedAndFair) {
+  // --max_queue 1: one request may wait for the encoder while it is busy.
+  DeployProcess server({"--max_model_len", "8192", "--max_batch_size", "2", "--max_queue", "1",
+                        "--allowed_local_media_path", media().string()},
+                       model());
+  ASSERT_GT(server.port(), 0) << server.log();
+  const int port = server.port();
+  // 1120 x 1120: 1600 image tokens of 4 patches each, 6400 patches, whose two full-attention
+  // blocks make a slow encode. A whole one first, to know how slow.
+  const std::string big = image_request("big.png", 1120, 1120);
+  auto start = Clock::now();
+  const Reply whole = roundtrip(port, request("POST", "/v1/chat/completions", big), 300s);
+  const double whole_seconds = seconds_since(start);
+  ASSERT_EQ(whole.status, 200) << whole.body;
+
+  // Another big image (no cache hit) whose client leaves once its encode has started, while a
+  // small image waits behind it.
+  const std::string other_big = image_request("big2.png", 1092, 1120);
+  Connection waiting(port);
+  double served_seconds = 0;
+  {
+    Connection leaving(port);
+    ASSERT_TRUE(leaving.send(request("POST", "/v1/chat/completions", other_big)));
+    start = Clock::now();
+    while (metric(port, "vlmforge_image_encoder_busy") != 1) {
+      ASSERT_LT(seconds_since(start), 60) << "the encode never started";
+      std::this_thread::sleep_for(5ms);
+    }
+    ASSERT_TRUE(waiting.send(request("POST", "/v1/chat/completions", image_request("small.png", 56, 56))));
+    while (metric(port, "vlmforge_image_encoder_waiting") != 1) {
+      ASSERT_LT(seconds_since(start), 60) << "the small image never queued";
+      std::this_thread::sleep_for(5ms);
+    }
+    // The line (of one) is full: a third image request is refused at once, not made to wait.
+    const Reply refused =
+        roundtrip(port, request("POST", "/v1/chat/completions", image_request("small2.png", 84, 56)), 10s);
+    EXPECT_EQ(refused.status, 429) << refused.body;
+    EXPECT_NE(refused.body.find("image_queue_full"), std::string::npos) << refused.body;
+    EXPECT_NE(refused.body.find("waiting for the image encoder"), std::string::npos) << refused.body;
+    EXPECT_NE(refused.head.find("Retry-After"), std::string::npos) << refused.head;
+    start = Clock::now();
+  }  // the big image's client leaves
+  const Reply served = waiting.read_reply(std::chrono::milliseconds(static_cast<int>(whole_seconds * 1000) + 60000));
+  served_seconds = seconds_since(start);
+  EXPECT_EQ(served.status, 200) << served.body;
+  EXPECT_EQ(metric(port, "vlmforge_image_encodes_cancelled_total"), 1);
+  EXPECT_EQ(metric(port, "vlmforge_image_encoder_busy"), 0);
+  std::printf("a whole 6400-patch encode took %.2f s; once its client left, the waiting image was answered in %.2f s\n",
+              whole_seconds, served_seconds);
+  // The big encode stopped between blocks, long before it would have ended.
+  EXPECT_LT(served_seconds, whole_seconds / 2);
+}
+
+TEST_F(DeployImages, TextThatCannotFitWithItsImagesIsRefusedBeforeDecoding) {
+  DeployProcess server({"--max_model_len", "1700", "--allowed_local_media_path", media().string()}, model());
+  ASSERT_GT(server.port(), 0) << server.log();
+  // 1600 image tokens by its header, and pixel data cut short: decoding it would fail.
+  std::string words;
+  while (words.size() < 1000) words += " word";  // some 200 tokens: 1600 + 200 > 1700
+  Reply r = roundtrip(server.port(), request("POST", "/v1/chat/completions", image_request("cut.png", 1120, 1120, words, 200)));
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(r.body.find("context_length_exceeded"), std::string::npos) << r.body;
+  EXPECT_NE(r.body.find("1600 image tokens"), std::string::npos) << r.body;
+  // With a short text it fits, so it is decoded, and only then found broken.
+  r = roundtrip(server.port(), request("POST", "/v1/chat/completions", image_request("cut.png", 1120, 1120, "hi", 200)));
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(r.body.find("cannot use the request's images"), std::string::npos) << r.body;
 }
 
 TEST(DeployLimits, OversizedPromptsAreRefusedBeforeTokenizing) {

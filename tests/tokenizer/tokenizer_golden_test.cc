@@ -4,6 +4,10 @@
 // the NFC form of every string.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+
 #include <nlohmann/json.hpp>
 
 #include "io/json_file.h"
@@ -81,6 +85,50 @@ TEST(TokenizerGolden, WholeCorpusInOneTextEncodesAsThePiecesJoined) {
     rest.remove_prefix(take);
   }
   EXPECT_EQ(chunked, expected);
+}
+
+TEST(TokenizerGolden, EncodeWithALimitIsTheFullEncodeOrAPrefixLongerThanTheLimit) {
+  VLMFORGE_REQUIRE_SHARED(test::shared_dir() / "tokenizer" / "tokenizer.json");
+  std::string whole;
+  for (const auto& c : golden_cases()) {
+    ASSERT_EQ(qwen_tokenizer().encode(c.text, c.ids.size()), c.ids) << nlohmann::json(c.text).dump();
+    whole += c.text;
+  }
+  const std::vector<TokenId> full = qwen_tokenizer().encode(whole);
+  ASSERT_GT(full.size(), 2000u);
+  for (const size_t limit : {size_t{0}, size_t{1}, size_t{7}, size_t{500}, full.size() - 1}) {
+    const std::vector<TokenId> cut = qwen_tokenizer().encode(whole, limit);
+    ASSERT_GT(cut.size(), limit);
+    ASSERT_LE(cut.size(), full.size());
+    EXPECT_TRUE(std::equal(cut.begin(), cut.end(), full.begin())) << "limit " << limit;
+  }
+  EXPECT_EQ(qwen_tokenizer().encode(whole, full.size()), full);
+  EXPECT_EQ(qwen_tokenizer().encode(whole, full.size() + 1000), full);
+}
+
+TEST(TokenizerGolden, EncodeWithALimitStopsEarlyOnAHugeText) {
+  VLMFORGE_REQUIRE_SHARED(test::shared_dir() / "tokenizer" / "tokenizer.json");
+  // 50 MB of prose, some 15 M tokens: under a limit of 1000 only the first 64 KiB is looked at,
+  // and only a chunk of pieces past the limit split and BPE-encoded.
+  const std::string line = "The quick brown fox, 42 times, jumps over the lazy dog's kennel.\n";
+  std::string huge;
+  huge.reserve(50'000'000 + line.size());
+  while (huge.size() < 50'000'000) huge += line;
+  auto seconds_of = [](auto&& work) {
+    const auto start = std::chrono::steady_clock::now();
+    work();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  std::vector<TokenId> cut, full;
+  const double limited_seconds = seconds_of([&] { cut = qwen_tokenizer().encode(huge, 1000); });
+  const double full_seconds = seconds_of([&] { full = qwen_tokenizer().encode(huge); });
+  EXPECT_GT(cut.size(), 1000u);
+  EXPECT_LT(cut.size(), 1000u + 4 * 1024) << "more than one chunk of pieces was encoded past the limit";
+  ASSERT_LE(cut.size(), full.size());
+  EXPECT_TRUE(std::equal(cut.begin(), cut.end(), full.begin()));
+  std::printf("50 MB: limited encode %.2f ms, full encode %.0f ms (%zu ids)\n", limited_seconds * 1e3, full_seconds * 1e3,
+              full.size());
+  EXPECT_LT(limited_seconds, full_seconds / 4);
 }
 
 TEST(TokenizerGolden, StreamingDetokenizerMatchesDecodeAndNeverEmitsBrokenUtf8) {

@@ -50,6 +50,30 @@ TEST(TokenizerEncode, InvalidUtf8PolicyAndEmptyInput) {
   EXPECT_TRUE(qwen().encode("").empty());
 }
 
+TEST(TokenizerEncode, ALimitedEncodeTakenInChunksIsTheWholeEncodeAndReportsTheSameOffset) {
+  // Past 64 KiB a limited encode takes the text in pieces cut after "\n" + ASCII: special tokens,
+  // CJK, combining marks (NFC), numbers and ill-formed bytes on lines of every length must come
+  // out as one encode of the whole gives them.
+  const std::vector<std::string> lines{"<|im_start|>user", "Hello, world! 12345", "  indented\tcode();",
+                                       "\xE4\xB8\xAD\xE6\x96\x87 text", "cafe\xCC\x81 au lait", "bad \xFF byte",
+                                       "", "<|im_end|>", "x"};
+  std::string text;
+  for (size_t i = 0; text.size() < (300u << 10); ++i) text += lines[i % lines.size()] + std::string(i % 7, ' ') + "\n";
+  const std::vector<TokenId> whole = qwen().encode(text);
+  EXPECT_EQ(qwen().encode(text, whole.size()), whole);
+  EXPECT_EQ(qwen().encode(text, whole.size() + 1), whole);
+  // Ill-formed input under --strict: the offset is the whole text's, whichever piece finds it.
+  std::string strict_text = text;
+  for (char& c : strict_text)
+    if (c == '\xFF') c = '?';
+  size_t at = 200u << 10;  // an ASCII byte, so the bytes before it stay well-formed
+  while (static_cast<unsigned char>(strict_text[at]) >= 0x80) ++at;
+  strict_text[at] = '\xFF';
+  const std::string want = test::error_of([&] { qwen().encode(strict_text, InvalidUtf8::kError); });
+  EXPECT_NE(want.find("byte offset " + std::to_string(at) + " "), std::string::npos) << want;
+  EXPECT_EQ(test::error_of([&] { qwen().encode(strict_text, 10'000'000, InvalidUtf8::kError); }), want);
+}
+
 TEST(TokenizerEncode, HugeWhitespaceAndLetterRunsStayCorrect) {
   // A 1 MB space run exercises the regex lookahead far beyond the JIT stack; a long letter run the
   // BPE heap. Both must round-trip.
@@ -226,6 +250,18 @@ TEST(TokenizerFuzz, HandMatchedQwen2SplitEqualsPcre2) {
     fast.split(text, got);
     reference.split(text, want);
     ASSERT_EQ(got, want) << json(text).dump();
+    // Split a few pieces at a time, each call resuming where the last stopped: the same pieces.
+    for (const RegexSplitter* splitter : {&fast, &reference}) {
+      std::vector<std::string_view> resumed;
+      const size_t step = 1 + round % 3;
+      for (size_t from = 0, calls = 0; from < text.size(); ++calls) {
+        const size_t before = resumed.size();
+        from = splitter->split(text, resumed, from, step);
+        ASSERT_LE(resumed.size() - before, step + 1) << json(text).dump();  // a trailing gap may follow
+        ASSERT_LE(calls, text.size()) << "no progress: " << json(text).dump();
+      }
+      ASSERT_EQ(resumed, want) << json(text).dump() << " " << step << " pieces at a time";
+    }
   }
 }
 

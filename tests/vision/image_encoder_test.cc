@@ -105,5 +105,33 @@ TEST(VisionImageCache, BytesInMemoryEncodeAsTheirFileAndShareTheCache) {
   EXPECT_NE(error.find("request image 2"), std::string::npos) << error;
 }
 
+TEST(VisionImageCache, AStoppedEncodeIsCountedNotCachedAndFreesTheTower) {
+  TempDir dir;
+  const ModelConfig config = preset_config("tiny-vl");
+  generate_checkpoint(config, dir / "model", {.dtype = DType::F32});
+  const Checkpoint ckpt(dir / "model");
+  CpuDevice device(0, std::nullopt, 1);
+  vision::VisionTower tower(ckpt, config, device);
+  const std::string png = encoded_png(56, 56);
+  const std::vector<uint8_t> bytes(png.begin(), png.end());
+  vision::ImageEncoder encoder(tower, {}, uint64_t{1} << 20);
+  // Stops at each point it is asked: before the turn, ..., between the tower's blocks.
+  for (size_t stop_at = 1;; ++stop_at) {
+    size_t asked = 0;
+    try {
+      const auto image = encoder.encode(bytes, "request image 1", [&] { return ++asked == stop_at; });
+      EXPECT_FALSE(image.cache_hit);  // no stopped attempt left an entry behind
+      EXPECT_EQ(encoder.timings().cancelled, stop_at - 1);
+      break;
+    } catch (const Cancelled& e) {
+      EXPECT_FALSE(encoder.busy()) << "stop " << stop_at << ": " << e.what();
+      EXPECT_EQ(encoder.cached_bytes(), 0u);
+    }
+    ASSERT_LT(stop_at, 100u) << "the stop is asked without end";
+  }
+  EXPECT_GE(encoder.timings().cancelled, 3u + size_t(config.vision->depth));
+  EXPECT_TRUE(encoder.encode(bytes, "request image 1").cache_hit);
+}
+
 }  // namespace
 }  // namespace vlmforge::test

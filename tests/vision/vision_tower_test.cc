@@ -208,6 +208,32 @@ INSTANTIATE_TEST_SUITE_P(DtypesAndLayouts, VisionTowerTest,
                                            std::tuple{DType::BF16, VlWeightLayout::kTransformers},
                                            std::tuple{DType::F16, VlWeightLayout::kLegacy}));
 
+TEST(VisionTowerStop, AStopBetweenBlocksThrowsCancelledAndFreesTheDeviceBuffers) {
+  TempDir dir;
+  const ModelConfig config = preset_config("tiny-vl");
+  generate_checkpoint(config, dir.path(), {.dtype = DType::F32, .seed = 5});
+  const Checkpoint ckpt(dir.path());
+  const auto patches = vision::preprocess_image(test_image(140, 168), {28 * 28, 28 * 28 * 64}, *config.vision);
+  CpuDevice device(0, std::nullopt, 2);
+  vision::VisionTower tower(ckpt, config, device);
+  ASSERT_GE(config.vision->depth, 2);
+  const std::vector<float> whole = tower.encode(patches);
+  const uint64_t weights_only = device.allocated();
+  size_t asked = 0;
+  try {
+    tower.encode(patches, [&] { return ++asked == 2; });  // go on after the first block, then stop
+    FAIL() << "the stop was not heeded";
+  } catch (const Cancelled& e) {
+    EXPECT_NE(std::string(e.what()).find("after 1 of " + std::to_string(config.vision->depth) + " vision blocks"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(asked, 2u);
+  EXPECT_EQ(device.allocated(), weights_only);  // every activation buffer of the stopped call is back
+  // The tower is whole after a stop; a stop that never fires changes nothing.
+  EXPECT_EQ(tower.encode(patches, [] { return false; }), whole);
+}
+
 TEST(VisionWindows, LayoutOfAPartialGrid) {
   VisionConfig c;  // window 112 px = 4 x 4 merge groups
   const auto layout = vision::window_layout(12, 10, c);
