@@ -67,6 +67,12 @@ std::string missing_feature(VkPhysicalDevice device) {
   if (!v12.shaderFloat16) return "shaderFloat16";
   if (!features.features.shaderInt64) return "shaderInt64";
   if (!features.features.shaderInt16) return "shaderInt16";
+  VkPhysicalDeviceSubgroupProperties subgroup{.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
+  VkPhysicalDeviceProperties2 props2{.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &subgroup};
+  vkGetPhysicalDeviceProperties2(device, &props2);
+  if (!(subgroup.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) ||
+      !(subgroup.supportedOperations & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT))
+    return "subgroup arithmetic in compute shaders";
   uint32_t families = 0;
   vkGetPhysicalDeviceQueueFamilyProperties(device, &families, nullptr);
   std::vector<VkQueueFamilyProperties> family(families);
@@ -394,6 +400,13 @@ MemoryInfo VulkanBackend::query(int physical_index) const {
   for (uint32_t h = 0; h < m.memoryHeapCount; ++h)
     if (m.memoryHeaps[h].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) total += m.memoryHeaps[h].size;
   return {total, total};
+}
+
+std::string VulkanBackend::describe(int physical_index) const {
+  VkPhysicalDeviceProperties props;
+  vkGetPhysicalDeviceProperties(instance_->devices().at(static_cast<size_t>(physical_index)), &props);
+  return std::string(props.deviceName) + ", Vulkan " + std::to_string(VK_API_VERSION_MAJOR(props.apiVersion)) + "." +
+         std::to_string(VK_API_VERSION_MINOR(props.apiVersion));
 }
 
 std::unique_ptr<Device> VulkanBackend::open(const DeviceSpec& spec, int physical_index, std::optional<uint64_t> cap,

@@ -142,8 +142,8 @@ class VulkanBackend : public DeviceBackend {
   MemoryInfo query(int physical_index) const override;
   std::unique_ptr<Device> open(const DeviceSpec& spec, int physical_index, std::optional<uint64_t> cap,
                                size_t threads) const override;
-  // Why there are no usable devices ("" when there are).
-  const std::string& unavailable() const { return unavailable_; }
+  std::string describe(int physical_index) const override;
+  std::string unavailable() const override { return unavailable_; }
 
  private:
   std::shared_ptr<const VulkanInstance> instance_;

@@ -11,6 +11,9 @@ constexpr size_t kArenaBytes = size_t{1} << 20;
 constexpr uint32_t kMaxGroups = 65535;
 constexpr uint32_t kEltwiseAdd = 0, kEltwiseSiluMul = 1, kEltwiseGelu = 2, kEltwiseScaleBias = 3;
 constexpr size_t kMaxHeadDim = 256;  // attention.comp's shared query
+// Workgroups of a matrix product per block of tokens: enough to fill a large GPU (an H200 has
+// 132 multiprocessors), few enough that launching them is not the cost (it is on lavapipe).
+constexpr size_t kMatmulGroups = 1024;
 
 // The shaders' dtype codes (common.glsl).
 uint32_t dtype_code(DType d) {
@@ -54,7 +57,7 @@ struct RopePush {
 };
 struct MatmulPush {
   uint64_t x, w, bias, out;
-  uint32_t x_stride, out_stride, tokens, out_features, in_features, w_dtype;
+  uint32_t x_stride, out_stride, tokens, out_features, in_features, w_dtype, group_rows;
 };
 struct KvStorePush {
   uint64_t slots, keys, values;
@@ -262,9 +265,11 @@ void VulkanStream::rope(F32Rows q, size_t q_heads, F32Rows k, size_t k_heads, si
 void VulkanStream::product(uint64_t x, size_t x_stride, size_t rows, const WeightView& w, uint64_t bias, uint64_t out,
                            size_t out_stride) {
   if (w.quant.quantized()) throw Error("vulkan: quantized weights do not run on " + vk_.name() + " yet");
+  // About kMatmulGroups workgroups per block of 8 tokens, at least one row each.
+  const size_t group_rows = std::max<size_t>(1, (w.rows + kMatmulGroups - 1) / kMatmulGroups);
   const MatmulPush push{x, vk_.address(w.buffer, w.offset), bias, out, u32(x_stride), u32(out_stride), u32(rows),
-                        u32(w.rows), u32(w.cols), dtype_code(w.dtype)};
-  dispatch_flat(VulkanShader::kMatmul, push, w.rows * ((rows + 7) / 8));
+                        u32(w.rows), u32(w.cols), dtype_code(w.dtype), u32(group_rows)};
+  dispatch_flat(VulkanShader::kMatmul, push, ((w.rows + group_rows - 1) / group_rows) * ((rows + 7) / 8));
 }
 
 // y = x·Wᵀ + Σ s·(x·Aᵀ)·Bᵀ, DoRA columns scaled, then the bias (which DoRA leaves unscaled).

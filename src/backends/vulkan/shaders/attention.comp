@@ -56,7 +56,7 @@ void main() {
     const uint pos = first + t, count = min(64u, length - first);
     float s = -1.0 / 0.0;
     if (pos < length) {
-      const uint64_t at = uint64_t(pos) * p.kv_stride + kvh * hd;
+      const uint at = pos * p.kv_stride + kvh * hd;
       float dot = 0;
       for (uint d = 0; d < hd; ++d) dot += query[d] * load_value(keys, p.dtype, at + d);
       s = dot * p.scale;
@@ -68,7 +68,7 @@ void main() {
     running_sum = running_sum * correction + reduce_sum(e, t);
     for (uint j = 0; j < 4; ++j) acc[j] *= correction;
     for (uint i = 0; i < count; ++i) {
-      const uint64_t at = uint64_t(first + i) * p.kv_stride + kvh * hd;
+      const uint at = (first + i) * p.kv_stride + kvh * hd;
       const float weight = tile[i];
       for (uint j = 0; j < 4; ++j) {
         const uint d = t + 64 * j;

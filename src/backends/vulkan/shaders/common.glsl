@@ -17,10 +17,10 @@ layout(buffer_reference, std430, buffer_reference_align = 2) buffer Shorts { uin
 const uint kF32 = 0, kBF16 = 1, kF16 = 2;
 
 // Element `i` of a BF16/F16/F32 array at `base`, as fp32.
-float load_value(uint64_t base, uint dtype, uint64_t i) {
-  if (dtype == kF32) return Floats(base + 4 * i).v[0];
-  if (dtype == kBF16) return uintBitsToFloat(uint(Shorts(base + 2 * i).v[0]) << 16);
-  return float(Halves(base + 2 * i).v[0]);
+float load_value(uint64_t base, uint dtype, uint i) {
+  if (dtype == kF32) return Floats(base).v[i];
+  if (dtype == kBF16) return uintBitsToFloat(uint(Shorts(base).v[i]) << 16);
+  return float(Halves(base).v[i]);
 }
 
 // fp32 → bf16, round to nearest even, NaN kept a NaN (as torch's .to(bfloat16)).
@@ -30,10 +30,10 @@ uint16_t to_bf16(float x) {
   return uint16_t((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
 }
 
-void store_value(uint64_t base, uint dtype, uint64_t i, float x) {
-  if (dtype == kF32) Floats(base + 4 * i).v[0] = x;
-  else if (dtype == kBF16) Shorts(base + 2 * i).v[0] = to_bf16(x);
-  else Halves(base + 2 * i).v[0] = float16_t(x);
+void store_value(uint64_t base, uint dtype, uint i, float x) {
+  if (dtype == kF32) Floats(base).v[i] = x;
+  else if (dtype == kBF16) Shorts(base).v[i] = to_bf16(x);
+  else Halves(base).v[i] = float16_t(x);
 }
 
 // Workgroups beyond 65535 fold into y: the flat index of this workgroup.

@@ -11,5 +11,5 @@ void main() {
   const uint r = group_row(), c = gl_GlobalInvocationID.x;
   if (r >= p.rows || c >= p.cols) return;
   const uint id = Uints(p.ids).v[r];
-  Floats(p.out_rows).v[r * p.out_stride + c] = load_value(p.table, p.dtype, uint64_t(id) * p.cols + c);
+  Floats(p.out_rows).v[r * p.out_stride + c] = load_value(p.table, p.dtype, id * p.cols + c);
 }

@@ -1,39 +1,38 @@
 #version 450
 #include "common.glsl"
-// out[t, o] = Σ_i x[t, i] · W[o, i] (+ bias[o]) for a block of up to 8 tokens and one output row
-// per workgroup: threads stride over i (consecutive threads read consecutive weights), so each
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_arithmetic : require
+// out[t, o] = Σ_i x[t, i] · W[o, i] (+ bias[o]) for `group_rows` output rows and a block of up to
+// 8 tokens per workgroup (the host picks group_rows so that a large matrix does not launch more
+// workgroups than a device gains from: each launch has a cost, large on CPU implementations). Each subgroup takes whole rows: its lanes stride over i (consecutive lanes read
+// consecutive weights) and sum with subgroupAdd, so no workgroup barrier is needed and each
 // weight row is read once per block of tokens.
-layout(local_size_x = 128) in;
+layout(local_size_x = 64) in;
 layout(push_constant) uniform Push {
   uint64_t x, w, bias, out_rows;
-  uint x_stride, out_stride, tokens, out_features, in_features, w_dtype;
+  uint x_stride, out_stride, tokens, out_features, in_features, w_dtype, group_rows;
 } p;
 
 const uint kTokens = 8;
-shared float partial[kTokens][128];
 
 void main() {
-  const uint blocks = (p.tokens + kTokens - 1) / kTokens, g = flat_group();
-  if (g >= p.out_features * blocks) return;
-  const uint o = g / blocks, t0 = (g % blocks) * kTokens, n = min(kTokens, p.tokens - t0), t = gl_LocalInvocationID.x;
-  float acc[kTokens];
-  for (uint j = 0; j < kTokens; ++j) acc[j] = 0;
-  const uint64_t row = uint64_t(o) * p.in_features;
+  const uint token_blocks = (p.tokens + kTokens - 1) / kTokens, g = flat_group();
+  const uint row_blocks = (p.out_features + p.group_rows - 1) / p.group_rows;
+  if (g >= row_blocks * token_blocks) return;
+  const uint t0 = (g % token_blocks) * kTokens, n = min(kTokens, p.tokens - t0);
   Floats x = Floats(p.x);
-  for (uint i = t; i < p.in_features; i += 128) {
-    const float w = load_value(p.w, p.w_dtype, row + i);
-    for (uint j = 0; j < n; ++j) acc[j] += x.v[(t0 + j) * p.x_stride + i] * w;
-  }
-  for (uint j = 0; j < kTokens; ++j) partial[j][t] = acc[j];
-  barrier();
-  for (uint s = 64; s > 0; s >>= 1) {
-    if (t < s)
-      for (uint j = 0; j < n; ++j) partial[j][t] += partial[j][t + s];
-    barrier();
-  }
-  if (t < n) {
-    float y = partial[t][0];
-    if (p.bias != 0) y += Floats(p.bias).v[o];
-    Floats(p.out_rows).v[(t0 + t) * p.out_stride + o] = y;
+  for (uint r = gl_SubgroupID; r < p.group_rows; r += gl_NumSubgroups) {
+    const uint o = (g / token_blocks) * p.group_rows + r;
+    if (o >= p.out_features) break;
+    float acc[kTokens] = float[kTokens](0, 0, 0, 0, 0, 0, 0, 0);
+    const uint row = o * p.in_features;
+    for (uint i = gl_SubgroupInvocationID; i < p.in_features; i += gl_SubgroupSize) {
+      const float w = load_value(p.w, p.w_dtype, row + i);
+      for (uint j = 0; j < n; ++j) acc[j] += x.v[(t0 + j) * p.x_stride + i] * w;
+    }
+    for (uint j = 0; j < n; ++j) {
+      const float y = subgroupAdd(acc[j]);
+      if (subgroupElect()) Floats(p.out_rows).v[(t0 + j) * p.out_stride + o] = y + (p.bias != 0 ? Floats(p.bias).v[o] : 0.0);
+    }
   }
 }
