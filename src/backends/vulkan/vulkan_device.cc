@@ -28,6 +28,9 @@ constexpr uint32_t kRopeSpirv[] =
 constexpr uint32_t kMatmulSpirv[] =
 #include "matmul.spv.inc"
     ;
+constexpr uint32_t kMatmulQuantSpirv[] =
+#include "matmul_quant.spv.inc"
+    ;
 constexpr uint32_t kKvStoreSpirv[] =
 #include "kv_store.spv.inc"
     ;
@@ -43,6 +46,7 @@ std::span<const uint32_t> spirv(VulkanShader shader) {
     case VulkanShader::kEltwise: return kEltwiseSpirv;
     case VulkanShader::kRope: return kRopeSpirv;
     case VulkanShader::kMatmul: return kMatmulSpirv;
+    case VulkanShader::kMatmulQuant: return kMatmulQuantSpirv;
     case VulkanShader::kKvStore: return kKvStoreSpirv;
     case VulkanShader::kAttention: return kAttentionSpirv;
     case VulkanShader::kCount: break;
