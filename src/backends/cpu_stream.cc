@@ -8,6 +8,7 @@
 #include "kernels/convert.h"
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
+#include "kernels/quant_matmul.h"
 #include "util/error.h"
 
 namespace vlmforge {
@@ -20,6 +21,25 @@ constexpr size_t kTileRows = 4;
 // image's thousands of patch rows would stream from memory once per weight panel).
 constexpr size_t kRowBlock = 256, kBlockedRows = 512;
 
+// A linear weight resolved for the kernels: float weights go to matmul_rows, quantized ones to
+// quant_matmul_rows with the activations prepared for them once per call.
+struct Operand {
+  const WeightView* view;
+  const std::byte* data;
+  kernels::QuantInputs inputs;
+
+  bool quantized() const { return view->quant.quantized(); }
+  kernels::QuantMatrix quant() const { return {data, view->rows, view->cols, view->quant}; }
+  void rows(const float* x, size_t tokens, size_t x_stride, const float* bias, float* out, size_t out_stride,
+            size_t begin, size_t end) const {
+    if (quantized())
+      kernels::quant_matmul_rows(inputs, quant(), bias, out, out_stride, begin, end);
+    else
+      kernels::matmul_rows(x, tokens, x_stride, {view->dtype, data, view->rows, view->cols}, bias, out, out_stride,
+                           begin, end);
+  }
+};
+
 }  // namespace
 
 CpuStream::CpuStream(CpuDevice& device)
@@ -27,7 +47,8 @@ CpuStream::CpuStream(CpuDevice& device)
       cpu_(device),
       pool_(device.pool()),
       lora_projected_(&device, "LoRA activations"),
-      lora_delta_(&device, "LoRA activations") {
+      lora_delta_(&device, "LoRA activations"),
+      quant_inputs_(&device, "quantized-product inputs") {
   for (size_t i = 0; i < pool_.size(); ++i) lanes_.emplace_back(&device, "attention scores");
 }
 
@@ -139,14 +160,41 @@ void CpuStream::rope(F32Rows q, size_t q_heads, F32Rows k, size_t k_heads, size_
   });
 }
 
+const std::byte* CpuStream::weight_bytes(const WeightView& w) const {
+  const std::byte* data = bytes_of(w.buffer, w.offset);
+  if (w.quant.quantized() && w.dtype != DType::U8)
+    throw Error("internal error: a quantized weight view of dtype " + std::string(dtype_name(w.dtype)) +
+                " (quantized weights are U8 bytes)");
+  if (w.offset > w.buffer->size() || w.bytes() > w.buffer->size() - w.offset)
+    throw Error("internal error: a " + std::to_string(w.rows) + "x" + std::to_string(w.cols) + " " +
+                (w.quant.quantized() ? std::to_string(w.quant.bits) + "-bit quantized" : std::string(dtype_name(w.dtype))) +
+                " weight of " + std::to_string(w.bytes()) + " bytes at offset " + std::to_string(w.offset) +
+                " runs past the end of its " + std::to_string(w.buffer->size()) + "-byte " + cpu_.name() + " buffer");
+  return data;
+}
+
 void CpuStream::product(const float* x, size_t x_stride, size_t rows, const WeightView& w, const float* bias,
                         float* out, size_t out_stride) {
-  const kernels::WeightMatrix m{w.dtype, bytes_of(w.buffer, w.offset), w.rows, w.cols};
+  Operand op{&w, weight_bytes(w), {}};
   const size_t block = rows > kBlockedRows ? kRowBlock : rows;
-  pool_.parallel_for((w.rows + kTileRows - 1) / kTileRows, [&](size_t begin, size_t end) {
+  const size_t tiles = (w.rows + kTileRows - 1) / kTileRows;
+  if (op.quantized()) {
+    // Each row block's activations are prepared once, then shared by the threads' row tiles.
+    for (size_t r0 = 0; r0 < rows; r0 += block) {
+      const size_t n = std::min(block, rows - r0);
+      quant_inputs_.ensure(kernels::quant_inputs_floats(op.quant(), n));
+      op.inputs = kernels::prepare_quant_inputs(x + r0 * x_stride, n, x_stride, op.quant(), quant_inputs_.data());
+      pool_.parallel_for(tiles, [&](size_t begin, size_t end) {
+        op.rows(nullptr, n, x_stride, bias, out + r0 * out_stride, out_stride, begin * kTileRows,
+                std::min(end * kTileRows, w.rows));
+      });
+    }
+    return;
+  }
+  pool_.parallel_for(tiles, [&](size_t begin, size_t end) {
     for (size_t r0 = 0; r0 < rows; r0 += block)
-      kernels::matmul_rows(x + r0 * x_stride, std::min(block, rows - r0), x_stride, m, bias, out + r0 * out_stride,
-                           out_stride, begin * kTileRows, std::min(end * kTileRows, w.rows));
+      op.rows(x + r0 * x_stride, std::min(block, rows - r0), x_stride, bias, out + r0 * out_stride, out_stride,
+              begin * kTileRows, std::min(end * kTileRows, w.rows));
   });
 }
 
@@ -171,26 +219,36 @@ void CpuStream::linear(F32Rows x, size_t rows, std::span<const LinearOutput> out
   // matrix (a measurable share of a small model's decode step). Row tiles of all products are
   // laid end to end; a thread's range may span several products.
   struct Resolved {
-    kernels::WeightMatrix w;
+    Operand op;
     const float* bias;
     float* out;
     size_t out_stride;
   };
   std::vector<Resolved> resolved;
+  size_t prepared_floats = 0;
   for (const LinearOutput& o : outputs) {
     const LinearView& l = *o.linear;
-    resolved.push_back({{l.weight.dtype, bytes_of(l.weight.buffer, l.weight.offset), l.weight.rows, l.weight.cols},
+    resolved.push_back({{&l.weight, weight_bytes(l.weight), {}},
                         l.bias.empty() ? nullptr : reinterpret_cast<const float*>(bytes_of(l.bias.buffer, l.bias.offset * 4)),
                         rows_of(o.out), o.out.stride});
+    if (resolved.back().op.quantized()) prepared_floats += kernels::quant_inputs_floats(resolved.back().op.quant(), rows);
   }
+  // Each quantized product's activations (permutations differ between matrices) in one array.
+  quant_inputs_.ensure(prepared_floats);
+  float* scratch = quant_inputs_.data();
+  for (Resolved& p : resolved)
+    if (p.op.quantized()) {
+      p.op.inputs = kernels::prepare_quant_inputs(xs, rows, x.stride, p.op.quant(), scratch);
+      scratch += kernels::quant_inputs_floats(p.op.quant(), rows);
+    }
   pool_.parallel_for(groups, [&](size_t begin, size_t end) {
     size_t first = 0;
     for (const Resolved& p : resolved) {
-      const size_t count = (p.w.rows + kTileRows - 1) / kTileRows;
+      const size_t count = (p.op.view->rows + kTileRows - 1) / kTileRows;
       const size_t from = std::max(begin, first), to = std::min(end, first + count);
       if (from < to)
-        kernels::matmul_rows(xs, rows, x.stride, p.w, p.bias, p.out, p.out_stride, (from - first) * kTileRows,
-                             std::min((to - first) * kTileRows, p.w.rows));
+        p.op.rows(xs, rows, x.stride, p.bias, p.out, p.out_stride, (from - first) * kTileRows,
+                  std::min((to - first) * kTileRows, p.op.view->rows));
       first += count;
     }
   });

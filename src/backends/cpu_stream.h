@@ -1,7 +1,8 @@
 #pragma once
 // The CPU backend's stream: the op interface run by the Highway kernels of src/kernels on the
 // device's thread pool, synchronously (copies and ops are done when the call returns). Its
-// workspace (attention scores per worker, LoRA intermediates) is accounted on the device.
+// workspace (attention scores per worker, LoRA intermediates, the activations prepared for
+// quantized products) is accounted on the device.
 #include <vector>
 
 #include "backends/cpu_device.h"
@@ -54,6 +55,8 @@ class CpuStream final : public Stream {
   void check_slots(std::span<const KvSlot> slots) const;
   template <typename Body>
   void for_rows(size_t rows, Body&& body);
+  // A linear weight's bytes, checked to lie within its buffer (and quantized ones to be U8).
+  const std::byte* weight_bytes(const WeightView& w) const;
   // out = x·Wᵀ (+ bias) for weight rows [0, w.rows), parallel over the weight's row tiles.
   void product(const float* x, size_t x_stride, size_t rows, const WeightView& w, const float* bias, float* out,
                size_t out_stride);
@@ -64,6 +67,7 @@ class CpuStream final : public Stream {
   ThreadPool& pool_;
   std::vector<DeviceArray> lanes_;  // per-worker attention workspace
   DeviceArray lora_projected_, lora_delta_;
+  DeviceArray quant_inputs_;  // activations prepared for quantized products (kernels/quant_matmul.h)
 };
 
 }  // namespace vlmforge

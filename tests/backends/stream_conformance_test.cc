@@ -19,6 +19,7 @@
 #include "backends/registry.h"
 #include "backends/stream.h"
 #include "backends/transfer.h"
+#include "support/quant_weight.h"
 #include "support/test_support.h"
 #include "util/half.h"
 
@@ -128,6 +129,20 @@ struct HostRows {
   const float* row(size_t r) const { return data.data() + offset + r * stride; }
 };
 
+// One linear layer of the test with its host values, for the reference.
+struct HostLinear {
+  std::vector<float> w, bias, dora;
+  // Quantized weights: per weight, the magnitude the kernels' rounding scales with
+  // (test::QuantWeight::folded), used instead of |w|.
+  std::vector<double> folded;
+  struct Lora {
+    std::vector<float> a, b;
+    size_t rank;
+    float scale;
+  };
+  std::vector<Lora> loras;
+};
+
 class StreamConformance : public ::testing::TestWithParam<Backend> {
  protected:
   void SetUp() override {
@@ -181,6 +196,23 @@ class StreamConformance : public ::testing::TestWithParam<Backend> {
       buffers_.push_back(device_->upload(bytes, "test weight"));
     }
     return {&buffers_.back(), lead * size, d, rows, cols};
+  }
+  // A quantized weight [rows, cols] (random, in `scheme`, with a random permutation or not), `lead`
+  // bytes into its buffer; h gets its dequantized values (in input order) and their magnitudes.
+  WeightView quant_weight(const kernels::QuantScheme& scheme, bool with_perm, size_t rows, size_t cols, HostLinear& h,
+                          size_t lead = 64) {
+    const test::QuantWeight q(scheme, with_perm, rows, cols, rng_);
+    h.w.assign(rows * cols, 0.0f);
+    h.folded.assign(rows * cols, 0.0);
+    for (size_t r = 0; r < rows; ++r)
+      for (size_t c = 0; c < cols; ++c) {  // (q − z)·s is exact in fp32: at most 8 + 11 significant bits
+        h.w[r * cols + q.input_of(c)] = static_cast<float>(q.values[r * cols + c]);
+        h.folded[r * cols + q.input_of(c)] = q.folded[r * cols + c];
+      }
+    std::vector<std::byte> bytes(lead, std::byte{0x5a});
+    bytes.insert(bytes.end(), q.bytes.begin(), q.bytes.end());
+    buffers_.push_back(device_->upload(bytes, "test quantized weight"));
+    return {&buffers_.back(), lead, DType::U8, rows, cols, q.layout};
   }
   VectorView vector(const std::vector<float>& values, size_t lead = 5) {
     std::vector<float> host(lead, NAN);
@@ -478,17 +510,6 @@ TEST_P(StreamConformance, RopeRotatesHalvesOfTheChosenHeadsOnly) {
   });
 }
 
-// One linear layer of the test with its host values, for the reference.
-struct HostLinear {
-  std::vector<float> w, bias, dora;
-  struct Lora {
-    std::vector<float> a, b;
-    size_t rank;
-    float scale;
-  };
-  std::vector<Lora> loras;
-};
-
 // y = x·Wᵀ + Σ s·(x·Aᵀ)·Bᵀ, then ·dora, then + bias, in float64; checked within the fp32 bound
 // of its terms (computed from absolute values). LoRA's x·Aᵀ is rounded to fp32 on the device
 // before ·Bᵀ; its error, relative to Σ|x||A|, is covered by the same term count.
@@ -500,7 +521,7 @@ void expect_linear(const std::vector<float>& got, const HostRows& out, const Hos
       double y = 0, m = 0;
       for (size_t i = 0; i < in; ++i) {
         y += double(x.at(t, i)) * l.w[o * in + i];
-        m += std::abs(double(x.at(t, i)) * l.w[o * in + i]);
+        m += std::abs(double(x.at(t, i))) * (l.folded.empty() ? std::abs(l.w[o * in + i]) : l.folded[o * in + i]);
       }
       size_t terms = in;
       for (const HostLinear::Lora& a : l.loras) {
@@ -623,6 +644,82 @@ TEST_P(StreamConformance, LinearAddsLoraDeltasDoraAndBias) {
           expect_linear(got, {n, outs[1], out.offset + 17, out.stride, {}}, x, h[1], outs[1]);
         }
   });
+}
+
+// Quantized weights of each layout the loaders produce: 4 and 8 bits, groups of 32 to 128, with
+// and without a permutation; output counts off the 4-row tile, inputs off the 32-column block
+// and groups cut short (160 in groups of 64, 100 in groups of 32); token counts on both sides of
+// the decode kernel's token tiles (2 and 4) and both of its paths (the blocked GEMM from 32 on).
+const kernels::QuantScheme kQuantSchemes[] = {
+    kernels::QuantScheme::q8_0(), kernels::QuantScheme::q4_0(),
+    kernels::QuantScheme::round_to_nearest(4, 64, false), kernels::QuantScheme::round_to_nearest(4, 128, true),
+    kernels::QuantScheme::round_to_nearest(8, 64, false), kernels::QuantScheme::round_to_nearest(8, 128, false)};
+
+std::string quant_name(const kernels::QuantScheme& s) {
+  return std::to_string(s.bits) + "-bit group " + std::to_string(s.group_size) + (s.symmetric ? " symmetric" : "");
+}
+
+TEST_P(StreamConformance, LinearRunsQuantizedWeightsWithBiasAndLora) {
+  on_every_target([&] {
+    for (const kernels::QuantScheme& scheme : kQuantSchemes)
+      for (bool with_perm : {false, true})
+        for (auto [n_out, in] : {std::pair<size_t, size_t>{5, 160}, {17, 100}, {65, 256}})
+          for (size_t n : {1, 2, 3, 7, 8, 31, 33, 64}) {
+            const bool with_lora = (n + n_out) % 2 == 0;
+            SCOPED_TRACE(quant_name(scheme) + (with_perm ? " permuted" : "") + " in " + std::to_string(in) +
+                         " out " + std::to_string(n_out) + " rows " + std::to_string(n) + (with_lora ? " lora" : ""));
+            // Two outputs of one input (as q/k/v): the second quantized differently, permuted
+            // by its own order, so prepared activations must not be shared between them.
+            const size_t second = 6;
+            HostLinear h[2];
+            LinearView l[2];
+            l[0] = {quant_weight(scheme, with_perm, n_out, in, h[0]), vector(h[0].bias = random(n_out)), {}, {}};
+            l[1] = {quant_weight(kernels::QuantScheme::round_to_nearest(4, 32, false), true, second, in, h[1]),
+                    {}, {}, {}};
+            if (with_lora) {
+              HostLinear::Lora a{{}, {}, 4, 0.5f};
+              l[0].loras.push_back({weight(DType::BF16, 4, in, a.a), weight(DType::F32, n_out, 4, a.b), a.scale});
+              h[0].loras.push_back(std::move(a));
+            }
+            HostRows x = rows(n, in, 2, 3), out = rows(n, n_out + second, 1, 2);
+            DeviceBuffer bx = upload(x), bo = upload(out);
+            const F32Rows all = view(bo, out);
+            const Stream::LinearOutput o[] = {{&l[0], all}, {&l[1], all.columns_from(n_out)}};
+            stream_->linear(view(bx, x), n, o);
+            const std::vector<float> got = read(bo);
+            expect_linear(got, out, x, h[0], n_out);
+            expect_linear(got, {n, second, out.offset + n_out, out.stride, {}}, x, h[1], second);
+          }
+  });
+}
+
+TEST_P(StreamConformance, LinearBlocksManyRowsOfAQuantizedProduct) {
+  on_every_target([&] {
+    // Past 512 rows the CPU backend prepares and runs the product in row blocks.
+    const size_t n = 515, in = 96, n_out = 7;
+    HostLinear h;
+    const LinearView l{quant_weight(kernels::QuantScheme::q4_0(), true, n_out, in, h), {}, {}, {}};
+    HostRows x = rows(n, in, 1, 0), out = rows(n, n_out, 3, 2);
+    DeviceBuffer bx = upload(x), bo = upload(out);
+    const Stream::LinearOutput o[] = {{&l, view(bo, out)}};
+    stream_->linear(view(bx, x), n, o);
+    expect_linear(read(bo), out, x, h, n_out);
+  });
+}
+
+TEST_P(StreamConformance, LinearRefusesAQuantizedViewPastItsBuffer) {
+  HostLinear h;
+  LinearView l{quant_weight(kernels::QuantScheme::q8_0(), false, 4, 64, h), {}, {}, {}};
+  HostRows x = rows(1, 64, 0, 0), out = rows(1, 4, 0, 0);
+  DeviceBuffer bx = upload(x), bo = upload(out);
+  const Stream::LinearOutput o[] = {{&l, view(bo, out)}};
+  l.weight.rows = 5;  // one row more than the buffer holds
+  std::string message = error_of([&] { stream_->linear(view(bx, x), 1, o); });
+  EXPECT_NE(message.find("runs past the end of its"), std::string::npos) << message;
+  l.weight.rows = 4;
+  l.weight.dtype = DType::BF16;
+  message = error_of([&] { stream_->linear(view(bx, x), 1, o); });
+  EXPECT_NE(message.find("quantized weights are U8"), std::string::npos) << message;
 }
 
 // The device's cache bytes of a KV view, read back as fp32.
