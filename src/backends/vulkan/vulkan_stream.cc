@@ -270,8 +270,8 @@ void VulkanStream::rope(F32Rows q, size_t q_heads, F32Rows k, size_t k_heads, si
 
 void VulkanStream::product(uint64_t x, size_t x_stride, size_t rows, const WeightView& w, uint64_t bias, uint64_t out,
                            size_t out_stride) {
-  if (!w.buffer || w.offset + w.bytes() > w.buffer->size())
-    throw Error("internal error: a weight view runs past the end of its " + vk_.name() + " buffer");
+  const uint64_t weight = vk_.address(w.buffer, w.offset);  // throws unless this device's
+  check_weight_view(w, vk_.name());
   // About kMatmulGroups workgroups per block of 8 tokens, at least one row each.
   const size_t group_rows = std::max<size_t>(1, (w.rows + kMatmulGroups - 1) / kMatmulGroups);
   const size_t groups = ((w.rows + group_rows - 1) / group_rows) * ((rows + 7) / 8);
@@ -279,14 +279,14 @@ void VulkanStream::product(uint64_t x, size_t x_stride, size_t rows, const Weigh
     if ((q.bits != 4 && q.bits != 8) || q.group_size == 0 || q.group_size % 32 != 0)
       throw Error("internal error: a quantized layout of " + std::to_string(q.bits) + " bits, groups of " +
                   std::to_string(q.group_size));
-    const MatmulQuantPush push{x, vk_.address(w.buffer, w.offset), bias, out,
+    const MatmulQuantPush push{x, weight, bias, out,
                                u32(q.scales_offset(w.rows, w.cols)), u32(q.zeros_offset(w.rows, w.cols)),
                                u32(q.has_perm ? q.perm_offset(w.rows, w.cols) : 0), q.has_perm ? 1u : 0u,
                                u32(x_stride), u32(out_stride), u32(rows), u32(w.rows), u32(w.cols), q.bits,
                                u32(q.group_size), u32(q.row_code_bytes(w.cols)), u32(q.groups(w.cols)), u32(group_rows)};
     return dispatch_flat(VulkanShader::kMatmulQuant, push, groups);
   }
-  const MatmulPush push{x, vk_.address(w.buffer, w.offset), bias, out, u32(x_stride), u32(out_stride), u32(rows),
+  const MatmulPush push{x, weight, bias, out, u32(x_stride), u32(out_stride), u32(rows),
                         u32(w.rows), u32(w.cols), dtype_code(w.dtype), u32(group_rows)};
   dispatch_flat(VulkanShader::kMatmul, push, groups);
 }
