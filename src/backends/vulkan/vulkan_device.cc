@@ -55,6 +55,9 @@ std::span<const uint32_t> spirv(VulkanShader shader) {
 }
 
 constexpr size_t kStagingBytes = size_t{16} << 20;
+// Driver allocations buffers are carved from, and the alignment of each buffer in them (a
+// multiple of every minStorageBufferOffsetAlignment, and of 64 for the quantized layouts).
+constexpr size_t kBlockBytes = size_t{64} << 20, kSubAlignment = 256;
 constexpr uint32_t kPushConstantBytes = 128;
 
 // What the shaders need of a device, or the first thing missing.
@@ -84,6 +87,34 @@ std::string missing_feature(VkPhysicalDevice device) {
   for (const auto& f : family)
     if (f.queueFlags & VK_QUEUE_COMPUTE_BIT) return "";
   return "a compute queue";
+}
+
+bool has_memory_budget(VkPhysicalDevice device) {
+  uint32_t count = 0;
+  vkEnumerateDeviceExtensionProperties(device, nullptr, &count, nullptr);
+  std::vector<VkExtensionProperties> extensions(count);
+  vkEnumerateDeviceExtensionProperties(device, nullptr, &count, extensions.data());
+  return std::any_of(extensions.begin(), extensions.end(), [](const VkExtensionProperties& e) {
+    return std::strcmp(e.extensionName, VK_EXT_MEMORY_BUDGET_EXTENSION_NAME) == 0;
+  });
+}
+
+// Free and total bytes of the device-local heaps: the driver's budget less what the process uses
+// where VK_EXT_memory_budget is there (it sees other processes and the driver's own use), the
+// heap sizes otherwise.
+MemoryInfo device_local_memory(VkPhysicalDevice device, bool budget) {
+  VkPhysicalDeviceMemoryBudgetPropertiesEXT used{.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_BUDGET_PROPERTIES_EXT};
+  VkPhysicalDeviceMemoryProperties2 props{.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_PROPERTIES_2,
+                                          .pNext = budget ? &used : nullptr};
+  vkGetPhysicalDeviceMemoryProperties2(device, &props);
+  MemoryInfo m;
+  for (uint32_t h = 0; h < props.memoryProperties.memoryHeapCount; ++h) {
+    if (!(props.memoryProperties.memoryHeaps[h].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)) continue;
+    const uint64_t size = props.memoryProperties.memoryHeaps[h].size;
+    m.total += size;
+    m.free += budget ? (used.heapBudget[h] > used.heapUsage[h] ? used.heapBudget[h] - used.heapUsage[h] : 0) : size;
+  }
+  return m;
 }
 
 }  // namespace
@@ -139,9 +170,11 @@ VulkanDevice::VulkanDevice(std::shared_ptr<const VulkanInstance> instance, int i
   vkGetPhysicalDeviceProperties(physical_, &props);
   description_ = props.deviceName;
   vkGetPhysicalDeviceMemoryProperties(physical_, &memory_properties_);
-  for (uint32_t h = 0; h < memory_properties_.memoryHeapCount; ++h)
-    if (memory_properties_.memoryHeaps[h].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)
-      device_local_bytes_ += memory_properties_.memoryHeaps[h].size;
+  memory_budget_ = has_memory_budget(physical_);
+  VkPhysicalDeviceMaintenance3Properties limits{.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES};
+  VkPhysicalDeviceProperties2 props2{.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &limits};
+  vkGetPhysicalDeviceProperties2(physical_, &props2);
+  max_allocation_ = limits.maxMemoryAllocationSize;
 
   uint32_t families = 0;
   vkGetPhysicalDeviceQueueFamilyProperties(physical_, &families, nullptr);
@@ -161,8 +194,11 @@ VulkanDevice::VulkanDevice(std::shared_ptr<const VulkanInstance> instance, int i
   VkPhysicalDeviceFeatures2 features{.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &v12};
   features.features.shaderInt64 = VK_TRUE;
   features.features.shaderInt16 = VK_TRUE;
+  const char* budget_extension = VK_EXT_MEMORY_BUDGET_EXTENSION_NAME;
   const VkDeviceCreateInfo info{.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, .pNext = &features,
-                                .queueCreateInfoCount = 1, .pQueueCreateInfos = &queue};
+                                .queueCreateInfoCount = 1, .pQueueCreateInfos = &queue,
+                                .enabledExtensionCount = memory_budget_ ? 1u : 0u,
+                                .ppEnabledExtensionNames = &budget_extension};
   vk_check(vkCreateDevice(physical_, &info, nullptr, &device_), "vkCreateDevice");
   vkGetDeviceQueue(device_, queue_family_, 0, &queue_);
 
@@ -186,9 +222,9 @@ VulkanDevice::VulkanDevice(std::shared_ptr<const VulkanInstance> instance, int i
 VulkanDevice::~VulkanDevice() {
   vkDeviceWaitIdle(device_);
   staging_ = {};
-  for (auto& [address, a] : allocations_) {
-    vkDestroyBuffer(device_, a.buffer, nullptr);
-    vkFreeMemory(device_, a.memory, nullptr);
+  for (auto& [address, b] : blocks_) {
+    vkDestroyBuffer(device_, b.buffer, nullptr);
+    vkFreeMemory(device_, b.memory, nullptr);
   }
   for (VkPipeline p : pipelines_)
     if (p) vkDestroyPipeline(device_, p, nullptr);
@@ -199,11 +235,22 @@ VulkanDevice::~VulkanDevice() {
 }
 
 MemoryInfo VulkanDevice::memory() const {
-  const uint64_t used = allocated(), total = cap_ ? std::min(*cap_, device_local_bytes_) : device_local_bytes_;
-  return {total > used ? total - used : 0, total};
+  const MemoryInfo device = device_local_memory(physical_, memory_budget_);
+  if (!memory_budget_) {
+    // Heap sizes alone: what this device has allocated is all that is known to be in use.
+    const uint64_t total = cap_ ? std::min(*cap_, device.total) : device.total;
+    return {total > allocated() ? total - allocated() : 0, total};
+  }
+  if (!cap_) return device;
+  const uint64_t left = *cap_ > allocated() ? *cap_ - allocated() : 0;
+  return {std::min(left, device.free), *cap_};
 }
 
-bool VulkanDevice::may_allocate(size_t bytes) const { return allocated() + bytes <= memory().total; }
+// From the accounting and the cap (a budget query per allocation would be a driver call on the
+// decode path); the driver refuses what it cannot give.
+bool VulkanDevice::may_allocate(size_t bytes) const {
+  return !cap_ || allocated() + bytes <= *cap_;
+}
 
 std::unique_ptr<Stream> VulkanDevice::open_stream() { return std::make_unique<VulkanStream>(*this); }
 
@@ -253,25 +300,65 @@ RawBuffer make_buffer(VkDevice device, size_t bytes, PickType&& pick_type) {
 }  // namespace
 
 std::byte* VulkanDevice::raw_allocate(size_t bytes) {
-  const RawBuffer b = make_buffer(device_, bytes, [&](uint32_t allowed) {
+  const size_t size = (bytes + kSubAlignment - 1) / kSubAlignment * kSubAlignment;
+  std::lock_guard hold(lock_);
+  for (auto& [address, b] : blocks_)
+    for (auto it = b.free.begin(); it != b.free.end(); ++it)
+      if (it->second >= size) {
+        const auto [offset, length] = *it;
+        b.free.erase(it);
+        if (length > size) b.free[offset + size] = length - size;
+        b.used += size;
+        return reinterpret_cast<std::byte*>(address + offset);
+      }
+  if (size > max_allocation_) return nullptr;
+  const size_t block_bytes = std::max(size, std::min<size_t>(kBlockBytes, max_allocation_));
+  const RawBuffer made = make_buffer(device_, block_bytes, [&](uint32_t allowed) {
     return memory_type(allowed, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, 0);
   });
-  if (!b.buffer) return nullptr;
-  std::lock_guard hold(lock_);
-  allocations_[b.address] = {b.buffer, b.memory, bytes};
-  return reinterpret_cast<std::byte*>(b.address);
+  if (!made.buffer) return nullptr;
+  Block& b = blocks_[made.address] = {made.buffer, made.memory, made.address, block_bytes, size, {}};
+  if (block_bytes > size) b.free[size] = block_bytes - size;
+  return reinterpret_cast<std::byte*>(made.address);
 }
 
-void VulkanDevice::raw_free(std::byte* data, size_t) {
+template <typename Blocks>
+auto& VulkanDevice::block_of(Blocks& blocks, uint64_t address, const std::string& device) {
+  auto it = blocks.upper_bound(address);
+  if (it == blocks.begin() || address >= std::prev(it)->first + std::prev(it)->second.size)
+    throw Error("internal error: a " + device + " buffer that this device did not allocate");
+  return std::prev(it)->second;
+}
+
+void VulkanDevice::raw_free(std::byte* data, size_t bytes) {
   std::lock_guard hold(lock_);
   // Recorded work may still read the buffer: run it all first.
   for (VulkanStream* s : streams_) s->flush();
   vkQueueWaitIdle(queue_);
-  const auto it = allocations_.find(reinterpret_cast<uint64_t>(data));
-  if (it == allocations_.end()) return;
-  vkDestroyBuffer(device_, it->second.buffer, nullptr);
-  vkFreeMemory(device_, it->second.memory, nullptr);
-  allocations_.erase(it);
+  const uint64_t at = reinterpret_cast<uint64_t>(data);
+  Block& b = block_of(blocks_, at, name());
+  size_t offset = at - b.address, size = (bytes + kSubAlignment - 1) / kSubAlignment * kSubAlignment;
+  b.used -= size;
+  if (b.used == 0) {
+    vkDestroyBuffer(device_, b.buffer, nullptr);
+    vkFreeMemory(device_, b.memory, nullptr);
+    blocks_.erase(b.address);
+    return;
+  }
+  // Coalesce with the free ranges on either side.
+  if (auto next = b.free.find(offset + size); next != b.free.end()) {
+    size += next->second;
+    b.free.erase(next);
+  }
+  if (auto after = b.free.lower_bound(offset); after != b.free.begin()) {
+    auto before = std::prev(after);
+    if (before->first + before->second == offset) {
+      offset = before->first;
+      size += before->second;
+      b.free.erase(before);
+    }
+  }
+  b.free[offset] = size;
 }
 
 VulkanHostBuffer VulkanDevice::host_buffer(size_t bytes, std::string_view what) const {
@@ -301,9 +388,8 @@ uint64_t VulkanDevice::address(const DeviceBuffer* buffer, size_t offset) const 
 VulkanDevice::Resolved VulkanDevice::resolve(const DeviceBuffer& buffer, size_t offset) const {
   const uint64_t at = address(&buffer, 0);
   std::lock_guard hold(lock_);
-  const auto it = allocations_.find(at);
-  if (it == allocations_.end()) throw Error("internal error: a " + name() + " buffer that this device did not allocate");
-  return {it->second.buffer, offset};
+  const Block& b = block_of(blocks_, at, name());
+  return {b.buffer, at - b.address + offset};
 }
 
 VkPipeline VulkanDevice::pipeline(VulkanShader shader) {
@@ -398,12 +484,8 @@ VulkanBackend::VulkanBackend() {
 }
 
 MemoryInfo VulkanBackend::query(int physical_index) const {
-  VkPhysicalDeviceMemoryProperties m;
-  vkGetPhysicalDeviceMemoryProperties(instance_->devices().at(static_cast<size_t>(physical_index)), &m);
-  uint64_t total = 0;
-  for (uint32_t h = 0; h < m.memoryHeapCount; ++h)
-    if (m.memoryHeaps[h].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) total += m.memoryHeaps[h].size;
-  return {total, total};
+  const VkPhysicalDevice device = instance_->devices().at(static_cast<size_t>(physical_index));
+  return device_local_memory(device, has_memory_budget(device));
 }
 
 std::string VulkanBackend::describe(int physical_index) const {

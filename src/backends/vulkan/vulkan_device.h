@@ -5,8 +5,8 @@
 // Buffers are reached from shaders by device address (Vulkan 1.2 bufferDeviceAddress), so a
 // DeviceBuffer's data() holds the buffer's device address, which only this backend interprets.
 //
-// Every stream of a device records and submits under the device's one lock, and a buffer is
-// freed only after every stream's queued work has run (so a grown workspace or KV cache never
+// Buffers are sub-allocated from large blocks. Every stream of a device records and submits under
+// the device's one lock, and a buffer is freed only after every stream's queued work has run (so a grown workspace or KV cache never
 // frees memory a recorded command still reads).
 #include <vulkan/vulkan.h>
 
@@ -102,11 +102,20 @@ class VulkanDevice : public Device {
   void raw_free(std::byte* data, size_t bytes) override;
 
  private:
-  struct Allocation {
+  // A driver allocation that buffers are carved from (first fit, neighbours coalesced on free),
+  // so a model's hundreds of small tensors cost a few driver allocations, far below
+  // maxMemoryAllocationCount; it goes back to the driver once nothing in it is held.
+  struct Block {
     VkBuffer buffer;
     VkDeviceMemory memory;
+    uint64_t address;
     size_t size;
+    size_t used = 0;
+    std::map<size_t, size_t> free;  // offset → bytes
   };
+  // The block holding `address` (an engine bug when there is none).
+  template <typename Blocks>
+  static auto& block_of(Blocks& blocks, uint64_t address, const std::string& device);
   uint32_t memory_type(uint32_t allowed, VkMemoryPropertyFlags wanted, VkMemoryPropertyFlags fallback) const;
   // Runs `record` on the device's transfer command buffer, submitted and waited for.
   template <typename Record>
@@ -117,7 +126,7 @@ class VulkanDevice : public Device {
   std::optional<uint64_t> cap_;
   std::string description_;
   VkPhysicalDeviceMemoryProperties memory_properties_{};
-  uint64_t device_local_bytes_ = 0;
+  bool memory_budget_ = false;  // VK_EXT_memory_budget
   VkDevice device_ = VK_NULL_HANDLE;
   uint32_t queue_family_ = 0;
   VkQueue queue_ = VK_NULL_HANDLE;
@@ -128,7 +137,8 @@ class VulkanDevice : public Device {
   VkFence transfer_fence_ = VK_NULL_HANDLE;
   VulkanHostBuffer staging_;
   mutable std::recursive_mutex lock_;
-  std::map<uint64_t, Allocation> allocations_;  // by device address
+  std::map<uint64_t, Block> blocks_;  // by device address
+  uint64_t max_allocation_ = 0;       // maxMemoryAllocationSize
   std::set<VulkanStream*> streams_;
 };
 
