@@ -28,6 +28,9 @@ constexpr uint32_t kRopeSpirv[] =
 constexpr uint32_t kMatmulSpirv[] =
 #include "matmul.spv.inc"
     ;
+constexpr uint32_t kMatmulTiledSpirv[] =
+#include "matmul_tiled.spv.inc"
+    ;
 constexpr uint32_t kMatmulQuantSpirv[] =
 #include "matmul_quant.spv.inc"
     ;
@@ -46,6 +49,7 @@ std::span<const uint32_t> spirv(VulkanShader shader) {
     case VulkanShader::kEltwise: return kEltwiseSpirv;
     case VulkanShader::kRope: return kRopeSpirv;
     case VulkanShader::kMatmul: return kMatmulSpirv;
+    case VulkanShader::kMatmulTiled: return kMatmulTiledSpirv;
     case VulkanShader::kMatmulQuant: return kMatmulQuantSpirv;
     case VulkanShader::kKvStore: return kKvStoreSpirv;
     case VulkanShader::kAttention: return kAttentionSpirv;

@@ -25,7 +25,7 @@
 namespace vlmforge {
 
 // The compute shaders of the op interface (shaders/*.comp).
-enum class VulkanShader { kEmbed, kRows, kNorm, kEltwise, kRope, kMatmul, kMatmulQuant, kKvStore, kAttention, kCount };
+enum class VulkanShader { kEmbed, kRows, kNorm, kEltwise, kRope, kMatmul, kMatmulTiled, kMatmulQuant, kKvStore, kAttention, kCount };
 
 // The process's Vulkan instance and its physical devices; shared by the devices it opens.
 class VulkanInstance {

@@ -14,6 +14,9 @@ constexpr size_t kMaxHeadDim = 256;  // attention.comp's shared query
 // Workgroups of a matrix product per block of tokens: enough to fill a large GPU (an H200 has
 // 132 multiprocessors), few enough that launching them is not the cost (it is on lavapipe).
 constexpr size_t kMatmulGroups = 1024;
+// From this many tokens, float products take the shared-memory tiled GEMM (each weight read once
+// per 64 tokens rather than per 8).
+constexpr size_t kTiledTokens = 16;
 
 // The shaders' dtype codes (common.glsl).
 uint32_t dtype_code(DType d) {
@@ -58,6 +61,10 @@ struct RopePush {
 struct MatmulPush {
   uint64_t x, w, bias, out;
   uint32_t x_stride, out_stride, tokens, out_features, in_features, w_dtype, group_rows;
+};
+struct TiledPush {
+  uint64_t x, w, bias, out;
+  uint32_t x_stride, out_stride, tokens, out_features, in_features, w_dtype;
 };
 struct MatmulQuantPush {
   uint64_t x, w, bias, out;
@@ -285,6 +292,11 @@ void VulkanStream::product(uint64_t x, size_t x_stride, size_t rows, const Weigh
                                u32(x_stride), u32(out_stride), u32(rows), u32(w.rows), u32(w.cols), q.bits,
                                u32(q.group_size), u32(q.row_code_bytes(w.cols)), u32(q.groups(w.cols)), u32(group_rows)};
     return dispatch_flat(VulkanShader::kMatmulQuant, push, groups);
+  }
+  if (rows >= kTiledTokens) {
+    const TiledPush push{x, weight, bias, out, u32(x_stride), u32(out_stride), u32(rows), u32(w.rows), u32(w.cols),
+                         dtype_code(w.dtype)};
+    return dispatch_flat(VulkanShader::kMatmulTiled, push, ((w.rows + 63) / 64) * ((rows + 63) / 64));
   }
   const MatmulPush push{x, weight, bias, out, u32(x_stride), u32(out_stride), u32(rows),
                         u32(w.rows), u32(w.cols), dtype_code(w.dtype), u32(group_rows)};
