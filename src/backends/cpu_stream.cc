@@ -162,14 +162,7 @@ void CpuStream::rope(F32Rows q, size_t q_heads, F32Rows k, size_t k_heads, size_
 
 const std::byte* CpuStream::weight_bytes(const WeightView& w) const {
   const std::byte* data = bytes_of(w.buffer, w.offset);
-  if (w.quant.quantized() && w.dtype != DType::U8)
-    throw Error("internal error: a quantized weight view of dtype " + std::string(dtype_name(w.dtype)) +
-                " (quantized weights are U8 bytes)");
-  if (w.offset > w.buffer->size() || w.bytes() > w.buffer->size() - w.offset)
-    throw Error("internal error: a " + std::to_string(w.rows) + "x" + std::to_string(w.cols) + " " +
-                (w.quant.quantized() ? std::to_string(w.quant.bits) + "-bit quantized" : std::string(dtype_name(w.dtype))) +
-                " weight of " + std::to_string(w.bytes()) + " bytes at offset " + std::to_string(w.offset) +
-                " runs past the end of its " + std::to_string(w.buffer->size()) + "-byte " + cpu_.name() + " buffer");
+  check_weight_view(w, cpu_.name());
   return data;
 }
 

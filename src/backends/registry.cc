@@ -7,6 +7,9 @@
 #include <set>
 
 #include "backends/cpu_device.h"
+#ifdef VLMFORGE_WITH_VULKAN
+#include "backends/vulkan/vulkan_device.h"
+#endif
 #include "util/bytes.h"
 
 namespace vlmforge {
@@ -58,7 +61,7 @@ class CpuBackend : public DeviceBackend {
 }  // namespace
 
 const std::vector<std::string>& device_types() {
-  static const std::vector<std::string> kTypes{"cpu", "cuda", "npu"};
+  static const std::vector<std::string> kTypes{"cpu", "cuda", "npu", "vulkan"};
   return kTypes;
 }
 
@@ -179,6 +182,9 @@ EnvLookup process_environment() {
 DeviceRegistry DeviceRegistry::builtin() {
   DeviceRegistry r;
   r.add(std::make_unique<CpuBackend>());
+#ifdef VLMFORGE_WITH_VULKAN
+  r.add(std::make_unique<VulkanBackend>());
+#endif
   return r;
 }
 

@@ -62,6 +62,10 @@ class DeviceBackend {
   // accounted memory, and `threads` host threads for its kernels (where it runs host kernels).
   virtual std::unique_ptr<Device> open(const DeviceSpec& spec, int physical_index, std::optional<uint64_t> cap,
                                        size_t threads) const = 0;
+  // The device's model, for `devices` ("" when there is nothing to say).
+  virtual std::string describe(int /*physical_index*/) const { return {}; }
+  // Why a built-in backend has no devices here ("" when it has some, or cannot say).
+  virtual std::string unavailable() const { return {}; }
 };
 
 // Reads an environment variable; std::getenv in the CLI, a map in tests.

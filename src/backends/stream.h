@@ -45,6 +45,10 @@ struct WeightView {
   }
 };
 
+// Throws unless a quantized view is U8 bytes and the view fits its buffer (a placement or
+// loader bug otherwise): every backend checks weights this way before reading them.
+void check_weight_view(const WeightView& w, const std::string& device);
+
 // `size` fp32 parameters (a norm weight, a bias, DoRA factors); size 0 means none.
 struct VectorView {
   const DeviceBuffer* buffer = nullptr;

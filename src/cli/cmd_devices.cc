@@ -28,12 +28,18 @@ int run(const DevicesArgs& a) {
                                a.max_memory.empty() ? MaxMemory{} : parse_max_memory(a.max_memory), env);
   } else {
     if (!a.max_memory.empty()) throw UsageError("--max_memory needs --devices");
-    targets = registry.resolve({{"cpu", 0}}, {}, env);
+    // The host and every device a built-in backend finds.
+    std::vector<DeviceSpec> present = {{"cpu", 0}};
+    for (const auto& b : registry.backends())
+      if (const auto count = b->physical_count(); count && b->type() != "cpu")
+        for (size_t i = 0; i < *count; ++i) present.push_back({b->type(), static_cast<int>(i)});
+    targets = registry.resolve(present, {}, env);
   }
   json backends = json::array();
   for (const auto& type : device_types()) {
     const DeviceBackend* b = registry.find(type);
     json entry = {{"type", type}, {"built_in", b != nullptr}};
+    if (b && !b->unavailable().empty()) entry["unavailable"] = b->unavailable();
     const std::string variable = type == "cuda" ? "CUDA_VISIBLE_DEVICES" : type == "npu" ? "ASCEND_RT_VISIBLE_DEVICES" : "";
     if (!variable.empty()) {
       const auto value = env(variable);
@@ -50,7 +56,8 @@ int run(const DevicesArgs& a) {
                        {"total", t.total},
                        {"capped", t.capped},
                        {"present", t.present},
-                       {"physical", t.present ? json(t.physical) : json(nullptr)}});
+                       {"physical", t.present ? json(t.physical) : json(nullptr)},
+                       {"model", t.present ? registry.find(t.spec.type)->describe(t.physical) : ""}});
   if (a.json) {
     std::printf("%s\n", json{{"devices", devices}, {"backends", backends}}.dump().c_str());
     return kExitOk;
@@ -58,19 +65,23 @@ int run(const DevicesArgs& a) {
   std::printf("%-10s %14s %14s  %s\n", "device", "free", "total", "notes");
   for (const auto& t : targets) {
     std::string notes = t.present ? (t.spec.type == "cpu" ? std::to_string(std::thread::hardware_concurrency()) + " threads"
-                                                           : "physical " + std::to_string(t.physical))
+                                                           : "physical " + std::to_string(t.physical) + ": " +
+                                                                 registry.find(t.spec.type)->describe(t.physical))
                                   : "no backend in this build: planning only";
     if (t.capped) notes += ", capped by --max_memory";
     std::printf("%-10s %14s %14s  %s\n", t.spec.name().c_str(), format_bytes(t.capacity).c_str(),
                 format_bytes(t.total).c_str(), notes.c_str());
   }
-  for (const auto& b : backends)
+  for (const auto& b : backends) {
+    if (b.contains("unavailable"))
+      std::printf("%s: no devices (%s)\n", b["type"].get<std::string>().c_str(), b["unavailable"].get<std::string>().c_str());
     if (!b["built_in"].get<bool>()) {
       std::string line = b["type"].get<std::string>() + ": no backend in this build (docs/backends.md)";
       if (b.contains("visible_devices") && !b["visible_devices"].is_null())
         line += "; " + b["visible_devices_variable"].get<std::string>() + "=" + b["visible_devices"].get<std::string>();
       std::printf("%s\n", line.c_str());
     }
+  }
   return kExitOk;
 }
 

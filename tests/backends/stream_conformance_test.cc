@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "backends/cpu_device.h"
+#include "backends/registry.h"
 #include "backends/stream.h"
 #include "backends/transfer.h"
 #include "support/quant_weight.h"
@@ -106,6 +107,16 @@ std::vector<Backend> backends() {
   for (size_t threads : {1, 2, 3})
     all.push_back({"cpu_" + std::to_string(threads) + "threads",
                    [threads](int index) { return std::make_unique<CpuDevice>(index, std::nullopt, threads); }});
+#ifdef VLMFORGE_WITH_VULKAN
+  // Every usable Vulkan device (lavapipe where there is no GPU); two logical devices of one
+  // physical device stand in for two devices.
+  static const DeviceRegistry registry = DeviceRegistry::builtin();
+  const DeviceBackend* vulkan = registry.find("vulkan");
+  for (size_t physical = 0; physical < vulkan->physical_count().value_or(0); ++physical)
+    all.push_back({"vulkan" + std::to_string(physical), [vulkan, physical](int index) {
+                     return vulkan->open({"vulkan", index}, static_cast<int>(physical), std::nullopt, 1);
+                   }});
+#endif
   return all;
 }
 

@@ -1,0 +1,21 @@
+#include "backends/stream.h"
+
+#include <string>
+
+#include "util/error.h"
+
+namespace vlmforge {
+
+void check_weight_view(const WeightView& w, const std::string& device) {
+  if (w.quant.quantized() && w.dtype != DType::U8)
+    throw Error("internal error: a quantized weight view of dtype " + std::string(dtype_name(w.dtype)) +
+                " (quantized weights are U8 bytes)");
+  if (!w.buffer || w.offset > w.buffer->size() || w.bytes() > w.buffer->size() - w.offset)
+    throw Error("internal error: a " + std::to_string(w.rows) + "x" + std::to_string(w.cols) + " " +
+                (w.quant.quantized() ? std::to_string(w.quant.bits) + "-bit quantized" : std::string(dtype_name(w.dtype))) +
+                " weight of " + std::to_string(w.bytes()) + " bytes at offset " + std::to_string(w.offset) +
+                " runs past the end of its " + std::to_string(w.buffer ? w.buffer->size() : 0) + "-byte " + device +
+                " buffer");
+}
+
+}  // namespace vlmforge
