@@ -10,6 +10,11 @@ void check_weight_view(const WeightView& w, const std::string& device) {
   if (w.quant.quantized() && w.dtype != DType::U8)
     throw Error("internal error: a quantized weight view of dtype " + std::string(dtype_name(w.dtype)) +
                 " (quantized weights are U8 bytes)");
+  // Its sections hold fp16 scales and uint32 permutations, read in place (buffers themselves are
+  // at least 64-byte aligned on every device).
+  if (w.quant.quantized() && w.offset % alignof(uint32_t) != 0)
+    throw Error("internal error: a quantized weight at byte offset " + std::to_string(w.offset) +
+                " of its buffer is not 4-byte aligned");
   if (!w.buffer || w.offset > w.buffer->size() || w.bytes() > w.buffer->size() - w.offset)
     throw Error("internal error: a " + std::to_string(w.rows) + "x" + std::to_string(w.cols) + " " +
                 (w.quant.quantized() ? std::to_string(w.quant.bits) + "-bit quantized" : std::string(dtype_name(w.dtype))) +

@@ -1,7 +1,6 @@
 #include "kernels/quant_matmul.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include "util/half.h"
 
@@ -111,10 +110,10 @@ HWY_INLINE void GroupChunk(const Sections& s, size_t row, size_t g0, size_t coun
 }
 
 // kRows weight rows × kTokens tokens over the whole input. Codes widen to fp32 and become
-// weights with one fused multiply-add per vector, q·s + (−s·z), which then feed every token's
-// vector accumulator. (Folding the zeros out instead, s·(Σ q·x − z·Σ x), needs the scale applied
-// per group all the same once the tile holds several tokens, and its per-group scalar sums of
-// s·z·Σx measured slower than this free offset.)
+// weights with one fused multiply-add per vector, q·s + (−s·z) (on AVX-512, one table lookup),
+// which then feed every token's vector accumulator. (Folding the zeros out instead, as
+// s·(Σ q·x − z·Σ x) with per-group sums of x, measured slower: its per-group reductions cost more
+// than the offset, which rides on the multiply-add the scale needs anyway.)
 template <uint32_t kBits, size_t kRows, size_t kTokens>
 HWY_INLINE void DecodeTile(const QuantInputs& in, const Sections& s, size_t group_size, const float* bias,
                            float* out, size_t out_stride, size_t row) {

@@ -710,7 +710,7 @@ TEST_P(StreamConformance, LinearBlocksManyRowsOfAQuantizedProduct) {
   });
 }
 
-TEST_P(StreamConformance, LinearRefusesAQuantizedViewPastItsBuffer) {
+TEST_P(StreamConformance, LinearRefusesMisplacedQuantizedViews) {
   HostLinear h;
   LinearView l{quant_weight(kernels::QuantScheme::q8_0(), false, 4, 64, h), {}, {}, {}};
   HostRows x = rows(1, 64, 0, 0), out = rows(1, 4, 0, 0);
@@ -723,6 +723,9 @@ TEST_P(StreamConformance, LinearRefusesAQuantizedViewPastItsBuffer) {
   l.weight.dtype = DType::BF16;
   message = error_of([&] { stream_->linear(view(bx, x), 1, o); });
   EXPECT_NE(message.find("quantized weights are U8"), std::string::npos) << message;
+  l.weight = quant_weight(kernels::QuantScheme::q8_0(), false, 4, 64, h, 65);
+  message = error_of([&] { stream_->linear(view(bx, x), 1, o); });
+  EXPECT_NE(message.find("not 4-byte aligned"), std::string::npos) << message;
 }
 
 // The device's cache bytes of a KV view, read back as fp32.
