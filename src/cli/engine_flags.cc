@@ -7,6 +7,11 @@ namespace vlmforge::cli {
 CLI::Option* add_model_flags(CLI::App* cmd, EngineFlags& f) {
   CLI::Option* model = cmd->add_option("--model", f.model, "Model directory (config.json, *.safetensors, tokenizer.json)");
   cmd->add_option("--threads", f.threads, "Worker threads (default: all cores)");
+  cmd->add_option("--quant_method", f.quant_method,
+                  "Quantize a bf16/f16/f32 model while loading it: q8_0 or q4_0 (llama.cpp's blocks of 32 with an "
+                  "fp16 scale) for the decoder's and lm_head's linears whose input size is a multiple of 32; AWQ / "
+                  "GPTQ checkpoints run as published without it")
+      ->check(CLI::IsMember({"q8_0", "q4_0"}));
   cmd->add_option("--device_map", f.device_map.placement.device_map,
                   "Run across devices: auto / balanced / sequential (planned as `vlmforge plan` does) or a Hugging "
                   "Face-format JSON map (module -> device)");
@@ -57,6 +62,8 @@ EngineOptions engine_options(const EngineFlags& flags) {
                     {flags.exif_transpose}};
   options.kv_cache_dtype = flags.kv_cache_dtype == "bfloat16" ? DType::BF16 : DType::F32;
   options.max_model_len = flags.max_model_len;
+  if (flags.quant_method == "q8_0") options.quantize_on_load = kernels::QuantScheme::q8_0();
+  if (flags.quant_method == "q4_0") options.quantize_on_load = kernels::QuantScheme::q4_0();
   return options;
 }
 

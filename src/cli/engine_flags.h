@@ -19,13 +19,14 @@ struct EngineFlags {
   size_t max_model_len = 0;
   std::string kv_cache_dtype = "float32";
   std::optional<uint64_t> min_pixels, max_pixels;
+  std::string quant_method;  // "", q8_0, q4_0
   size_t image_cache_mb = 512;
   bool exif_transpose = false;
   DeviceMapOptions device_map;
 };
 
-// --model, --threads and the --device_map group (--devices, --max_memory, --reserve,
-// --memory_report): what every engine command takes. Returns the --model option.
+// --model, --threads, --quant_method and the --device_map group (--devices, --max_memory,
+// --reserve, --memory_report): what every engine command takes. Returns the --model option.
 CLI::Option* add_model_flags(CLI::App* cmd, EngineFlags& flags);
 // add_model_flags plus what generating commands take: --adapters, --max_model_len,
 // --kv_cache_dtype, the image flags and --image_cache_mb.

@@ -23,7 +23,8 @@ void add_ids(const json& value, std::vector<int32_t>& out) {
 }  // namespace
 
 Engine::Engine(const EngineOptions& options)
-    : model(std::make_unique<Qwen2Model>(options.model_dir, options.threads, options.adapter_dirs, options.placement)),
+    : model(std::make_unique<Qwen2Model>(options.model_dir, options.threads, options.adapter_dirs, options.placement,
+                                         options.quantize_on_load)),
       tokenizer([&] {
         if (!fs::exists(options.model_dir / "tokenizer.json"))
           throw Error(options.model_dir.string() +

@@ -9,11 +9,13 @@
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "engine/sequence.h"
+#include "kernels/quantize.h"
 #include "io/dtype.h"
 #include "model/qwen2.h"
 #include "tokenizer/chat_template.h"
@@ -46,6 +48,7 @@ struct EngineOptions {
   VisionOptions vision;                          // Qwen2.5-VL models only
   DType kv_cache_dtype = DType::F32;
   size_t max_model_len = 0;                      // 0: config.json's max_position_embeddings
+  std::optional<kernels::QuantScheme> quantize_on_load;  // --quant_method q8_0 / q4_0
   // Which device runs each part of the model (see engine/placement.h); null: one host device.
   // It must outlive the engine: the model's memory lives on its devices.
   const ModelPlacement* placement = nullptr;

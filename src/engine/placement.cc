@@ -24,6 +24,7 @@ PlanOptions generation_plan_options(const EngineOptions& options, size_t max_bat
 std::unique_ptr<PlacedRun> place_model(const fs::path& model_dir, const DeviceMapOptions& args, PlanOptions options) {
   if (options.threads == 0) options.threads = std::max(1u, std::thread::hardware_concurrency());
   auto run = std::make_unique<PlacedRun>();
+  const kernels::QuantScheme* quantize = options.quantize_on_load ? &*options.quantize_on_load : nullptr;
   const DeviceRegistry registry = DeviceRegistry::builtin();
   if (!args.enabled()) {
     // One host device: the weights stay in the memory map (lent to the device, no copy), KV
@@ -40,11 +41,12 @@ std::unique_ptr<PlacedRun> place_model(const fs::path& model_dir, const DeviceMa
     if (args.memory_report) {
       PlacementFlags flags;
       flags.devices = "cpu:0";
-      run->plan = plan_from_flags(ModelShape::from_checkpoint(model_dir), flags, options, registry, process_environment());
+      run->plan = plan_from_flags(ModelShape::from_checkpoint(model_dir, quantize), flags, options, registry,
+                                  process_environment());
     }
     return run;
   }
-  run->plan = plan_from_flags(ModelShape::from_checkpoint(model_dir), args.placement, options, registry,
+  run->plan = plan_from_flags(ModelShape::from_checkpoint(model_dir, quantize), args.placement, options, registry,
                               process_environment());
   for (const auto& w : run->plan.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
   std::vector<DeviceTarget> targets;
@@ -93,7 +95,9 @@ void PlacedEngine::print_memory_report() const {
 PlacedEngine load_engine(EngineOptions options, const DeviceMapOptions& device_map, const PlanOptions& plan_options) {
   PlacedEngine out;
   out.memory_report = device_map.memory_report;
-  out.placed = place_model(options.model_dir, device_map, plan_options);
+  PlanOptions plan = plan_options;
+  plan.quantize_on_load = options.quantize_on_load;
+  out.placed = place_model(options.model_dir, device_map, plan);
   options.placement = &out.placed->placement;
   out.engine = std::make_unique<Engine>(options);
   return out;

@@ -48,6 +48,17 @@ WeightView DeviceWeights::matrix(Device& device, const std::string& name, const 
   return {&b, 0, t.info->dtype, rows, cols, {}};
 }
 
+WeightView DeviceWeights::quantized_copy(Device& device, const std::string& name, uint64_t rows, uint64_t cols,
+                                        const std::string& what) {
+  const TensorRef& t = tensor(name, {rows, cols});
+  const kernels::QuantLayout layout = quantize_on_load_->layout();
+  std::vector<std::byte> codes(layout.bytes(rows, cols));  // one weight's worth beyond the model
+  kernels::quantize_rows(t.info->dtype, t.data().data(), rows, cols, *quantize_on_load_, codes.data());
+  const DeviceBuffer& b = keep(device.upload(codes, what));
+  t.release();  // the codes replace the mapped pages
+  return {&b, 0, DType::U8, rows, cols, layout};
+}
+
 WeightView DeviceWeights::quantized_matrix(Device& device, const CheckpointQuantizedLinear& linear, uint64_t rows,
                                            uint64_t cols, const std::string& what) {
   const std::string& name = linear.tensors.qweight.name;
@@ -99,6 +110,8 @@ LinearView DeviceWeights::linear(Device& device, const std::string& module, uint
       throw Error(checkpoint_.root().string() + ": tensor '" + q->tensors.qweight.name +
                   "' is quantized, but config.json's quantization_config.modules_to_not_convert lists its module");
     l.weight = quantized_matrix(device, *q, out, in, what);
+  } else if (quantizes(in)) {
+    l.weight = quantized_copy(device, module + ".weight", out, in, what);
   } else {
     l.weight = matrix(device, module + ".weight", out, in, what);
   }

@@ -14,6 +14,7 @@
 
 #include "backends/stream.h"
 #include "io/safetensors.h"
+#include "kernels/quantize.h"
 #include "model/quantized_checkpoint.h"
 #include "model/runtime_lora.h"
 
@@ -26,6 +27,15 @@ class DeviceWeights {
   // this. `shape_source` names where expected shapes come from, for errors ("vision_config").
   DeviceWeights(const Checkpoint& checkpoint, const RuntimeLora* lora, std::optional<QuantizationConfig> quantization,
                 std::string shape_source);
+  // Quantize-on-load (--quant_method q8_0 / q4_0): every float linear weight whose input size
+  // is a multiple of 32 is quantized as `scheme` says while it is loaded (one weight's codes at a
+  // time beyond the model); the others stay as stored. For unquantized checkpoints only.
+  void quantize_on_load(const kernels::QuantScheme& scheme) { quantize_on_load_ = scheme; }
+  // Whether quantize-on-load applies to a weight of `cols` inputs.
+  bool quantizes(uint64_t cols) const { return quantize_on_load_ && cols % 32 == 0; }
+  // The float matrix `name` [rows, cols] quantized by the quantize-on-load scheme, on `device`.
+  WeightView quantized_copy(Device& device, const std::string& name, uint64_t rows, uint64_t cols,
+                            const std::string& what);
 
   bool has(const std::string& name) const;
   // A BF16/F16/F32 tensor of exactly `shape`, or an error naming it.
@@ -54,6 +64,7 @@ class DeviceWeights {
   const Checkpoint& checkpoint_;
   const RuntimeLora* lora_;
   std::optional<QuantizationConfig> quantization_;
+  std::optional<kernels::QuantScheme> quantize_on_load_;
   std::string shape_source_;
   std::deque<DeviceBuffer> buffers_;  // a deque: views point at its elements
   std::deque<std::vector<float>> host_vectors_;  // fp32 values lent to host-addressable devices

@@ -20,8 +20,11 @@ F32Rows rows_of(const DeviceArray& a, size_t stride) { return {&a.buffer(), 0, s
 }  // namespace
 
 Qwen2Model::Qwen2Model(const fs::path& model_dir, size_t threads, const std::vector<fs::path>& adapter_dirs,
-                       const ModelPlacement* placement)
+                       const ModelPlacement* placement, std::optional<kernels::QuantScheme> quantize_on_load)
     : config_(ModelConfig::load(model_dir)), checkpoint_(model_dir) {
+  if (quantize_on_load && config_.quantization)
+    throw UsageError(model_dir.string() + " is already quantized (" + config_.quantization->describe() +
+                     "); drop --quant_method to run it as it is");
   if (!adapter_dirs.empty())
     lora_ = std::make_unique<RuntimeLora>(checkpoint_, adapter_dirs,
                                           config_.quantization ? &*config_.quantization : nullptr);
@@ -46,13 +49,13 @@ Qwen2Model::Qwen2Model(const fs::path& model_dir, size_t threads, const std::vec
   for (size_t i = 0; i < head_dim / 2; ++i)
     inv_freq_.push_back(static_cast<float>(1.0 / std::pow(config_.rope_theta, static_cast<double>(2 * i) / head_dim)));
   if (placement) {
-    load_weights(*placement);
+    load_weights(*placement, quantize_on_load);
     return;
   }
   host_ = std::make_unique<CpuDevice>(0, std::nullopt, threads);
   ModelPlacement one_device{host_.get(), std::vector<Device*>(static_cast<size_t>(config_.num_hidden_layers), host_.get()),
                             host_.get(), host_.get(), nullptr, false};
-  load_weights(one_device);
+  load_weights(one_device, quantize_on_load);
 }
 
 size_t Qwen2Model::context_of(Device* device) {
@@ -62,7 +65,7 @@ size_t Qwen2Model::context_of(Device* device) {
   return contexts_.size() - 1;
 }
 
-void Qwen2Model::load_weights(const ModelPlacement& p) {
+void Qwen2Model::load_weights(const ModelPlacement& p, const std::optional<kernels::QuantScheme>& quantize_on_load) {
   if (p.layers.size() != static_cast<size_t>(config_.num_hidden_layers) || !p.embed || !p.norm || !p.head)
     throw Error("internal error: the placement does not cover every part of the model");
   preallocate_kv_ = p.preallocate_kv;
@@ -71,6 +74,7 @@ void Qwen2Model::load_weights(const ModelPlacement& p) {
   const std::string prefix = checkpoint_.find("model.embed_tokens.weight") ? "model." : "model.language_model.";
   weights_ = std::make_unique<DeviceWeights>(checkpoint_, lora_.get(), config_.quantization, "config.json");
   DeviceWeights& w = *weights_;
+  if (quantize_on_load) w.quantize_on_load(*quantize_on_load);
   embed_table_ = w.matrix(*p.embed, prefix + "embed_tokens.weight", vocab, hidden, "embed_tokens weights");
   for (int l = 0; l < config_.num_hidden_layers; ++l) {
     Device& d = *p.layers[static_cast<size_t>(l)];
@@ -95,7 +99,13 @@ void Qwen2Model::load_weights(const ModelPlacement& p) {
       throw Error(checkpoint_.root().string() +
                   ": model is missing tensor 'lm_head.weight' (config.json says tie_word_embeddings=false)");
     if (p.head != p.embed) throw Error("lm_head is tied to embed_tokens (one matrix) and must be on the same device");
-    lm_head_.weight = embed_table_;
+    // Quantize-on-load gives the tied lm_head a quantized copy of its own (logits read the whole
+    // matrix every step; an embedding reads one row per token and stays as stored), unless
+    // adapters change the embedding.
+    const std::string table = prefix + "embed_tokens.weight";
+    lm_head_.weight = w.quantizes(hidden) && !w.adapted(prefix + "embed_tokens")
+                          ? w.quantized_copy(*p.head, table, vocab, hidden, "lm_head weights (tied, quantized)")
+                          : embed_table_;
   } else {
     lm_head_ = w.linear(*p.head, "lm_head", vocab, hidden, false, "lm_head weights");
   }

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <span>
 #include <unordered_map>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "backends/cpu_device.h"
 #include "backends/device_array.h"
 #include "backends/stream.h"
+#include "kernels/quantize.h"
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "model/device_weights.h"
@@ -61,8 +63,11 @@ class Qwen2Model {
   // `adapter_dirs`: PEFT LoRA adapters applied unmerged (see RuntimeLora). Without `placement`
   // the model runs on one host device of its own with `threads` threads, KV caches grown with
   // the sequence.
+  // `quantize_on_load`: the decoder's and lm_head's float linears quantized while loading
+  // (--quant_method q8_0 / q4_0; refused for an AWQ / GPTQ checkpoint).
   Qwen2Model(const std::filesystem::path& model_dir, size_t threads,
-             const std::vector<std::filesystem::path>& adapter_dirs = {}, const ModelPlacement* placement = nullptr);
+             const std::vector<std::filesystem::path>& adapter_dirs = {}, const ModelPlacement* placement = nullptr,
+             std::optional<kernels::QuantScheme> quantize_on_load = std::nullopt);
 
   const ModelConfig& config() const { return config_; }
   const Checkpoint& checkpoint() const { return checkpoint_; }
@@ -97,7 +102,7 @@ class Qwen2Model {
     bool holds_layers = false;
   };
   size_t context_of(Device* device);
-  void load_weights(const ModelPlacement& placement);
+  void load_weights(const ModelPlacement& placement, const std::optional<kernels::QuantScheme>& quantize_on_load);
   void embed_tokens(std::span<const SequenceChunk> chunks, size_t rows);
   // Copies `count` floats of `from`'s array `member` to the same array of `to`.
   void hand_over(Context& from, Context& to, DeviceArray Scratch::*member, size_t count);

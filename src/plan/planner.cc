@@ -296,12 +296,31 @@ ModelShape ModelShape::from_tensors(const ModelConfig& config,
   return shape;
 }
 
-ModelShape ModelShape::from_checkpoint(const std::filesystem::path& model_dir) {
+ModelShape ModelShape::from_checkpoint(const std::filesystem::path& model_dir,
+                                      const kernels::QuantScheme* quantize_on_load) {
   const ModelConfig config = ModelConfig::load(model_dir);
   const Checkpoint ckpt(model_dir);
   // Quantized linears take their repacked layout's bytes on the device.
-  const auto tensors = device_tensor_bytes(ckpt, config.quantization ? &*config.quantization : nullptr);
-  return from_tensors(config, tensors, model_dir.string());
+  auto tensors = device_tensor_bytes(ckpt, config.quantization ? &*config.quantization : nullptr);
+  if (!quantize_on_load || config.quantization) return from_tensors(config, tensors, model_dir.string());
+  // As Qwen2Model quantizes on load: the layers' projections and lm_head (a tied one as a copy of
+  // the embedding matrix), where the input size is a multiple of 32.
+  const kernels::QuantLayout layout = quantize_on_load->layout();
+  bool has_head = false;
+  for (auto& [name, bytes] : tensors) {
+    const bool linear = (name.find(".layers.") != std::string::npos && name.ends_with("_proj.weight")) ||
+                        name == "lm_head.weight";
+    has_head |= name == "lm_head.weight";
+    const TensorRef* t = ckpt.find(name);
+    if (linear && t && t->info->shape.size() == 2 && t->info->shape[1] % 32 == 0)
+      bytes = layout.bytes(t->info->shape[0], t->info->shape[1]);
+  }
+  if (!has_head && config.tie_word_embeddings && config.hidden_size % 32 == 0)
+    tensors.emplace_back("lm_head.weight", layout.bytes(static_cast<uint64_t>(config.vocab_size),
+                                                        static_cast<uint64_t>(config.hidden_size)));
+  ModelShape shape = from_tensors(config, tensors, model_dir.string());
+  shape.quantized_on_load = layout;
+  return shape;
 }
 
 ModelShape ModelShape::from_config(const ModelConfig& config, DType dtype, std::string source) {
@@ -330,10 +349,13 @@ namespace {
 // A host device lays out the activations of a layer's quantized products for the kernels
 // (CpuStream's "quantized-product inputs"): the largest of a layer's linear calls (q/k/v or
 // gate/up together, down), for `rows` tokens on the decode path, which needs the most.
-uint64_t cpu_quant_input_floats(const ModelConfig& c, uint64_t rows) {
-  if (!c.quantization) return 0;
+uint64_t cpu_quant_input_floats(const ModelShape& shape, uint64_t rows) {
+  const ModelConfig& c = shape.config;
+  if (!c.quantization && !shape.quantized_on_load) return 0;
   auto floats = [&](uint64_t cols) {
-    const kernels::QuantMatrix w{nullptr, 0, cols, c.quantization->device_layout(cols, c.quantization->desc_act)};
+    const kernels::QuantLayout layout =
+        c.quantization ? c.quantization->device_layout(cols, c.quantization->desc_act) : *shape.quantized_on_load;
+    const kernels::QuantMatrix w{nullptr, 0, cols, layout};
     return static_cast<uint64_t>(kernels::quant_inputs_floats(w, rows, kernels::QuantPath::Decode));
   };
   return std::max(3 * floats(static_cast<uint64_t>(c.hidden_size)), floats(static_cast<uint64_t>(c.intermediate_size)));
@@ -379,7 +401,7 @@ DeviceCost device_cost(const ModelShape& shape, const std::vector<size_t>& modul
   if (layers) {
     // The buffers the model's devices allocate, and the attention scores of each worker.
     floats += layer_activations(c, rows).floats() + lanes * cpu_attention_scores(group, len);
-    if (target.spec.type == "cpu") floats += cpu_quant_input_floats(c, rows);
+    if (target.spec.type == "cpu") floats += cpu_quant_input_floats(shape, rows);
   } else if (text) {
     floats += rows * hidden;
   }

@@ -13,6 +13,7 @@
 
 #include "backends/registry.h"
 #include "io/dtype.h"
+#include "kernels/quantize.h"
 #include "model/config.h"
 
 namespace vlmforge {
@@ -37,7 +38,12 @@ struct ModelShape {
   // From the safetensors headers of a checkpoint directory (no tensor data is read but GPTQ's
   // g_idx, which decides whether a quantized weight's layout carries a column permutation).
   // Quantized linears count the bytes of their repacked device layout.
-  static ModelShape from_checkpoint(const std::filesystem::path& model_dir);
+  // With `quantize_on_load` (an unquantized checkpoint run with --quant_method q8_0 / q4_0), the
+  // decoder's and lm_head's linears whose input size is a multiple of 32 count their codes.
+  static ModelShape from_checkpoint(const std::filesystem::path& model_dir,
+                                    const kernels::QuantScheme* quantize_on_load = nullptr);
+  // The layout of the linears' codes when quantized on load.
+  std::optional<kernels::QuantLayout> quantized_on_load;
   // From a config alone (a config.json or a preset), weights of `dtype`; with a
   // quantization_config, the decoder layers' linear weights in their device quant layout.
   static ModelShape from_config(const ModelConfig& config, DType dtype, std::string source);
@@ -61,6 +67,7 @@ struct PlanOptions {
   std::optional<uint64_t> offload_memory;  // the host's share for offload; default MemAvailable
   std::optional<uint64_t> reserve;  // per device; default 0 on cpu, 1 GiB on accelerators
   uint64_t max_pixels = 12845056;   // Qwen2.5-VL preprocessor default (16384 × 28 × 28)
+  std::optional<kernels::QuantScheme> quantize_on_load;  // --quant_method q8_0 / q4_0
 };
 
 // What a device holds and needs.

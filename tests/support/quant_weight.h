@@ -15,6 +15,26 @@
 
 namespace vlmforge::test {
 
+// W[r, c] = (q − z)·s of a weight in `layout` ([rows, cols], stored column order), decoded from
+// its bytes by kernels/quant_format.h's definition; `folded`, when given, receives |s|·(q + z).
+inline std::vector<double> dequantize(const kernels::QuantLayout& layout, size_t rows, size_t cols,
+                                      const std::vector<std::byte>& bytes, std::vector<double>* folded = nullptr) {
+  std::vector<double> values;
+  const size_t groups = layout.groups(cols);
+  for (size_t r = 0; r < rows; ++r)
+    for (size_t c = 0; c < cols; ++c) {
+      const auto byte = unsigned(bytes[r * layout.row_code_bytes(cols) + (layout.bits == 4 ? c / 2 : c)]);
+      const unsigned q = layout.bits == 8 ? byte : (c % 2 ? byte >> 4 : byte & 15);
+      const size_t g = r * groups + c / layout.group_size;
+      uint16_t s;
+      std::memcpy(&s, bytes.data() + layout.scales_offset(rows, cols) + 2 * g, 2);
+      const unsigned z = unsigned(bytes[layout.zeros_offset(rows, cols) + g]);
+      values.push_back((double(q) - z) * f16_to_f32(s));
+      if (folded) folded->push_back(std::abs(double(f16_to_f32(s))) * (q + z));
+    }
+  return values;
+}
+
 struct QuantWeight {
   kernels::QuantLayout layout;
   size_t rows = 0, cols = 0;
@@ -41,18 +61,7 @@ struct QuantWeight {
       std::shuffle(perm.begin(), perm.end(), rng);
       std::memcpy(bytes.data() + layout.perm_offset(rows, cols), perm.data(), cols * sizeof(uint32_t));
     }
-    const size_t groups = layout.groups(cols);
-    for (size_t r = 0; r < rows; ++r)
-      for (size_t c = 0; c < cols; ++c) {
-        const auto byte = unsigned(bytes[r * layout.row_code_bytes(cols) + (layout.bits == 4 ? c / 2 : c)]);
-        const unsigned q = layout.bits == 8 ? byte : (c % 2 ? byte >> 4 : byte & 15);
-        const size_t g = r * groups + c / layout.group_size;
-        uint16_t s;
-        std::memcpy(&s, bytes.data() + layout.scales_offset(rows, cols) + 2 * g, 2);
-        const unsigned z = unsigned(bytes[layout.zeros_offset(rows, cols) + g]);
-        values.push_back((double(q) - z) * f16_to_f32(s));
-        folded.push_back(std::abs(double(f16_to_f32(s))) * (q + z));
-      }
+    values = dequantize(layout, rows, cols, bytes, &folded);
   }
   // The input column stored column c multiplies.
   size_t input_of(size_t c) const { return perm.empty() ? c : perm[c]; }
