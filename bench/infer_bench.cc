@@ -6,11 +6,12 @@
 //   - batch-B decode: aggregate tok/s ÷ batch-1 tok/s.
 // Every figure is the median of --runs runs.
 // Usage: infer_bench --model DIR [--prompt 512] [--decode 32] [--batch 8] [--runs 3] [--threads N]
-//                    [--kv_cache_dtype float32|bfloat16] [--skip_limits]
+//                    [--kv_cache_dtype float32|bfloat16] [--quant_method q8_0|q4_0] [--skip_limits]
 //        infer_bench --model DIR --greedy_ids 1,2,3 [--decode N]   (greedy tokens as JSON)
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -33,6 +34,8 @@ struct Options {
   size_t prompt = 512, decode = 32, batch = 8, runs = 3, threads = 0;
   DType kv_dtype = DType::F32;
   bool skip_limits = false;
+  std::string quant_method = "bf16";                // --quant_method q8_0 | q4_0: quantize on load
+  std::optional<kernels::QuantScheme> quantize;
   std::vector<int32_t> greedy_ids;  // --greedy_ids: print greedy tokens after this prompt and exit
 };
 
@@ -65,12 +68,23 @@ struct ModelCost {
   double matmul_macs = 0;
 };
 
-ModelCost model_cost(const ModelConfig& c) {
-  const double hidden = c.hidden_size, inter = c.intermediate_size, vocab = c.vocab_size;
-  const double kv_dim = static_cast<double>(c.num_key_value_heads) * c.head_dim();
-  const double per_layer = hidden * (2 * hidden + 2 * kv_dim) + 3 * hidden * inter;
-  const double macs = c.num_hidden_layers * per_layer + vocab * hidden;  // + lm_head
-  return {macs * 2 /* bf16 */, macs};
+// Bytes a decode step reads of the linears [rows, cols] (bf16, or codes with --quant_method as
+// the model quantizes on load: inputs a multiple of 32), and their multiply-adds per token.
+ModelCost model_cost(const ModelConfig& c, const std::optional<kernels::QuantScheme>& quantize) {
+  const uint64_t hidden = c.hidden_size, inter = c.intermediate_size, vocab = c.vocab_size;
+  const uint64_t kv_dim = static_cast<uint64_t>(c.num_key_value_heads) * c.head_dim();
+  double bytes = 0, macs = 0;
+  auto linear = [&](uint64_t rows, uint64_t cols, double count) {
+    macs += count * static_cast<double>(rows * cols);
+    bytes += count * static_cast<double>(quantize && cols % 32 == 0 ? quantize->layout().bytes(rows, cols) : 2 * rows * cols);
+  };
+  const double layers = c.num_hidden_layers;
+  linear(hidden, hidden, 2 * layers);   // q, o
+  linear(kv_dim, hidden, 2 * layers);   // k, v
+  linear(inter, hidden, 2 * layers);    // gate, up
+  linear(hidden, inter, layers);        // down
+  linear(vocab, hidden, 1);             // lm_head
+  return {bytes, macs};
 }
 
 std::vector<int32_t> random_ids(size_t n, size_t vocab, uint32_t seed) {
@@ -105,7 +119,7 @@ double time_decode(Qwen2Model& model, size_t batch, size_t steps) {
 
 int run(const Options& o) {
   if (!o.greedy_ids.empty()) {
-    Qwen2Model model(o.model, o.threads);
+    Qwen2Model model(o.model, o.threads, {}, nullptr, o.quantize);
     model.set_kv_cache_dtype(o.kv_dtype);
     return run_greedy(model, o.greedy_ids, o.decode);
   }
@@ -120,14 +134,15 @@ int run(const Options& o) {
   }
   if (o.model.empty()) return 0;
 
-  Qwen2Model model(o.model, pool.size());
+  Qwen2Model model(o.model, pool.size(), {}, nullptr, o.quantize);
   model.set_kv_cache_dtype(o.kv_dtype);
   const ModelConfig& c = model.config();
-  const ModelCost cost = model_cost(c);
+  const ModelCost cost = model_cost(c, o.quantize);
   const double kv_dim = static_cast<double>(c.num_key_value_heads) * c.head_dim();
   const double kv_elem = o.kv_dtype == DType::F32 ? 4 : 2;
-  std::printf("model:   %s, %d layers, hidden %d, %.0f M matmul params, kv cache %s\n", o.model.c_str(),
-              c.num_hidden_layers, c.hidden_size, cost.matmul_macs / 1e6, o.kv_dtype == DType::F32 ? "f32" : "bf16");
+  std::printf("model:   %s, %d layers, hidden %d, %.0f M matmul params (%s, %.0f MB), kv cache %s\n", o.model.c_str(),
+              c.num_hidden_layers, c.hidden_size, cost.matmul_macs / 1e6, o.quant_method.c_str(), cost.weight_bytes / 1e6,
+              o.kv_dtype == DType::F32 ? "f32" : "bf16");
 
   // Prefill: matrix products plus causal attention (QKᵀ and PV over an average of P/2 positions).
   std::vector<double> prefill_times;
@@ -185,6 +200,12 @@ int main(int argc, char** argv) {
     else if (arg == "--threads") o.threads = std::stoul(value());
     else if (arg == "--kv_cache_dtype") o.kv_dtype = value() == "bfloat16" ? vlmforge::DType::BF16 : vlmforge::DType::F32;
     else if (arg == "--skip_limits") o.skip_limits = true;
+    else if (arg == "--quant_method") {
+      o.quant_method = value();
+      if (o.quant_method == "q8_0") o.quantize = vlmforge::kernels::QuantScheme::q8_0();
+      else if (o.quant_method == "q4_0") o.quantize = vlmforge::kernels::QuantScheme::q4_0();
+      else throw std::runtime_error("--quant_method: q8_0 or q4_0");
+    }
     else if (arg == "--greedy_ids") {
       const std::string ids = value();
       for (size_t pos = 0; pos < ids.size();) {
