@@ -14,9 +14,9 @@
 #include <hwy/aligned_allocator.h>
 #include <hwy/highway.h>
 
-// The helpers are static: with external linkage the two kernel files that include this header
-// share one comdat of each, and batch-8 bf16 decode ran 25% slower than with the reduction
-// defined in matmul.cc itself (measured, infer_bench on Qwen2.5-0.5B, AVX-512).
+// The helpers are static: with external linkage (one comdat shared by the two kernel files that
+// include this header) batch-8 bf16 decode ran 25% slower than with the reduction defined in
+// matmul.cc itself (measured, infer_bench on Qwen2.5-0.5B, AVX-512; docs/BENCHMARKS.md).
 HWY_BEFORE_NAMESPACE();
 namespace vlmforge::kernels::HWY_NAMESPACE {
 namespace gemm {

@@ -98,14 +98,15 @@ void Qwen2Model::load_weights(const ModelPlacement& p, const std::optional<kerne
     if (!config_.tie_word_embeddings)
       throw Error(checkpoint_.root().string() +
                   ": model is missing tensor 'lm_head.weight' (config.json says tie_word_embeddings=false)");
-    if (p.head != p.embed) throw Error("lm_head is tied to embed_tokens (one matrix) and must be on the same device");
     // Quantize-on-load gives the tied lm_head a quantized copy of its own (logits read the whole
     // matrix every step; an embedding reads one row per token and stays as stored), unless
-    // adapters change the embedding.
-    const std::string table = prefix + "embed_tokens.weight";
-    lm_head_.weight = w.quantizes(hidden) && !w.adapted(prefix + "embed_tokens")
-                          ? w.quantized_copy(*p.head, table, vocab, hidden, "lm_head weights (tied, quantized)")
-                          : embed_table_;
+    // adapters change the embedding; the copy may live on another device.
+    const bool copy = w.quantizes(hidden) && !w.adapted(prefix + "embed_tokens");
+    if (!copy && p.head != p.embed)
+      throw Error("lm_head is tied to embed_tokens (one matrix) and must be on the same device");
+    lm_head_.weight = copy ? w.quantized_copy(*p.head, prefix + "embed_tokens.weight", vocab, hidden,
+                                              "lm_head weights (tied, quantized)")
+                           : embed_table_;
   } else {
     lm_head_ = w.linear(*p.head, "lm_head", vocab, hidden, false, "lm_head weights");
   }
