@@ -11,19 +11,12 @@
 #include "model/qwen2.h"
 #include "model/random_checkpoint.h"
 #include "support/quant_weight.h"
+#include "support/quantize_on_load_model.h"
 #include "support/test_support.h"
 
 namespace vlmforge::test {
 namespace {
 namespace fs = std::filesystem;
-
-// A tiny tied-embedding Qwen2 whose MLP width (176) is not a multiple of 32: down_proj stays float.
-ModelConfig tiny_config() {
-  ModelConfig c = preset_config("tiny");
-  c.intermediate_size = 176;
-  c.tie_word_embeddings = true;
-  return c;
-}
 
 // The float twin of `source` quantized by `scheme`: every weight the model quantizes replaced by
 // its decoded codes (a tied lm_head as a separate lm_head.weight), the rest as stored.
@@ -65,7 +58,7 @@ TEST(QuantizeOnLoad, LogitsAreTheDecodedFloatModelsForQ8AndQ4) {
   TempDir dir;
   CheckpointOptions options;
   options.dtype = DType::BF16;
-  generate_checkpoint(tiny_config(), dir / "source", options);
+  generate_checkpoint(quantize_on_load_config(), dir / "source", options);
   const std::vector<int32_t> ids{3, 141, 59, 265, 35, 89, 79, 323, 7, 11};
   for (const auto& [name, scheme] : {std::pair{"q8_0", kernels::QuantScheme::q8_0()}, {"q4_0", kernels::QuantScheme::q4_0()}}) {
     SCOPED_TRACE(name);

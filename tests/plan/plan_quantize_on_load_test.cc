@@ -6,26 +6,19 @@
 #include "model/qwen2.h"
 #include "model/random_checkpoint.h"
 #include "plan/planner.h"
+#include "support/quantize_on_load_model.h"
 #include "support/test_support.h"
 
 namespace vlmforge::test {
 namespace {
 namespace fs = std::filesystem;
 
-// A tiny tied-embedding Qwen2 whose MLP width (176) is not a multiple of 32: down_proj stays float.
-ModelConfig tiny_config() {
-  ModelConfig c = preset_config("tiny");
-  c.intermediate_size = 176;
-  c.tie_word_embeddings = true;
-  return c;
-}
-
 TEST(PlanQuantizeOnLoad, CountsTheCodesTheModelHolds) {
   TempDir dir;
-  generate_checkpoint(tiny_config(), dir / "m", CheckpointOptions{});
+  generate_checkpoint(quantize_on_load_config(), dir / "m", CheckpointOptions{});
   const kernels::QuantScheme q4 = kernels::QuantScheme::q4_0();
   const ModelShape stored = ModelShape::from_checkpoint(dir / "m"), quantized = ModelShape::from_checkpoint(dir / "m", &q4);
-  const ModelConfig c = tiny_config();
+  const ModelConfig c = quantize_on_load_config();
   const uint64_t h = c.hidden_size, kv = static_cast<uint64_t>(c.num_key_value_heads) * c.head_dim(), i = c.intermediate_size;
   const kernels::QuantLayout layout = q4.layout();
   // Per layer q, k, v, o, gate, up as codes (down's 176 inputs stay bf16); lm_head a copy of the
