@@ -278,19 +278,8 @@ void CpuStream::linear_with_adapters(F32Rows x, size_t rows, const LinearView& l
   });
 }
 
-void CpuStream::check_slots(std::span<const KvSlot> slots) const {
-  for (const KvSlot& s : slots) {
-    const size_t end = (s.position + 1) * s.cache.kv_dim * (dtype_info(s.cache.dtype).bits / 8);
-    bytes_of(s.cache.keys, 0);  // throws unless this device's
-    bytes_of(s.cache.values, 0);
-    if (end > s.cache.keys->size() || end > s.cache.values->size())
-      throw Error("internal error: KV cache position " + std::to_string(s.position) + " is past the end of its " +
-                  cpu_.name() + " buffer");
-  }
-}
-
 void CpuStream::kv_store(std::span<const KvSlot> slots, F32Rows keys, F32Rows values) {
-  check_slots(slots);
+  check_kv_slots(slots, cpu_);
   const float* k = rows_of(keys);
   const float* v = rows_of(values);
   for_rows(slots.size(), [&](size_t r) {
@@ -307,7 +296,7 @@ DeviceArray& CpuStream::lane_scratch(size_t lane, size_t floats) {
 }
 
 void CpuStream::attention(F32Rows q, std::span<const KvSlot> slots, const AttentionShape& shape, F32Rows out) {
-  check_slots(slots);
+  check_kv_slots(slots, cpu_);
   if (shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0)
     throw Error("internal error: " + std::to_string(shape.heads) + " attention heads do not form groups of " +
                 std::to_string(shape.kv_heads) + " KV heads");

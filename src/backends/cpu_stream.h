@@ -51,8 +51,6 @@ class CpuStream final : public Stream {
  private:
   float* rows_of(const F32Rows& v) const;
   const std::byte* bytes_of(const DeviceBuffer* buffer, size_t offset) const;
-  // Every slot's cache is on this device and holds its position.
-  void check_slots(std::span<const KvSlot> slots) const;
   template <typename Body>
   void for_rows(size_t rows, Body&& body);
   // A linear weight's bytes, checked to lie within its buffer (and quantized ones to be U8).

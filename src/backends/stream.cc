@@ -23,4 +23,16 @@ void check_weight_view(const WeightView& w, const std::string& device) {
                 " buffer");
 }
 
+void check_kv_slots(std::span<const KvSlot> slots, const Device& device) {
+  for (const KvSlot& s : slots) {
+    for (const DeviceBuffer* b : {s.cache.keys, s.cache.values})
+      if (!b || b->device() != &device)
+        throw Error("internal error: an op on " + device.name() + " was given a buffer of another device");
+    const size_t end = (s.position + 1) * s.cache.kv_dim * (dtype_info(s.cache.dtype).bits / 8);
+    if (end > s.cache.keys->size() || end > s.cache.values->size())
+      throw Error("internal error: KV cache position " + std::to_string(s.position) + " is past the end of its " +
+                  device.name() + " buffer");
+  }
+}
+
 }  // namespace vlmforge

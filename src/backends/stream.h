@@ -95,6 +95,10 @@ struct AttentionShape {
   float scale = 1;
 };
 
+// Throws unless every slot's cache buffers belong to `device` and hold the slot's position (a
+// placement or engine bug otherwise).
+void check_kv_slots(std::span<const KvSlot> slots, const Device& device);
+
 class Stream {
  public:
   virtual ~Stream() = default;

@@ -145,18 +145,23 @@ void VulkanStream::barrier(VkCommandBuffer c) {
 }
 
 template <typename Push>
-void VulkanStream::dispatch(VulkanShader shader, const Push& push, uint32_t groups_x, uint32_t groups_y) {
+void VulkanStream::record(VulkanShader shader, const Push& push, uint32_t x, uint32_t y, uint32_t z) {
   static_assert(sizeof(Push) <= 128, "push constants past Vulkan's guaranteed 128 bytes");
-  if (groups_x == 0 || groups_y == 0) return;
-  if (groups_x > kMaxGroups) throw Error("internal error: a vulkan dispatch wider than 65535 workgroups");
   std::lock_guard hold(vk_.lock());
   const VkPipeline pipeline = vk_.pipeline(shader);
   VkCommandBuffer c = recording();
   vkCmdBindPipeline(c, VK_PIPELINE_BIND_POINT_COMPUTE, pipeline);
   vkCmdPushConstants(c, vk_.pipeline_layout(), VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof(Push), &push);
-  // Rows past 65535 fold into z (group_row() in the shaders).
-  vkCmdDispatch(c, groups_x, std::min(groups_y, kMaxGroups), (groups_y + kMaxGroups - 1) / kMaxGroups);
+  vkCmdDispatch(c, x, y, z);
   barrier(c);
+}
+
+template <typename Push>
+void VulkanStream::dispatch(VulkanShader shader, const Push& push, uint32_t groups_x, uint32_t groups_y) {
+  if (groups_x == 0 || groups_y == 0) return;
+  if (groups_x > kMaxGroups) throw Error("internal error: a vulkan dispatch wider than 65535 workgroups");
+  // Rows past 65535 fold into z (group_row() in the shaders).
+  record(shader, push, groups_x, std::min(groups_y, kMaxGroups), (groups_y + kMaxGroups - 1) / kMaxGroups);
 }
 
 template <typename Push>
@@ -165,13 +170,7 @@ void VulkanStream::dispatch_flat(VulkanShader shader, const Push& push, size_t g
   const uint32_t x = static_cast<uint32_t>(std::min<size_t>(groups, kMaxGroups));
   const size_t y = (groups + x - 1) / x;
   if (y > kMaxGroups) throw Error("vulkan: " + std::to_string(groups) + " workgroups are more than one dispatch takes");
-  std::lock_guard hold(vk_.lock());
-  const VkPipeline pipeline = vk_.pipeline(shader);
-  VkCommandBuffer c = recording();
-  vkCmdBindPipeline(c, VK_PIPELINE_BIND_POINT_COMPUTE, pipeline);
-  vkCmdPushConstants(c, vk_.pipeline_layout(), VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof(Push), &push);
-  vkCmdDispatch(c, x, static_cast<uint32_t>(y), 1);
-  barrier(c);
+  record(shader, push, x, static_cast<uint32_t>(y), 1);
 }
 
 uint64_t VulkanStream::stage(std::span<const std::byte> bytes) {
@@ -329,16 +328,10 @@ void VulkanStream::linear(F32Rows x, size_t rows, std::span<const LinearOutput> 
 }
 
 void VulkanStream::check_slots(std::span<const KvSlot> slots) const {
-  for (const KvSlot& s : slots) {
-    const size_t end = (s.position + 1) * s.cache.kv_dim * (dtype_info(s.cache.dtype).bits / 8);
-    vk_.address(s.cache.keys, 0);  // throws unless this device's
-    vk_.address(s.cache.values, 0);
-    if (end > s.cache.keys->size() || end > s.cache.values->size())
-      throw Error("internal error: KV cache position " + std::to_string(s.position) + " is past the end of its " +
-                  vk_.name() + " buffer");
+  check_kv_slots(slots, vk_);
+  for (const KvSlot& s : slots)  // one dtype and width per dispatch
     if (s.cache.dtype != slots[0].cache.dtype || s.cache.kv_dim != slots[0].cache.kv_dim)
       throw Error("internal error: KV caches of one op differ in dtype or width");
-  }
 }
 
 void VulkanStream::kv_store(std::span<const KvSlot> slots, F32Rows keys, F32Rows values) {

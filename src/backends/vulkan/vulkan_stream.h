@@ -54,6 +54,9 @@ class VulkanStream final : public Stream {
   // takes a flat index) with `push` as its push constants, then a barrier.
   template <typename Push>
   void dispatch(VulkanShader shader, const Push& push, uint32_t groups_x, uint32_t groups_y = 1);
+  // Binds `shader`, pushes `push` and records a dispatch of x × y × z workgroups, then the barrier.
+  template <typename Push>
+  void record(VulkanShader shader, const Push& push, uint32_t x, uint32_t y, uint32_t z);
   template <typename Push>
   void dispatch_flat(VulkanShader shader, const Push& push, size_t groups);
   void barrier(VkCommandBuffer c);
