@@ -83,6 +83,11 @@ HWY_INLINE void Codes4(const uint8_t* bytes, VF& low, VF& high) {
 // With 16 lanes the 16 weights a group's 4-bit codes can stand for fit one register: a code
 // becomes its weight with one permute (vpermps) instead of a conversion and a multiply-add.
 constexpr bool kWeightTable = true;
+// table[b & 15] for each lane's byte b: vpermps reads only the low four bits of each index, so the
+// low nibble needs no mask (Highway's TableLookupLanes requires indices below 16, hence the intrinsic).
+HWY_INLINE VF LookupLowNibble(VF table, hn::Vec<DU32> bytes) {
+  return VF{_mm512_permutexvar_ps(bytes.raw, table.raw)};
+}
 #else
 constexpr bool kWeightTable = false;
 #endif
@@ -96,15 +101,21 @@ HWY_INLINE void GroupChunk(const Sections& s, size_t row, size_t g0, size_t coun
   for (size_t r = 0; r < kRows; ++r) {
     const uint16_t* sr = s.scales + (row + r) * s.groups + g0;
     const uint8_t* zr = s.zeros + (row + r) * s.groups + g0;
-    size_t j = 0;
-    for (; j + lanes <= count; j += lanes) {
+    // A short chunk (the row's last groups) goes through zero-padded copies, so that every group
+    // takes the vector conversion (the scalar fp16 conversion cost more than the products on
+    // 896-wide rows, whose 28 groups leave 12 over).
+    uint16_t sr_padded[16] = {};
+    uint8_t zr_padded[16] = {};
+    if (count % lanes != 0) {
+      std::copy_n(sr, count, sr_padded);
+      std::copy_n(zr, count, zr_padded);
+      sr = sr_padded;
+      zr = zr_padded;
+    }
+    for (size_t j = 0; j < count; j += lanes) {
       const VF sv = hn::PromoteTo(df, hn::LoadU(DH(), reinterpret_cast<const hwy::float16_t*>(sr + j)));
       hn::StoreU(sv, df, scale[r] + j);
       hn::StoreU(hn::Neg(hn::Mul(sv, Codes8(zr + j))), df, offset[r] + j);
-    }
-    for (; j < count; ++j) {
-      scale[r][j] = f16_to_f32(sr[j]);
-      offset[r][j] = -scale[r][j] * static_cast<float>(zr[j]);
     }
   }
 }
@@ -151,7 +162,7 @@ HWY_INLINE void DecodeTile(const QuantInputs& in, const Sections& s, size_t grou
               VF low, high;
               if constexpr (kWeightTable) {
                 const auto wide = hn::PromoteTo(DU32(), hn::LoadU(DU8(), codes[r] + c / 2 + half));
-                low = hn::TableLookupLanes(table[r], hn::IndicesFromVec(df, hn::BitCast(DI32(), hn::And(wide, hn::Set(DU32(), 15u)))));
+                low = LookupLowNibble(table[r], wide);
                 high = hn::TableLookupLanes(table[r], hn::IndicesFromVec(df, hn::BitCast(DI32(), hn::ShiftRight<4>(wide))));
               } else {
                 Codes4(codes[r] + c / 2 + half, low, high);
