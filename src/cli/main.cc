@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   int exit_code = vlmforge::cli::kExitOk;
   vlmforge::cli::add_inspect_command(app, exit_code);
   vlmforge::cli::add_merge_lora_command(app, exit_code);
+  vlmforge::cli::add_export_command(app, exit_code);
   vlmforge::cli::add_generate_command(app, exit_code);
   vlmforge::cli::add_demo_command(app, exit_code);
   vlmforge::cli::add_tokenize_command(app, exit_code);

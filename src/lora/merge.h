@@ -4,6 +4,9 @@
 // few block buffers whatever the model size. Math in fp32, one rounding to the output dtype.
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -13,6 +16,8 @@
 #include "lora/adapter.h"
 
 namespace vlmforge {
+
+class ProgressBar;
 
 struct MergeOptions {
   std::filesystem::path model_dir;
@@ -63,6 +68,62 @@ struct MergeStats {
 // Writes the merged checkpoint into a temporary directory next to plan.output_dir and renames it
 // into place at the end; on any error the temporary directory is removed.
 MergeStats execute_merge(const Checkpoint& base, const MergePlan& plan, const MergeOptions& options);
+
+// fp32 rows [row, row + n) of a merged tensor ([n, cols], row-major), on one of the pool's threads.
+using MergedRowsConsumer = std::function<void(const float* rows, size_t row, size_t n)>;
+
+// The streaming core of execute_merge, for commands that write merged tensors their own way
+// (export quantizes them): a tensor written as merge-lora writes it, or its merged fp32 rows
+// handed over block by block (base or replacement converted, every update applied), with the
+// kernel reading tensors ahead on a background thread.
+class MergeStream {
+ public:
+  MergeStream(size_t threads, ProgressBar& progress);  // threads 0: all cores
+  ~MergeStream();
+  MergeStream(const MergeStream&) = delete;
+  MergeStream& operator=(const MergeStream&) = delete;
+
+  void read_ahead(const TensorRef& tensor);
+  // merge-lora's output of `t`; advances the progress bar by its bytes.
+  void write(const PlannedTensor& t, SafetensorsWriter& writer);
+  // Every row of `t` once, in blocks; concurrent calls get disjoint runs of rows that start at
+  // multiples of `row_multiple`. Does not advance the progress bar.
+  void merged_rows(const PlannedTensor& t, size_t row_multiple, const MergedRowsConsumer& consume);
+  void flush();           // waits until the blocks write() handed to its background writer are written
+  void drain() noexcept;  // the same, dropping their error (when unwinding from another one)
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// An output directory that only ever holds a complete result: written in a hidden temporary
+// directory beside it (".NAME.tmp-PID"), fsynced and renamed into place by commit() (a
+// non-empty output moved aside first and removed after); removed when never committed.
+class StagedOutputDir {
+ public:
+  // UsageError when `output` is inside, equal to or contains one of `inputs`, is not a
+  // directory, or is not empty without `overwrite`. Removes the leftovers of dead processes.
+  StagedOutputDir(const std::filesystem::path& output, const std::vector<std::filesystem::path>& inputs,
+                  bool overwrite);
+  ~StagedOutputDir();
+  StagedOutputDir(const StagedOutputDir&) = delete;
+  StagedOutputDir& operator=(const StagedOutputDir&) = delete;
+  const std::filesystem::path& path() const { return temp_; }  // where to write
+  const std::filesystem::path& output() const { return output_; }
+  void commit();
+
+ private:
+  std::filesystem::path output_, temp_;
+  bool committed_ = false;
+};
+
+// Copies the non-weight files of `model_dir` into `out_dir`; config.json through `edit_config`
+// when it is set.
+void copy_non_weight_files(const std::filesystem::path& model_dir, const std::filesystem::path& out_dir,
+                           const std::function<void(nlohmann::ordered_json& config)>& edit_config);
+// config.json's torch_dtype (and text_config's) for weights now stored as `dtype`.
+void set_torch_dtype(nlohmann::ordered_json& config, DType dtype);
 
 // `dir` as an absolute path without "." / ".." parts or a trailing separator ("out/" and
 // "out/." are "/cwd/out"), so names derived from it (the "-merged" default, the temporary

@@ -262,13 +262,7 @@ class TensorMerger {
   TensorMerger(ThreadPool& pool, ProgressBar& progress) : pool_(pool), progress_(progress) {}
 
   void write(const PlannedTensor& t, SafetensorsWriter& writer) {
-    const TensorRef* source = t.base;
-    size_t first_update = 0;
-    for (size_t i = 0; i < t.updates.size(); ++i)
-      if (t.updates[i].kind == TensorUpdate::Kind::kReplace) {
-        source = t.updates[i].replacement;
-        first_update = i + 1;
-      }
+    const auto [source, first_update] = source_of(t);
     if (first_update == t.updates.size() && source->info->dtype == t.output.dtype) {
       background_.wait();
       writer.copy_from(source->file->mapped(), source->file->file_offset(*source->info), source->info->nbytes());
@@ -286,21 +280,57 @@ class TensorMerger {
     progress_.advance(t.output.nbytes());
   }
 
+  void merged_rows(const PlannedTensor& t, size_t row_multiple, const MergedRowsConsumer& consume) {
+    const auto [source, first_update] = source_of(t);
+    const auto& shape = t.output.shape;
+    const size_t rows = shape.size() < 2 ? 1 : shape[0];
+    const size_t cols = rows ? t.output.num_elements() / rows : 0;
+    std::vector<Step> steps;
+    for (size_t i = first_update; i < t.updates.size(); ++i) steps.push_back(make_step(t.updates[i], rows, cols));
+    compute_column_factors(steps, *source, rows, cols);
+    for_blocks(
+        *source, rows, cols, row_multiple,
+        [&](float* buf, size_t row, size_t n, size_t row0) {
+          apply_steps(steps, steps.size(), false, buf, row0 + row, n, cols);
+          consume(buf, row0 + row, n);
+        },
+        [](size_t) {});
+    source->release();
+  }
+
  private:
+  // The tensor the output starts from (the base, or the last replacement of it) and the index
+  // of the first update applied after it.
+  static std::pair<const TensorRef*, size_t> source_of(const PlannedTensor& t) {
+    const TensorRef* source = t.base;
+    size_t first_update = 0;
+    for (size_t i = 0; i < t.updates.size(); ++i)
+      if (t.updates[i].kind == TensorUpdate::Kind::kReplace) {
+        source = t.updates[i].replacement;
+        first_update = i + 1;
+      }
+    return {source, first_update};
+  }
+
   // Walks the source in blocks of rows (the unit of output hand-off, page release and interrupt
   // checks), each shared out over the pool. A thread works through its rows in groups that stay
   // in the L2 cache: converts a group to fp32, then per_group(buf, row_in_block, n, block_row0).
   // after_block(n) follows each block. A whole block in fp32 would cross DRAM three more times.
+  // Blocks, groups and each thread's share of a block start at multiples of `row_multiple`.
   template <typename PerGroup, typename AfterBlock>
-  void for_blocks(const TensorRef& source, size_t rows, size_t cols, PerGroup&& per_group, AfterBlock&& after_block) {
-    const size_t block_rows = std::max<size_t>(1, kBlockFloats / std::max<size_t>(cols, 1));
-    const size_t group_rows = std::max<size_t>(kMinGroupRows, kGroupFloats / std::max<size_t>(cols, 1));
+  void for_blocks(const TensorRef& source, size_t rows, size_t cols, size_t row_multiple, PerGroup&& per_group,
+                  AfterBlock&& after_block) {
+    auto round_up = [&](size_t n) { return (n + row_multiple - 1) / row_multiple * row_multiple; };
+    const size_t block_rows =
+        std::max(row_multiple, kBlockFloats / std::max<size_t>(cols, 1) / row_multiple * row_multiple);
+    const size_t group_rows = round_up(std::max<size_t>(kMinGroupRows, kGroupFloats / std::max<size_t>(cols, 1)));
     const size_t element_bytes = dtype_info(source.info->dtype).bits / 8;
     const std::byte* src = source.data().data();
     for (size_t row0 = 0; row0 < rows; row0 += block_rows) {
       if (interrupted()) throw Error("interrupted: the partial output was removed");
       const size_t n = std::min(block_rows, rows - row0);
-      pool_.parallel_for(n, [&](size_t begin, size_t end) {
+      pool_.parallel_for((n + row_multiple - 1) / row_multiple, [&](size_t first_unit, size_t end_unit) {
+        const size_t begin = first_unit * row_multiple, end = std::min(n, end_unit * row_multiple);
         const auto buf = std::make_unique_for_overwrite<float[]>(std::min(group_rows, end - begin) * cols);
         for (size_t row = begin; row < end; row += group_rows) {
           const size_t m = std::min(group_rows, end - row);
@@ -323,7 +353,7 @@ class TensorMerger {
       std::vector<double> sums(cols, 0.0);
       std::mutex sums_mutex;
       for_blocks(
-          source, rows, cols,
+          source, rows, cols, 1,
           [&](float* buf, size_t row, size_t n, size_t row0) {
             apply_steps(steps, si + 1, true, buf, row0 + row, n, cols);
             std::vector<double> local(cols, 0.0);
@@ -347,7 +377,7 @@ class TensorMerger {
     // to the writer last is never the one taken here).
     std::byte* out = out_bytes_[next_out_].get(block_bytes);
     for_blocks(
-        source, rows, cols,
+        source, rows, cols, 1,
         [&](float* buf, size_t row, size_t n, size_t row0) {
           apply_steps(steps, steps.size(), false, buf, row0 + row, n, cols);
           kernels::from_f32(out_dtype, buf, out + row * cols * out_element, n * cols);
@@ -381,10 +411,8 @@ bool is_within(const fs::path& inner, const fs::path& outer) {
   return true;
 }
 
-void check_output_location(const fs::path& output, const MergeOptions& options) {
+void check_output_location(const fs::path& output, const std::vector<fs::path>& inputs, bool overwrite) {
   const fs::path out = fs::weakly_canonical(fs::absolute(output));
-  std::vector<fs::path> inputs{options.model_dir};
-  inputs.insert(inputs.end(), options.adapter_dirs.begin(), options.adapter_dirs.end());
   for (const auto& input : inputs) {
     const fs::path in = fs::weakly_canonical(fs::absolute(input));
     if (is_within(out, in))
@@ -396,33 +424,10 @@ void check_output_location(const fs::path& output, const MergeOptions& options) 
   }
   if (fs::exists(output)) {
     if (!fs::is_directory(output)) throw UsageError("output path " + output.string() + " exists and is not a directory");
-    if (!fs::is_empty(output) && !options.overwrite)
+    if (!fs::is_empty(output) && !overwrite)
       throw UsageError("output directory " + output.string() + " exists and is not empty; pass --overwrite to replace it");
   }
 }
-
-// Removes the temporary output unless the merge completed.
-class TemporaryDirectory {
- public:
-  explicit TemporaryDirectory(fs::path path) : path_(std::move(path)) {
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TemporaryDirectory() {
-    if (!committed_) {
-      std::error_code ec;
-      fs::remove_all(path_, ec);
-    }
-  }
-  TemporaryDirectory(const TemporaryDirectory&) = delete;
-  TemporaryDirectory& operator=(const TemporaryDirectory&) = delete;
-  const fs::path& path() const { return path_; }
-  void commit() { committed_ = true; }
-
- private:
-  fs::path path_;
-  bool committed_ = false;
-};
 
 // Temporary (".NAME.tmp-PID") and set-aside (".NAME.old-PID") directories of merges into the same
 // output whose process no longer exists: a killed merge (SIGKILL, power loss) leaves them behind.
@@ -465,15 +470,64 @@ std::string torch_dtype_name(DType d) {
   return d == DType::BF16 ? "bfloat16" : d == DType::F16 ? "float16" : "float32";
 }
 
-void copy_non_weight_files(const fs::path& model_dir, const fs::path& out_dir, std::optional<DType> dtype) {
+}  // namespace
+
+struct MergeStream::Impl {
+  Impl(size_t threads, ProgressBar& progress) : pool(threads), merger(pool, progress) {}
+  ThreadPool pool;
+  Prefetcher prefetcher;
+  TensorMerger merger;  // last: its background writer joins before the pool goes
+};
+
+MergeStream::MergeStream(size_t threads, ProgressBar& progress) : impl_(std::make_unique<Impl>(threads, progress)) {}
+MergeStream::~MergeStream() = default;
+void MergeStream::read_ahead(const TensorRef& t) { impl_->prefetcher.request(&t); }
+void MergeStream::write(const PlannedTensor& t, SafetensorsWriter& writer) { impl_->merger.write(t, writer); }
+void MergeStream::merged_rows(const PlannedTensor& t, size_t row_multiple, const MergedRowsConsumer& consume) {
+  impl_->merger.merged_rows(t, row_multiple, consume);
+}
+void MergeStream::flush() { impl_->merger.flush(); }
+void MergeStream::drain() noexcept { impl_->merger.drain(); }
+
+StagedOutputDir::StagedOutputDir(const fs::path& output, const std::vector<fs::path>& inputs, bool overwrite)
+    : output_(directory_path(output)) {
+  check_output_location(output_, inputs, overwrite);
+  remove_stale_temporaries(output_);
+  temp_ = output_.parent_path() / ("." + output_.filename().string() + ".tmp-" + std::to_string(getpid()));
+  fs::remove_all(temp_);
+  fs::create_directories(temp_);
+}
+
+StagedOutputDir::~StagedOutputDir() {
+  if (!committed_) {
+    std::error_code ec;
+    fs::remove_all(temp_, ec);
+  }
+}
+
+void StagedOutputDir::commit() {
+  fsync_tree(temp_);
+  // Swap into place: the output directory only ever holds a complete result.
+  if (fs::exists(output_)) {
+    const fs::path old = output_.parent_path() / ("." + output_.filename().string() + ".old-" + std::to_string(getpid()));
+    fs::rename(output_, old);
+    fs::rename(temp_, output_);
+    committed_ = true;
+    fs::remove_all(old);
+  } else {
+    fs::rename(temp_, output_);
+    committed_ = true;
+  }
+  fsync_path(output_.parent_path(), true);
+}
+
+void copy_non_weight_files(const fs::path& model_dir, const fs::path& out_dir,
+                           const std::function<void(nlohmann::ordered_json&)>& edit_config) {
   for (const auto& file : non_weight_files(model_dir)) {
     const fs::path target = out_dir / file.filename();
-    if (file.filename() == "config.json" && dtype) {
-      // The weights' dtype changed: say so in the config, as transformers would on save.
+    if (file.filename() == "config.json" && edit_config) {
       nlohmann::ordered_json config = nlohmann::ordered_json::parse(read_text_file(file));
-      config["torch_dtype"] = torch_dtype_name(*dtype);
-      if (config.contains("text_config") && config["text_config"].is_object())
-        config["text_config"]["torch_dtype"] = torch_dtype_name(*dtype);
+      edit_config(config);
       write_text_file(target, config.dump(2) + "\n");
     } else if (fs::is_directory(file)) {
       fs::copy(file, target, fs::copy_options::recursive);
@@ -483,20 +537,21 @@ void copy_non_weight_files(const fs::path& model_dir, const fs::path& out_dir, s
   }
 }
 
-}  // namespace
+void set_torch_dtype(nlohmann::ordered_json& config, DType dtype) {
+  config["torch_dtype"] = torch_dtype_name(dtype);
+  if (config.contains("text_config") && config["text_config"].is_object())
+    config["text_config"]["torch_dtype"] = torch_dtype_name(dtype);
+}
 
 MergeStats execute_merge(const Checkpoint& base, const MergePlan& plan, const MergeOptions& options) {
   const auto start = std::chrono::steady_clock::now();
-  check_output_location(plan.output_dir, options);
-  const fs::path output = directory_path(plan.output_dir);
-  remove_stale_temporaries(output);
-  TemporaryDirectory temp(output.parent_path() / ("." + output.filename().string() + ".tmp-" + std::to_string(getpid())));
+  std::vector<fs::path> inputs{options.model_dir};
+  inputs.insert(inputs.end(), options.adapter_dirs.begin(), options.adapter_dirs.end());
+  StagedOutputDir staged(plan.output_dir, inputs, options.overwrite);
 
-  ThreadPool pool(options.threads);
-  Prefetcher prefetcher;
-  for (size_t i = 0; i < std::min(kReadAheadTensors, plan.tensors.size()); ++i) prefetcher.request(plan.tensors[i].base);
   ProgressBar progress("merge", plan.total_bytes, options.progress);
-  TensorMerger merger(pool, progress);
+  MergeStream stream(options.threads, progress);
+  for (size_t i = 0; i < std::min(kReadAheadTensors, plan.tensors.size()); ++i) stream.read_ahead(*plan.tensors[i].base);
   std::map<std::string, std::string> weight_map;
   for (size_t s = 0; s < plan.shards.size(); ++s) {
     std::vector<TensorSpec> specs;
@@ -504,41 +559,31 @@ MergeStats execute_merge(const Checkpoint& base, const MergePlan& plan, const Me
       specs.push_back(plan.tensors[i].output);
       weight_map[plan.tensors[i].output.name] = plan.shard_name(s);
     }
-    SafetensorsWriter writer(temp.path() / plan.shard_name(s), std::move(specs));
+    SafetensorsWriter writer(staged.path() / plan.shard_name(s), std::move(specs));
     try {
       for (size_t k = 0; k < plan.shards[s].size(); ++k) {
         // Start reading the next tensor from disk while this one is computed.
         const size_t i = plan.shards[s][k];
         if (interrupted()) throw Error("interrupted: the partial output was removed");
-        if (i + kReadAheadTensors < plan.tensors.size()) prefetcher.request(plan.tensors[i + kReadAheadTensors].base);
-        merger.write(plan.tensors[i], writer);
+        if (i + kReadAheadTensors < plan.tensors.size()) stream.read_ahead(*plan.tensors[i + kReadAheadTensors].base);
+        stream.write(plan.tensors[i], writer);
       }
-      merger.flush();
+      stream.flush();
     } catch (...) {
-      merger.drain();
+      stream.drain();
       throw;
     }
     writer.finish();
   }
   if (plan.shards.size() > 1)
-    write_text_file(temp.path() / "model.safetensors.index.json",
+    write_text_file(staged.path() / "model.safetensors.index.json",
                     make_shard_index(plan.total_bytes, weight_map).dump(2) + "\n");
-  copy_non_weight_files(base.root(), temp.path(), options.dtype);
+  std::function<void(nlohmann::ordered_json&)> edit_config;
+  // The weights' dtype changed: say so in the config, as transformers would on save.
+  if (options.dtype) edit_config = [&](nlohmann::ordered_json& config) { set_torch_dtype(config, *options.dtype); };
+  copy_non_weight_files(base.root(), staged.path(), edit_config);
   progress.finish();
-  fsync_tree(temp.path());
-
-  // Swap into place: the output directory only ever holds a complete merge.
-  if (fs::exists(output)) {
-    const fs::path old = output.parent_path() / ("." + output.filename().string() + ".old-" + std::to_string(getpid()));
-    fs::rename(output, old);
-    fs::rename(temp.path(), output);
-    temp.commit();
-    fs::remove_all(old);
-  } else {
-    fs::rename(temp.path(), output);
-    temp.commit();
-  }
-  fsync_path(output.parent_path(), true);
+  staged.commit();
   return {std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), plan.total_bytes};
 }
 
