@@ -231,7 +231,7 @@ void add_file(std::vector<uint8_t>& into, const fs::path& path) {
 }
 
 // config.json, the index, and each safetensors file's name and header (the 8-byte length and the
-// JSON): what decides which tensors are where, read without the weights.
+// JSON): what decides which tensors are where.
 void add_checkpoint(std::vector<uint8_t>& into, const fs::path& dir) {
   for (const char* name : {"config.json", "adapter_config.json", "model.safetensors.index.json"})
     if (fs::exists(dir / name)) add_file(into, dir / name);
@@ -246,9 +246,15 @@ void add_checkpoint(std::vector<uint8_t>& into, const fs::path& dir) {
       throw Error(f.string() + ": not a safetensors file");
     std::vector<char> header(length);
     if (!in.read(header.data(), static_cast<std::streamsize>(length))) throw Error(f.string() + ": truncated header");
+    // And the first 64 KiB of tensor data: checkpoints of one shape (another seed, another
+    // fine-tune) differ there, and reading it costs nothing next to loading.
+    std::vector<char> data(64 << 10);
+    in.read(data.data(), static_cast<std::streamsize>(data.size()));
+    data.resize(static_cast<size_t>(in.gcount()));
     const std::string name = f.filename().string();
     into.insert(into.end(), name.begin(), name.end());
     into.insert(into.end(), header.begin(), header.end());
+    into.insert(into.end(), data.begin(), data.end());
   }
 }
 
@@ -290,7 +296,7 @@ void check_same_run(PipelineTransport& t, const std::string& checkpoint, const s
     const std::string first_checkpoint = first.substr(0, first.find('\n')), first_flags = first.substr(first.find('\n') + 1);
     if (their_checkpoint != first_checkpoint)
       throw PipelineMismatch(rank_name(t, r) + " sees a different checkpoint than " + rank_name(t, 0) +
-                       " (config.json, index or safetensors headers differ: sha256 " + their_checkpoint.substr(0, 12) +
+                       " (config.json, index, safetensors headers or data differ: sha256 " + their_checkpoint.substr(0, 12) +
                        " vs " + first_checkpoint.substr(0, 12) + "); give every rank the same model files");
     if (their_flags != first_flags)
       throw PipelineMismatch(rank_name(t, r) + " runs with other flags than " + rank_name(t, 0) + ": '" + their_flags +

@@ -83,7 +83,7 @@ class PipelineMismatch : public UsageError {
 };
 
 // What every rank must agree on before it reads a weight: a digest of the checkpoint (config.json,
-// the index, every safetensors header, the adapters' configs and headers) and of the flags that
+// the index, every safetensors header and the first 64 KiB of its data, the adapters' the same) and of the flags that
 // change the numbers or the memory. Throws a PipelineMismatch naming the ranks, hosts and what differs.
 std::string checkpoint_digest(const std::filesystem::path& model_dir, const std::vector<std::filesystem::path>& adapters);
 void check_same_run(PipelineTransport& transport, const std::string& checkpoint, const std::string& flags);
