@@ -12,6 +12,8 @@ packages=(
   # libraries (see README "Dependencies" for why each one is here)
   libcli11-dev nlohmann-json3-dev libsimdjson-dev libhwy-dev libpcre2-dev libutf8proc-dev libjpeg62-turbo-dev libpng-dev libwebp-dev libgif-dev
   libcpp-httplib-dev libssl-dev
+  # pipeline parallelism across ranks (mpirun -np N): Open MPI headers, library and launcher
+  libopenmpi-dev openmpi-bin
   # the Vulkan backend (headers, loader, the GLSL compiler) and Mesa's lavapipe, a Vulkan device on the CPU
   libvulkan-dev glslc mesa-vulkan-drivers
   # tests, fuzzing, benchmarks

@@ -16,13 +16,13 @@ echo "== ASan+UBSan: unit tests"
 # Without the Vulkan backend: lavapipe's JIT-compiled shaders and Mesa are not instrumented; the
 # Release pass runs the Vulkan tests.
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DVLMFORGE_SANITIZE=address,undefined -DVLMFORGE_BUILD_BENCH=OFF \
-  -DVLMFORGE_VULKAN=OFF >/dev/null
+  -DVLMFORGE_VULKAN=OFF -DVLMFORGE_MPI=OFF >/dev/null
 cmake --build build-asan -j"$(nproc)" >/dev/null
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --output-on-failure -j"$(nproc)" -E '^deploy_e2e_openai$')  # the npm end-to-end run is left to the Release pass
 echo "== TSan: thread pool, scheduler and server tests"
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DVLMFORGE_SANITIZE=thread -DVLMFORGE_BUILD_BENCH=OFF \
-  -DVLMFORGE_VULKAN=OFF >/dev/null
+  -DVLMFORGE_VULKAN=OFF -DVLMFORGE_MPI=OFF >/dev/null
 cmake --build build-tsan -j"$(nproc)" --target vlmforge test_util test_server >/dev/null
 # Left out: a wall-clock bound (a 16 MiB prompt refused within 5 s) that TSan's slowdown alone exceeds.
 for t in test_util test_server; do

@@ -76,8 +76,9 @@ int run(DeployArgs a) {
   EngineOptions engine_setup = engine_options(a.engine);
   // Requests waiting for the image encoder are bounded as those waiting for the batch.
   engine_setup.vision.max_waiting_encodes = a.max_queue;
-  const PlacedEngine placed =
-      load_engine(engine_setup, a.engine.device_map, generation_plan_options(engine_setup, a.max_batch_size));
+  const std::unique_ptr<PipelineTransport> pipeline = join_pipeline();
+  return run_with_engine(pipeline.get(), a.engine, engine_setup, generation_plan_options(engine_setup, a.max_batch_size),
+                         [&](const PlacedEngine& placed) {
   for (const auto& device : placed.placed->devices) options.devices.push_back(device.get());
   const Engine& engine = *placed.engine;
   // Caught here rather than as a failed generation on every request.
@@ -139,6 +140,7 @@ int run(DeployArgs a) {
                static_cast<unsigned long long>(stats.failed));
   placed.print_memory_report();
   return kExitOk;
+  });
 }
 
 }  // namespace

@@ -360,19 +360,22 @@ int run(InferArgs a) {
     throw UsageError("--infer_backend: vlmforge runs its own native engine ('native'); got '" + a.infer_backend + "'");
   if (a.max_batch_size == 0) throw UsageError("--max_batch_size must be at least 1");
   if (!a.images.empty() && a.query.empty()) throw UsageError("--images goes with --query (or use <image> tags in --val_dataset rows or the chat)");
-  // Checked (and the temporary file created) before the model loads, so a bad path fails at once.
+  const std::unique_ptr<PipelineTransport> pipeline = join_pipeline();
+  // Checked (and the temporary file created) before the model loads, so a bad path fails at once;
+  // by rank 0 only in a pipeline.
   std::optional<AtomicOutput> results;
-  if (!a.val_dataset.empty()) {
+  if (!a.val_dataset.empty() && (!pipeline || pipeline->rank() == 0)) {
     const std::string path = !a.result_path.empty() ? a.result_path
                                                     : fs::path(a.val_dataset).replace_extension("").string() + "-result.jsonl";
     results.emplace(path, std::vector<std::string>{a.val_dataset}, "--result_path");
   }
   const EngineOptions options = engine_options(a.engine);
-  const PlacedEngine placed =
-      load_engine(options, a.engine.device_map, generation_plan_options(options, a.max_batch_size));
-  const int code = run_session(*placed.engine, a, results ? &*results : nullptr);
-  placed.print_memory_report();
-  return code;
+  return run_with_engine(pipeline.get(), a.engine, options, generation_plan_options(options, a.max_batch_size),
+                         [&](const PlacedEngine& placed) {
+                           const int code = run_session(*placed.engine, a, results ? &*results : nullptr);
+                           placed.print_memory_report();
+                           return code;
+                         });
 }
 
 }  // namespace

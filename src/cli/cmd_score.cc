@@ -69,7 +69,8 @@ int run(ScoreArgs a) {
     }
     plan_options.max_model_len = plan_options.prefill_chunk = plan_options.logit_rows = tokens;
   }
-  const PlacedEngine placed = load_engine(options, a.engine.device_map, plan_options);
+  const std::unique_ptr<PipelineTransport> pipeline = join_pipeline();
+  return run_with_engine(pipeline.get(), a.engine, options, plan_options, [&](const PlacedEngine& placed) {
   const Engine& engine = *placed.engine;
   PromptInput input;
   if (a.images.empty()) {
@@ -110,6 +111,7 @@ int run(ScoreArgs a) {
   for (const auto& [id, lp] : top_k_entries(last, a.top_logprobs))
     std::printf("  %-8d %-24s %.6f\n", id, json(display_text(engine.tokenizer.token_bytes(id))).dump().c_str(), lp);
   return kExitOk;
+  });
 }
 
 }  // namespace

@@ -24,6 +24,11 @@ CLI::Option* add_model_flags(CLI::App* cmd, EngineFlags& f) {
                 "After the run, print each device's peak accounted memory next to the plan's estimate (without "
                 "--device_map: the one host device; its plan counts KV caches at max_model_len, which grown "
                 "caches reach only for sequences that long)");
+  cmd->add_option("--pipeline_timeout", f.pipeline_timeout,
+                  "Under mpirun -np N (a pipeline of N ranks): seconds a rank may take for its part of a step before "
+                  "rank 0 reports it as stopped and ends the job")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   return model;
 }
 
@@ -65,6 +70,13 @@ EngineOptions engine_options(const EngineFlags& flags) {
   if (flags.quant_method == "q8_0") options.quantize_on_load = kernels::QuantScheme::q8_0();
   if (flags.quant_method == "q4_0") options.quantize_on_load = kernels::QuantScheme::q4_0();
   return options;
+}
+
+int run_with_engine(PipelineTransport* transport, const EngineFlags& flags, const EngineOptions& options,
+                    const PlanOptions& plan_options, const std::function<int(const PlacedEngine&)>& run) {
+  if (!transport) return run(load_engine(options, flags.device_map, plan_options));
+  return run_pipeline_rank(*transport, options, flags.device_map, plan_options, flags.pipeline_timeout,
+                           [&](PlacedEngine& placed) { return run(placed); });
 }
 
 }  // namespace vlmforge::cli

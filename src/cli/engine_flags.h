@@ -3,11 +3,13 @@
 // `deploy` so they read, default and document them alike, and turned into EngineOptions.
 #include <CLI/CLI.hpp>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "engine/engine.h"
+#include "engine/pipeline.h"
 #include "engine/placement.h"
 
 namespace vlmforge::cli {
@@ -23,6 +25,7 @@ struct EngineFlags {
   size_t image_cache_mb = 512;
   bool exif_transpose = false;
   DeviceMapOptions device_map;
+  double pipeline_timeout = 60;  // seconds a pipeline rank may take for its part of a step
 };
 
 // --model, --threads, --quant_method and the --device_map group (--devices, --max_memory,
@@ -39,5 +42,11 @@ void add_adapter_flag(CLI::App* cmd, EngineFlags& flags);
 // The flags' engine options (the pixel budget's warning, if any, on stderr); no placement yet
 // (load_engine in engine/placement.h places and loads it).
 EngineOptions engine_options(const EngineFlags& flags);
+
+// Loads the engine (load_engine) and returns run(engine)'s exit code; under `mpirun -np N` this
+// rank's pipeline stage instead (engine/pipeline.h): rank 0 runs `run` on its engine, the other
+// ranks serve their stage. `transport`: join_pipeline()'s, null when running alone.
+int run_with_engine(PipelineTransport* transport, const EngineFlags& flags, const EngineOptions& options,
+                    const PlanOptions& plan_options, const std::function<int(const PlacedEngine&)>& run);
 
 }  // namespace vlmforge::cli

@@ -21,6 +21,28 @@ PlanOptions generation_plan_options(const EngineOptions& options, size_t max_bat
   return o;
 }
 
+namespace {
+
+// Opens the plan's devices and puts each module of its shape on its device.
+void open_planned_devices(PlacedRun& run, const DeviceRegistry& registry, size_t threads) {
+  std::vector<DeviceTarget> targets;
+  for (const auto& d : run.plan.devices) targets.push_back(d.target);
+  run.devices = registry.open(targets, threads);
+  const auto& modules = run.plan.shape.modules;
+  for (size_t i = 0; i < modules.size(); ++i) {
+    Device* device = run.devices[run.plan.module_device[i]].get();
+    switch (modules[i].kind) {
+      case ModuleKind::kEmbed: run.placement.embed = device; break;
+      case ModuleKind::kLayer: run.placement.layers.push_back(device); break;
+      case ModuleKind::kNorm: run.placement.norm = device; break;
+      case ModuleKind::kHead: run.placement.head = device; break;
+      case ModuleKind::kVision: run.placement.vision = device; break;
+    }
+  }
+}
+
+}  // namespace
+
 std::unique_ptr<PlacedRun> place_model(const fs::path& model_dir, const DeviceMapOptions& args, PlanOptions options) {
   if (options.threads == 0) options.threads = std::max(1u, std::thread::hardware_concurrency());
   auto run = std::make_unique<PlacedRun>();
@@ -49,25 +71,33 @@ std::unique_ptr<PlacedRun> place_model(const fs::path& model_dir, const DeviceMa
   run->plan = plan_from_flags(ModelShape::from_checkpoint(model_dir, quantize), args.placement, options, registry,
                               process_environment());
   for (const auto& w : run->plan.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
-  std::vector<DeviceTarget> targets;
-  for (const auto& d : run->plan.devices) targets.push_back(d.target);
-  run->devices = registry.open(targets, options.threads);
-  const auto& modules = run->plan.shape.modules;
-  for (size_t i = 0; i < modules.size(); ++i) {
-    Device* device = run->devices[run->plan.module_device[i]].get();
-    switch (modules[i].kind) {
-      case ModuleKind::kEmbed: run->placement.embed = device; break;
-      case ModuleKind::kLayer: run->placement.layers.push_back(device); break;
-      case ModuleKind::kNorm: run->placement.norm = device; break;
-      case ModuleKind::kHead: run->placement.head = device; break;
-      case ModuleKind::kVision: run->placement.vision = device; break;
-    }
-  }
+  open_planned_devices(*run, registry, options.threads);
   run->print_plan();
   return run;
 }
 
-void PlacedRun::print_plan() const {
+std::unique_ptr<PlacedRun> place_stage(const ModelShape& stage, size_t first_layer, const DeviceMapOptions& args,
+                                       PlanOptions options) {
+  if (options.threads == 0) options.threads = std::max(1u, std::thread::hardware_concurrency());
+  auto run = std::make_unique<PlacedRun>();
+  const DeviceRegistry registry = DeviceRegistry::builtin();
+  PlacementFlags flags = args.placement;
+  if (!args.enabled()) {
+    // As place_model: one host device, weights lent from the memory map, caches grown.
+    flags.devices = "cpu:0";
+    flags.device_map = "auto";
+  }
+  run->plan = plan_from_flags(stage, flags, options, registry, process_environment());
+  for (const auto& w : run->plan.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+  open_planned_devices(*run, registry, options.threads);
+  run->placement.first_layer = first_layer;
+  run->placement.preallocate_kv = args.enabled();
+  return run;
+}
+
+void PlacedRun::print_plan() const { std::fprintf(stderr, "[device_map] %s\n", plan_line().c_str()); }
+
+std::string PlacedRun::plan_line() const {
   std::string line;
   for (size_t d = 0; d < plan.devices.size(); ++d) {
     const DeviceUse& u = plan.devices[d];
@@ -75,7 +105,7 @@ void PlacedRun::print_plan() const {
     line += (line.empty() ? "" : " | ") + u.target.spec.name() + ": " + plan.to_json()["devices"][d]["summary"].get<std::string>() +
             " (" + format_bytes(u.estimate()) + ")";
   }
-  std::fprintf(stderr, "[device_map] %s\n", line.c_str());
+  return line;
 }
 
 void PlacedRun::print_memory_report() const {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "backends/device.h"
@@ -31,12 +32,20 @@ struct PlacedRun {
   // One line per device on stderr: the plan, and with --memory_report the peak accounted memory
   // next to the plan's estimate.
   void print_plan() const;
+  // The plan's devices and what each holds, on one line ("cpu:0: layers 0-11 (1.2 GiB)").
+  std::string plan_line() const;
   void print_memory_report() const;
 };
 
 // With a device map: plans with `options` (threads 0 = all hardware threads), opens the devices
 // and prints the plan. Without one: one uncapped host device (planned only for memory_report).
 std::unique_ptr<PlacedRun> place_model(const std::filesystem::path& model_dir, const DeviceMapOptions& device_map,
+                                       PlanOptions options);
+
+// One pipeline stage (engine/pipeline.h): the modules of `stage` (plan/pipeline_stages.h), the
+// first of its decoder layers being `first_layer`, placed on this process's devices as
+// place_model places a whole model; nothing printed (rank 0 prints every rank's line).
+std::unique_ptr<PlacedRun> place_stage(const ModelShape& stage, size_t first_layer, const DeviceMapOptions& device_map,
                                        PlanOptions options);
 
 // Plan options for generating up to max_batch_size sequences of the engine's max_model_len

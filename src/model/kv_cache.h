@@ -7,7 +7,10 @@
 // the full max_model_len from the start, as accelerator engines do, so a run fails at the start,
 // not midway.
 #include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backends/stream.h"
@@ -25,6 +28,20 @@ class KvCache {
     if (dtype != DType::F32 && dtype != DType::BF16) throw Error("KV cache dtype must be float32 or bfloat16");
     if (preallocate) grow_to(max_tokens);
   }
+
+  KvCache(KvCache&&) = default;
+  KvCache& operator=(KvCache&&) = delete;  // would drop the target's release
+  ~KvCache() {
+    if (on_release_) on_release_(id_);
+  }
+
+  // A pipeline (model/stage_link.h) mirrors this cache on its later stages under `id`;
+  // `on_release` runs once when the cache is destroyed, so they free their part too.
+  void set_stage_id(uint64_t id, std::function<void(uint64_t)> on_release) {
+    id_ = id;
+    on_release_ = std::move(on_release);
+  }
+  uint64_t stage_id() const { return id_; }
 
   size_t length() const { return length_; }
   size_t max_tokens() const { return max_tokens_; }
@@ -69,6 +86,19 @@ class KvCache {
   DType dtype_;
   size_t length_ = 0, capacity_ = 0;
   std::vector<DeviceBuffer> keys_, values_;
+  uint64_t id_ = 0;
+  // A moved-from cache must not release (a moved-from std::function is only "valid but unspecified").
+  struct ReleaseHook {
+    std::function<void(uint64_t)> f;
+    ReleaseHook() = default;
+    ReleaseHook(ReleaseHook&& o) noexcept : f(std::exchange(o.f, nullptr)) {}
+    ReleaseHook& operator=(std::function<void(uint64_t)> g) {
+      f = std::move(g);
+      return *this;
+    }
+    explicit operator bool() const { return static_cast<bool>(f); }
+    void operator()(uint64_t id) const { f(id); }
+  } on_release_;
 };
 
 }  // namespace vlmforge

@@ -66,18 +66,28 @@ size_t Qwen2Model::context_of(Device* device) {
 }
 
 void Qwen2Model::load_weights(const ModelPlacement& p, const std::optional<kernels::QuantScheme>& quantize_on_load) {
-  if (p.layers.size() != static_cast<size_t>(config_.num_hidden_layers) || !p.embed || !p.norm || !p.head)
+  const size_t layer_count = static_cast<size_t>(config_.num_hidden_layers);
+  const bool last = p.first_layer + p.layers.size() == layer_count;
+  // A first stage that is not also the last needs the link to the others; later stages are
+  // driven by the pipeline through forward_stage.
+  if (p.layers.empty() || p.first_layer + p.layers.size() > layer_count || (p.embed != nullptr) != (p.first_layer == 0) ||
+      last != (p.norm != nullptr) || last != (p.head != nullptr) || (p.next_stage != nullptr) != (p.embed && !last))
     throw Error("internal error: the placement does not cover every part of the model");
   preallocate_kv_ = p.preallocate_kv;
+  first_layer_ = p.first_layer;
+  next_stage_ = p.next_stage;
+  has_embed_ = p.embed != nullptr;
+  has_head_ = p.head != nullptr;
   const uint64_t hidden = config_.hidden_size, inter = config_.intermediate_size, vocab = config_.vocab_size;
   const uint64_t kv_dim = static_cast<uint64_t>(config_.num_key_value_heads) * config_.head_dim();
   const std::string prefix = checkpoint_.find("model.embed_tokens.weight") ? "model." : "model.language_model.";
   weights_ = std::make_unique<DeviceWeights>(checkpoint_, lora_.get(), config_.quantization, "config.json");
   DeviceWeights& w = *weights_;
   if (quantize_on_load) w.quantize_on_load(*quantize_on_load);
-  embed_table_ = w.matrix(*p.embed, prefix + "embed_tokens.weight", vocab, hidden, "embed_tokens weights");
-  for (int l = 0; l < config_.num_hidden_layers; ++l) {
-    Device& d = *p.layers[static_cast<size_t>(l)];
+  if (p.embed) embed_table_ = w.matrix(*p.embed, prefix + "embed_tokens.weight", vocab, hidden, "embed_tokens weights");
+  for (size_t i = 0; i < p.layers.size(); ++i) {
+    const size_t l = p.first_layer + i;
+    Device& d = *p.layers[i];
     const std::string n = prefix + "layers." + std::to_string(l) + ".", what = "layer " + std::to_string(l) + " weights";
     Qwen2Layer layer;
     layer.q = w.linear(d, n + "self_attn.q_proj", hidden, hidden, true, what);
@@ -93,8 +103,20 @@ void Qwen2Model::load_weights(const ModelPlacement& p, const std::optional<kerne
     layer_context_.push_back(context_of(&d));
     contexts_[layer_context_.back()]->holds_layers = true;
   }
+  if (p.embed) embed_context_ = context_of(p.embed);
+  if (!last) return;
   final_norm_ = w.vector(*p.norm, prefix + "norm.weight", hidden, "final norm");
-  if (config_.tie_word_embeddings || !checkpoint_.find("lm_head.weight")) {
+  if (!p.embed && (config_.tie_word_embeddings || !checkpoint_.find("lm_head.weight"))) {
+    if (!config_.tie_word_embeddings)
+      throw Error(checkpoint_.root().string() +
+                  ": model is missing tensor 'lm_head.weight' (config.json says tie_word_embeddings=false)");
+    // The last stage of a pipeline holds a tied lm_head without the embeddings: the matrix
+    // (or its quantized copy) is loaded again there.
+    lm_head_.weight = w.quantizes(hidden) && !w.adapted(prefix + "embed_tokens")
+                          ? w.quantized_copy(*p.head, prefix + "embed_tokens.weight", vocab, hidden,
+                                             "lm_head weights (tied, quantized)")
+                          : w.matrix(*p.head, prefix + "embed_tokens.weight", vocab, hidden, "lm_head weights (tied)");
+  } else if (config_.tie_word_embeddings || !checkpoint_.find("lm_head.weight")) {
     if (!config_.tie_word_embeddings)
       throw Error(checkpoint_.root().string() +
                   ": model is missing tensor 'lm_head.weight' (config.json says tie_word_embeddings=false)");
@@ -110,7 +132,6 @@ void Qwen2Model::load_weights(const ModelPlacement& p, const std::optional<kerne
   } else {
     lm_head_ = w.linear(*p.head, "lm_head", vocab, hidden, false, "lm_head weights");
   }
-  embed_context_ = context_of(p.embed);
   norm_context_ = context_of(p.norm);
   head_context_ = context_of(p.head);
 }
@@ -126,7 +147,15 @@ KvCache Qwen2Model::make_cache(size_t max_tokens) const {
   const size_t kv_dim = static_cast<size_t>(config_.num_key_value_heads * config_.head_dim());
   std::vector<Stream*> streams;
   for (size_t c : layer_context_) streams.push_back(contexts_[c]->stream.get());
-  return KvCache(std::move(streams), kv_dim, max_tokens, kv_cache_dtype_, preallocate_kv_);
+  KvCache cache(std::move(streams), kv_dim, max_tokens, kv_cache_dtype_, preallocate_kv_);
+  if (next_stage_) {
+    const std::lock_guard lock(released_mutex_);
+    cache.set_stage_id(next_cache_id_++, [this](uint64_t id) {
+      const std::lock_guard lock(released_mutex_);
+      released_caches_.push_back(id);
+    });
+  }
+  return cache;
 }
 
 void Qwen2Model::set_kv_cache_dtype(DType dtype) {
@@ -171,18 +200,7 @@ void Qwen2Model::embed_tokens(std::span<const SequenceChunk> chunks, size_t n) {
 }
 
 std::vector<float> Qwen2Model::forward(std::span<const SequenceChunk> chunks) {
-  const size_t hidden = config_.hidden_size, inter = config_.intermediate_size;
-  const size_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads;
-  const size_t head_dim = config_.head_dim(), kv_dim = kv_heads * head_dim, half = head_dim / 2;
-  const float eps = static_cast<float>(config_.rms_norm_eps);
-  const AttentionShape shape{heads, kv_heads, head_dim, 1.0f / std::sqrt(static_cast<float>(head_dim))};
-
-  // One row per token across all chunks: its cache slot and rotary position per M-RoPE axis.
-  struct Row {
-    KvCache* cache;
-    size_t position;
-    std::array<int64_t, 3> rope;  // all equal for text
-  };
+  if (!has_embed_) throw Error("internal error: a later pipeline stage runs forward_stage, not forward");
   std::vector<Row> rows;
   std::vector<uint32_t> logit_rows;  // the rows that give logits, for the final norm's gather
   for (const auto& c : chunks) {
@@ -200,6 +218,75 @@ std::vector<float> Qwen2Model::forward(std::span<const SequenceChunk> chunks) {
   }
   const size_t n = rows.size();
   embed_tokens(chunks, n);
+  const size_t current = run_layers(rows, embed_context_);
+  if (!next_stage_) {
+    for (const auto& c : chunks) c.cache->commit(c.tokens.size());
+    return logits(logit_rows, n, current);
+  }
+  // The stage boundary: the hidden states and what the later stages need to run their layers.
+  StageBatch batch;
+  {
+    const std::lock_guard lock(released_mutex_);
+    batch.released_caches = std::exchange(released_caches_, {});
+  }
+  for (const auto& c : chunks)
+    batch.chunks.push_back({c.cache->stage_id(), c.cache->max_tokens(), c.cache->length(), c.tokens.size(), c.all_logits});
+  for (const Row& r : rows) batch.rope.push_back(r.rope);
+  batch.hidden.resize(n * config_.hidden_size);
+  Context& ctx = *contexts_[current];
+  ctx.stream->copy_to_host(std::as_writable_bytes(std::span(batch.hidden)), ctx.scratch.x.buffer(), 0);
+  std::vector<float> out = next_stage_->forward(batch);
+  // Committed only once the later stages ran too: a failed step leaves the caches as they were.
+  for (const auto& c : chunks) c.cache->commit(c.tokens.size());
+  return out;
+}
+
+std::vector<float> Qwen2Model::forward_stage(const StageBatch& batch) {
+  const size_t hidden = config_.hidden_size;
+  for (uint64_t id : batch.released_caches) stage_caches_.erase(id);
+  std::vector<Row> rows;
+  std::vector<uint32_t> logit_rows;
+  std::vector<KvCache*> caches;
+  for (const StageChunk& c : batch.chunks) {
+    auto found = stage_caches_.find(c.cache_id);
+    if (found == stage_caches_.end()) found = stage_caches_.emplace(c.cache_id, make_cache(c.max_tokens)).first;
+    KvCache& cache = found->second;
+    if (c.start == 0) cache.clear();
+    if (cache.length() != c.start || c.tokens == 0)
+      throw Error("internal error: pipeline cache " + std::to_string(c.cache_id) + " holds " +
+                  std::to_string(cache.length()) + " positions, the first stage " + std::to_string(c.start));
+    cache.reserve_more(c.tokens);
+    for (size_t i = 0; i < c.tokens; ++i) {
+      if (c.all_logits || i + 1 == c.tokens) logit_rows.push_back(static_cast<uint32_t>(rows.size()));
+      if (rows.size() >= batch.rope.size()) throw Error("internal error: pipeline batch with fewer positions than rows");
+      rows.push_back({&cache, cache.length() + i, batch.rope[rows.size()]});
+    }
+    caches.push_back(&cache);
+  }
+  const size_t n = rows.size();
+  if (batch.rope.size() != n || batch.hidden.size() != n * hidden)
+    throw Error("internal error: pipeline batch of " + std::to_string(n) + " rows with " +
+                std::to_string(batch.hidden.size()) + " hidden values");
+  const size_t first = layer_context_.front();
+  Context& in = *contexts_[first];
+  in.scratch.x.ensure(n * hidden);
+  in.stream->copy_from_host(in.scratch.x.buffer(), 0, std::as_bytes(std::span(batch.hidden)));
+  const size_t current = run_layers(rows, first);
+  for (size_t i = 0; i < caches.size(); ++i) caches[i]->commit(batch.chunks[i].tokens);
+  if (has_head_) return logits(logit_rows, n, current);
+  std::vector<float> out(n * hidden);
+  Context& ctx = *contexts_[current];
+  ctx.stream->copy_to_host(std::as_writable_bytes(std::span(out)), ctx.scratch.x.buffer(), 0);
+  return out;
+}
+
+size_t Qwen2Model::run_layers(std::span<const Row> rows, size_t start_context) {
+  const size_t hidden = config_.hidden_size, inter = config_.intermediate_size;
+  const size_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads;
+  const size_t head_dim = config_.head_dim(), kv_dim = kv_heads * head_dim, half = head_dim / 2;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  const AttentionShape shape{heads, kv_heads, head_dim, 1.0f / std::sqrt(static_cast<float>(head_dim))};
+  const size_t n = rows.size();
 
   // cos/sin per row for its position, computed once on the host and copied to each device
   // holding layers.
@@ -224,7 +311,7 @@ std::vector<float> Qwen2Model::forward(std::span<const SequenceChunk> chunks) {
     }
 
   std::vector<KvSlot> slots(n);
-  size_t current = embed_context_;
+  size_t current = start_context;
   for (size_t l = 0; l < layers_.size(); ++l) {
     // Entering another device's context hands the hidden states over.
     if (layer_context_[l] != current) {
@@ -259,8 +346,12 @@ std::vector<float> Qwen2Model::forward(std::span<const SequenceChunk> chunks) {
     else
       st.add(x, tmp, n, hidden);
   }
-  for (const auto& c : chunks) c.cache->commit(c.tokens.size());
+  return current;
+}
 
+std::vector<float> Qwen2Model::logits(std::span<const uint32_t> logit_rows, size_t n, size_t current) {
+  const size_t hidden = config_.hidden_size;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
   // The final norm over the rows that give logits only.
   const size_t m = logit_rows.size();
   if (norm_context_ != current) {

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <unordered_map>
@@ -22,6 +23,7 @@
 #include "model/device_weights.h"
 #include "model/kv_cache.h"
 #include "model/runtime_lora.h"
+#include "model/stage_link.h"
 
 namespace vlmforge {
 
@@ -55,6 +57,11 @@ struct ModelPlacement {
   // KV caches hold max_model_len from the start (--device_map runs fail at the start, not
   // midway) instead of growing with the sequence.
   bool preallocate_kv = true;
+  // A pipeline stage (engine/pipeline.h): `layers` are layers first_layer.. of the model; embed is
+  // null on every stage but the first, norm and head on every stage but the last. The first
+  // stage's `next_stage` (must outlive the model) runs the layers after its own.
+  size_t first_layer = 0;
+  StageLink* next_stage = nullptr;
 };
 
 class Qwen2Model {
@@ -84,6 +91,12 @@ class Qwen2Model {
   // logits: for each chunk its last token's row, or every token's row when all_logits.
   std::vector<float> forward(std::span<const SequenceChunk> chunks);
 
+  // A later pipeline stage: runs its layers on the hidden states of `batch` against its mirrors of
+  // the first stage's KV caches (created on first use, freed as released). Returns the logits on
+  // the last stage (as forward), the hidden states leaving this stage otherwise.
+  std::vector<float> forward_stage(const StageBatch& batch);
+  bool last_stage() const { return has_head_; }
+
  private:
   // A device the model runs on: its stream and activations, kept between calls so decode steps
   // do not allocate.
@@ -103,7 +116,18 @@ class Qwen2Model {
   };
   size_t context_of(Device* device);
   void load_weights(const ModelPlacement& placement, const std::optional<kernels::QuantScheme>& quantize_on_load);
+  // One row per token of a step: its cache slot and rotary position per M-RoPE axis.
+  struct Row {
+    KvCache* cache;
+    size_t position;
+    std::array<int64_t, 3> rope;  // all equal for text
+  };
   void embed_tokens(std::span<const SequenceChunk> chunks, size_t rows);
+  // The step's rope tables and activations on every device holding layers, then this stage's
+  // layers over the hidden states in the first layer's device's x; returns the context they end on.
+  size_t run_layers(std::span<const Row> rows, size_t start_context);
+  // The final norm and lm_head over `logit_rows` of the n rows of hidden states in context `current`'s x.
+  std::vector<float> logits(std::span<const uint32_t> logit_rows, size_t n, size_t current);
   // Copies `count` floats of `from`'s array `member` to the same array of `to`.
   void hand_over(Context& from, Context& to, DeviceArray Scratch::*member, size_t count);
 
@@ -123,6 +147,14 @@ class Qwen2Model {
   bool preallocate_kv_ = false;
   std::vector<size_t> layer_context_;
   size_t embed_context_ = 0, norm_context_ = 0, head_context_ = 0;
+  size_t first_layer_ = 0;
+  bool has_embed_ = true, has_head_ = true;
+  StageLink* next_stage_ = nullptr;
+  // make_cache is const (sequences hold a const model); ids and releases are the pipeline's bookkeeping.
+  mutable std::mutex released_mutex_;  // caches may be created and destroyed on other threads than the stepping one
+  mutable uint64_t next_cache_id_ = 1;
+  mutable std::vector<uint64_t> released_caches_;
+  std::unordered_map<uint64_t, KvCache> stage_caches_;  // a later stage's mirrors, by the first stage's id
   std::vector<float> staging_;     // host copy of activations handed between devices
   std::vector<float> rope_host_;   // cos and sin for this step's positions, computed on the host
 };
