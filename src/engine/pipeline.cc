@@ -165,11 +165,13 @@ std::vector<float> PipelineStageLink::forward(const StageBatch& batch) {
   const int last = transport_.size() - 1;
   if (!transport_.send(1, encode_batch(batch), timeout_))
     fail(rank_name(transport_, 1) + " stopped responding: it took no step within " + seconds_text(timeout_) + " s");
-  // Every rank between reports each step passed on, so a silent rank is found by name.
+  // Every rank between reports each step passed on, so a silent rank is found by name. It may
+  // itself wait up to the timeout for the next rank before it reports that one as the silent
+  // one, so its own report gets twice the timeout.
   std::vector<uint8_t> message;
   for (int r = 1; r < last; ++r) {
-    if (!transport_.receive(r, message, timeout_))
-      fail(rank_name(transport_, r) + " stopped responding: no step done within " + seconds_text(timeout_) + " s");
+    if (!transport_.receive(r, message, 2 * timeout_))
+      fail(rank_name(transport_, r) + " stopped responding: no step done within " + seconds_text(2 * timeout_) + " s");
     if (message_kind(message) == StageMessage::kError) fail(decode_text(message));
     if (message_kind(message) != StageMessage::kDone) fail("internal error: unexpected message from " + rank_name(transport_, r));
   }
@@ -212,11 +214,17 @@ void serve_pipeline_stage(PipelineTransport& t, Qwen2Model& model, double timeou
         out = encode_batch(next);
       }
     }
-    const bool sent = t.send(rank == last ? 0 : rank + 1, out, timeout_seconds);
+    const int next = rank == last ? 0 : rank + 1;
+    const bool sent = t.send(next, out, timeout_seconds);
     if (rank != last && sent) t.send(0, encode_text(StageMessage::kDone, ""), timeout_seconds);
     if (!sent) {
-      std::fprintf(stderr, "error: %s could not pass a step on within %s s\n", rank_name(t, rank).c_str(),
-                   seconds_text(timeout_seconds).c_str());
+      // The rank that took nothing is the one at fault, not this one: name it to rank 0 (which
+      // reports and ends the job), and end the job from here only if rank 0 cannot hear it.
+      const std::string what = rank_name(t, next) + " stopped responding: it took no step from " +
+                               rank_name(t, rank) + " within " + seconds_text(timeout_seconds) + " s";
+      if (next != 0 && t.send(0, encode_text(StageMessage::kError, what), timeout_seconds))
+        std::this_thread::sleep_for(std::chrono::duration<double>(timeout_seconds));
+      std::fprintf(stderr, "error: %s\n", what.c_str());
       t.abort(1);
     }
   }

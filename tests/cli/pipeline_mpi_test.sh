@@ -97,7 +97,7 @@ faults)
     if [[ $sig == KILL ]]; then
       grep -q "process rank 2 .* on node .* exited on signal 9" "$work/$sig.err" || fail "no report naming rank 2: $(cat "$work/$sig.err")"
     else
-      grep -q "error: rank 2 (host .*) stopped responding" "$work/$sig.err" || fail "no report naming rank 2: $(cat "$work/$sig.err")"
+      grep -q "error: rank 2 (host .*) stopped responding" "$work/$sig.err" || fail "no report naming rank 2 (exit $code, $took s): $(cat "$work/$sig.err")"
     fi
     echo "ok: SIG$sig on rank 2 ends the job (exit $code) in $took s"
   done
