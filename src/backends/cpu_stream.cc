@@ -284,7 +284,7 @@ void CpuStream::kv_store(std::span<const KvSlot> slots, F32Rows keys, F32Rows va
   const float* v = rows_of(values);
   for_rows(slots.size(), [&](size_t r) {
     const KvSlot& s = slots[r];
-    const size_t at = s.position * s.cache.kv_dim * (dtype_info(s.cache.dtype).bits / 8);
+    const size_t at = s.cache.row(s.position) * s.cache.kv_dim * (dtype_info(s.cache.dtype).bits / 8);
     kernels::from_f32(s.cache.dtype, k + r * keys.stride, s.cache.keys->data() + at, s.cache.kv_dim);
     kernels::from_f32(s.cache.dtype, v + r * values.stride, s.cache.values->data() + at, s.cache.kv_dim);
   });
@@ -311,7 +311,8 @@ void CpuStream::attention(F32Rows q, std::span<const KvSlot> slots, const Attent
       for (size_t item = lane; item < items; item += lanes) {
         const size_t r = item / shape.kv_heads, kvh = item % shape.kv_heads;
         const KvSlot& s = slots[r];
-        const kernels::KvRows kv{s.cache.dtype, s.cache.keys->data(), s.cache.values->data(), s.cache.kv_dim, kvh * hd};
+        const kernels::KvRows kv{s.cache.dtype, s.cache.keys->data(), s.cache.values->data(), s.cache.kv_dim, kvh * hd,
+                                 s.cache.paged() ? s.cache.block_table.data() : nullptr, s.cache.block_size};
         float* scores = lane_scratch(lane, cpu_attention_scores(group, s.position + 1)).data();
         kernels::attend(qs + r * q.stride + kvh * group * hd, group, hd, kv, s.position + 1, shape.scale, scores,
                         o + r * out.stride + kvh * group * hd);

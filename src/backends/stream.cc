@@ -1,5 +1,6 @@
 #include "backends/stream.h"
 
+#include <algorithm>
 #include <string>
 
 #include "util/error.h"
@@ -25,13 +26,26 @@ void check_weight_view(const WeightView& w, const std::string& device) {
 
 void check_kv_slots(std::span<const KvSlot> slots, const Device& device) {
   for (const KvSlot& s : slots) {
-    for (const DeviceBuffer* b : {s.cache.keys, s.cache.values})
+    const KvView& c = s.cache;
+    for (const DeviceBuffer* b : {c.keys, c.values})
       if (!b || b->device() != &device)
         throw Error("internal error: an op on " + device.name() + " was given a buffer of another device");
-    const size_t end = (s.position + 1) * s.cache.kv_dim * (dtype_info(s.cache.dtype).bits / 8);
-    if (end > s.cache.keys->size() || end > s.cache.values->size())
+    const size_t row_bytes = c.kv_dim * (dtype_info(c.dtype).bits / 8);
+    const size_t rows = std::min(c.keys->size(), c.values->size()) / std::max<size_t>(row_bytes, 1);
+    if (c.paged()) {
+      if (c.block_size == 0) throw Error("internal error: a paged KV cache with blocks of 0 positions");
+      const size_t blocks = s.position / c.block_size + 1;
+      if (blocks > c.block_table.size())
+        throw Error("internal error: KV cache position " + std::to_string(s.position) + " is past the " +
+                    std::to_string(c.block_table.size()) + " blocks of its block table");
+      for (size_t b = 0; b < blocks; ++b)
+        if ((size_t{c.block_table[b]} + 1) * c.block_size > rows)
+          throw Error("internal error: KV cache block " + std::to_string(c.block_table[b]) + " is past the end of its " +
+                      device.name() + " pool");
+    } else if (s.position >= rows) {
       throw Error("internal error: KV cache position " + std::to_string(s.position) + " is past the end of its " +
                   device.name() + " buffer");
+    }
   }
 }
 

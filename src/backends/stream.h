@@ -74,12 +74,22 @@ struct LinearView {
   size_t in_features() const { return weight.cols; }
 };
 
-// One layer's cache of one sequence: [positions, kv_dim] keys and values of `dtype` (F32, BF16).
+// One layer's cache of one sequence: rows of kv_dim keys and values of `dtype` (F32, BF16).
+// A paged cache (a block pool's buffers, shared by many sequences) keeps position p in row
+// block_table[p / block_size] * block_size + p % block_size; without a block table position p is
+// row p (a buffer of the sequence's own).
 struct KvView {
   DType dtype = DType::F32;
   const DeviceBuffer* keys = nullptr;
   const DeviceBuffer* values = nullptr;
   size_t kv_dim = 0;
+  std::span<const uint32_t> block_table = {};
+  size_t block_size = 0;
+  bool paged() const { return !block_table.empty(); }
+  // The buffer row of `position` (inside the table: check_kv_slots checks that).
+  size_t row(size_t position) const {
+    return paged() ? size_t{block_table[position / block_size]} * block_size + position % block_size : position;
+  }
 };
 
 // A token row's place in its sequence's cache: it writes position `position` and attends over
@@ -95,8 +105,9 @@ struct AttentionShape {
   float scale = 1;
 };
 
-// Throws unless every slot's cache buffers belong to `device` and hold the slot's position (a
-// placement or engine bug otherwise).
+// Throws unless every slot's cache buffers belong to `device` and hold every row the slot reaches:
+// its position, and for a paged cache every block of [0, position] in its table (a placement or
+// engine bug otherwise).
 void check_kv_slots(std::span<const KvSlot> slots, const Device& device);
 
 class Stream {

@@ -15,6 +15,7 @@
 #include "cli/engine_flags.h"
 #include "server/api_server.h"
 #include "server/scheduler.h"
+#include "util/bytes.h"
 #include "util/error.h"
 #include "util/interrupt.h"
 
@@ -34,6 +35,8 @@ struct DeployArgs {
   size_t max_connections = 256;
   double max_body_mb = 100;
   std::string allowed_local_media_path;
+  std::string kv_cache_memory;  // empty: max_batch_size sequences of max_model_len
+  bool enable_prefix_caching = false;
 };
 
 // Each of these becomes OS threads (a worker per batch slot and queued request, the model's
@@ -102,7 +105,21 @@ int run(DeployArgs a) {
       options.served_model_name.pop_back();
   }
 
-  server::Scheduler scheduler(*engine.model, engine.tokenizer, {a.max_batch_size, a.max_queue, max_model_len});
+  server::SchedulerOptions scheduling{a.max_batch_size, a.max_queue, max_model_len};
+  scheduling.enable_prefix_caching = a.enable_prefix_caching;
+  if (!a.kv_cache_memory.empty()) {
+    const ModelConfig& c = engine.model->config();
+    const uint64_t block_bytes = 2ull * static_cast<uint64_t>(c.num_hidden_layers) * kKvBlockSize *
+                                 static_cast<uint64_t>(c.num_key_value_heads * c.head_dim()) *
+                                 (a.engine.kv_cache_dtype == "bfloat16" ? 2 : 4);
+    scheduling.kv_cache_blocks = parse_byte_size(a.kv_cache_memory, "--kv_cache_memory") / block_bytes;
+    if (scheduling.kv_cache_blocks * kKvBlockSize < max_model_len)
+      throw UsageError("--kv_cache_memory " + a.kv_cache_memory + " holds " +
+                       std::to_string(scheduling.kv_cache_blocks * kKvBlockSize) +
+                       " KV positions, less than one sequence of --max_model_len " + std::to_string(max_model_len) +
+                       " (one position takes " + format_bytes(block_bytes / kKvBlockSize) + ")");
+  }
+  server::Scheduler scheduler(*engine.model, engine.tokenizer, scheduling);
   server::ApiServer api(engine, scheduler, options);
   if (engine.images) {
     // Images are decoded and encoded on the request's HTTP thread (ImageEncoder takes them in
@@ -173,6 +190,13 @@ void add_deploy_command(CLI::App& app, int& exit_code) {
                   "or the new one gets 503")
       ->capture_default_str();
   cmd->add_option("--max_body_mb", a->max_body_mb, "Largest request body in MiB; larger ones get 413")->capture_default_str();
+  cmd->add_option("--kv_cache_memory", a->kv_cache_memory,
+                  "Memory of the paged KV cache pool, e.g. 2GiB (default: --max_batch_size sequences of "
+                  "--max_model_len, as planned)");
+  cmd->add_option("--enable_prefix_caching", a->enable_prefix_caching,
+                  "Reuse the KV blocks of a prompt prefix seen before (true|false; off by default: the uncached rest is then "
+                  "prefilled from a block boundary, which moves logprobs in the last digits)")
+      ->capture_default_str();
   cmd->add_option("--allowed_local_media_path", a->allowed_local_media_path,
                   "Directory that file:// image URLs may read from (default: none allowed)");
   cmd->callback([a, &exit_code] { exit_code = run(*a); });

@@ -42,10 +42,10 @@ std::vector<int32_t> checked_prompt(std::vector<int32_t> prompt, size_t max_mode
 }  // namespace
 
 SequenceState::SequenceState(const Qwen2Model& model, const tokenizer::Tokenizer& tokenizer, PromptInput prompt,
-                             size_t max_model_len, const GenerationParams& params)
+                             size_t max_model_len, const GenerationParams& params, KvBlockPool* pool)
     : params_(params),
       tokenizer_(tokenizer),
-      cache_(model.make_cache(max_model_len)),
+      cache_(pool ? KvCache(*pool, max_model_len) : model.make_cache(max_model_len)),
       history_(checked_prompt(std::move(prompt.tokens), max_model_len)),
       image_embeds_(std::move(prompt.image_embeds)),
       positions_(std::move(prompt.positions)),
@@ -58,6 +58,7 @@ SequenceState::SequenceState(const Qwen2Model& model, const tokenizer::Tokenizer
                 std::to_string(history_.size()) + " tokens");
   for (const auto& w : params.stop_words) longest_stop_ = std::max(longest_stop_, w.size());
   result_.prompt_tokens = history_.size();
+  pool_ = pool;
 }
 
 bool SequenceState::prefill(Qwen2Model& model, const std::function<void(std::string_view)>& on_text) {
@@ -67,6 +68,20 @@ bool SequenceState::prefill(Qwen2Model& model, const std::function<void(std::str
 
 void SequenceState::prefill_next_chunk(Qwen2Model& model, const std::function<void(std::string_view)>& on_text) {
   if (!prefilling()) throw Error("prefill_next_chunk: the prompt is already prefilled");
+  if (pool_ && !prefix_looked_up_) {
+    // Looked up at the first chunk, not at construction: a sequence that joins a batch with
+    // another of the same prompt then finds the blocks that one has written since.
+    prefix_looked_up_ = true;
+    const int32_t image_token = model.config().image_token_id;
+    const size_t hidden = static_cast<size_t>(model.config().hidden_size);
+    const size_t block = pool_->block_size();
+    prompt_keys_ = block_keys(history_, positions_, position_delta_, image_token, image_embeds_, hidden, block);
+    cached_prompt_tokens_ = cache_.adopt_cached_prefix(prompt_keys_, (result_.prompt_tokens - 1) / block);
+    prefilled_ = cached_prompt_tokens_;
+    if (!image_embeds_.empty())
+      image_rows_used_ = static_cast<size_t>(
+          std::count(history_.begin(), history_.begin() + static_cast<std::ptrdiff_t>(prefilled_), image_token));
+  }
   const size_t n = std::min(params_.prefill_chunk, result_.prompt_tokens - prefilled_);
   SequenceChunk chunk{&cache_, std::span<const int32_t>(history_).subspan(prefilled_, n), false};
   if (!image_embeds_.empty()) {
@@ -82,6 +97,7 @@ void SequenceState::prefill_next_chunk(Qwen2Model& model, const std::function<vo
   chunk.position_delta = position_delta_;
   std::vector<float> logits = model.forward(std::span(&chunk, 1));
   prefilled_ += n;
+  cache_.publish_full_blocks(prompt_keys_);
   if (prefilling()) return;
   if (params_.max_new_tokens == 0) {
     done_ = true;

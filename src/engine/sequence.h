@@ -66,8 +66,12 @@ class SequenceState {
  public:
   // Checks the prompt against max_model_len (Error when it leaves no room to generate).
   // `params` and `tokenizer` must outlive this object.
+  // With a `pool` (which must outlive this object) the cache is paged: its blocks come from the
+  // pool, the prompt's prefix found in the pool's prefix cache is taken instead of computed (all but
+  // the last token's block at most, so the first token's logits are computed), and the prompt's
+  // full blocks go to the prefix cache once written.
   SequenceState(const Qwen2Model& model, const tokenizer::Tokenizer& tokenizer, PromptInput prompt,
-                size_t max_model_len, const GenerationParams& params);
+                size_t max_model_len, const GenerationParams& params, KvBlockPool* pool = nullptr);
 
   // Runs the prompt through the model in chunks of params.prefill_chunk and accepts the first
   // token (unless max_new_tokens is 0). Returns whether the sequence is finished.
@@ -88,6 +92,8 @@ class SequenceState {
   SequenceChunk decode_chunk();
   KvCache& cache() { return cache_; }
   const GenerationResult& result() const { return result_; }
+  // Prompt tokens taken from the prefix cache instead of computed.
+  size_t cached_prompt_tokens() const { return cached_prompt_tokens_; }
   GenerationResult take_result() { return std::move(result_); }
 
  private:
@@ -107,6 +113,10 @@ class SequenceState {
   size_t longest_stop_ = 0;
   std::string held_back_;  // text not yet emitted: it might be the start of a stop word
   size_t prefilled_ = 0;   // prompt tokens already in the cache
+  KvBlockPool* pool_ = nullptr;  // paged caches
+  bool prefix_looked_up_ = false;
+  std::vector<KvBlockKey> prompt_keys_;  // paged: block_keys of the prompt's full blocks
+  size_t cached_prompt_tokens_ = 0;
   int32_t next_ = -1;      // sampled, not yet fed to the model
   bool done_ = false;
   GenerationResult result_;

@@ -39,6 +39,11 @@ void Softmax(float* x, size_t n) {
   for (; i < n; ++i) x[i] *= 1.0f / sum;
 }
 
+inline size_t row_of(const KvRows& kv, size_t position) {
+  return kv.block_table ? size_t{kv.block_table[position / kv.block_size]} * kv.block_size + position % kv.block_size
+                        : position;
+}
+
 template <DType kDType>
 void AttendTyped(const float* q, size_t group, size_t head_dim, const KvRows& kv, size_t length, float scale,
                  float* scores, float* out) {
@@ -48,7 +53,7 @@ void AttendTyped(const float* q, size_t group, size_t head_dim, const KvRows& kv
   const size_t vec_end = head_dim - head_dim % lanes;
   // Scores: one pass over the keys, every head of the group per key row.
   for (size_t p = 0; p < length; ++p) {
-    const std::byte* key = kv.keys + (p * kv.stride + kv.offset) * esize;
+    const std::byte* key = kv.keys + (row_of(kv, p) * kv.stride + kv.offset) * esize;
     for (size_t g = 0; g < group; ++g) {
       const float* qg = q + g * head_dim;
       VF acc = hn::Zero(df);
@@ -62,7 +67,7 @@ void AttendTyped(const float* q, size_t group, size_t head_dim, const KvRows& kv
   // Weighted sum of the value rows, again one pass with every head per row.
   std::fill_n(out, group * head_dim, 0.0f);
   for (size_t p = 0; p < length; ++p) {
-    const std::byte* value = kv.values + (p * kv.stride + kv.offset) * esize;
+    const std::byte* value = kv.values + (row_of(kv, p) * kv.stride + kv.offset) * esize;
     for (size_t i = 0; i < vec_end; i += lanes) {
       const VF v = LoadAsF32<kDType>(df, value, i);
       for (size_t g = 0; g < group; ++g) {

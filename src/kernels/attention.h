@@ -3,6 +3,7 @@
 // one GQA group at once: each key and value row is loaded (and converted from bf16) once and used
 // by every head of the group. SIMD via Highway with runtime dispatch.
 #include <cstddef>
+#include <cstdint>
 
 #include "io/dtype.h"
 
@@ -10,10 +11,13 @@ namespace vlmforge::kernels {
 
 struct KvRows {
   DType dtype;            // F32 or BF16
-  const std::byte* keys;  // [positions, stride] elements; this kv head starts at element `offset`
+  const std::byte* keys;  // rows of `stride` elements; this kv head starts at element `offset`
   const std::byte* values;
   size_t stride;
   size_t offset;
+  // Paged: position p is row block_table[p / block_size] * block_size + p % block_size; null: row p.
+  const uint32_t* block_table = nullptr;
+  size_t block_size = 0;
 };
 
 // For g < group: out[g] = Σ_p softmax_p(scale · q[g]·K[p]) · V[p] over positions p < length.

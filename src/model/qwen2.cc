@@ -158,6 +158,13 @@ KvCache Qwen2Model::make_cache(size_t max_tokens) const {
   return cache;
 }
 
+KvBlockPool Qwen2Model::make_block_pool(size_t blocks, bool prefix_caching) const {
+  const size_t kv_dim = static_cast<size_t>(config_.num_key_value_heads * config_.head_dim());
+  std::vector<Stream*> streams;
+  for (size_t c : layer_context_) streams.push_back(contexts_[c]->stream.get());
+  return KvBlockPool(std::move(streams), kv_dim, kv_cache_dtype_, blocks, kKvBlockSize, prefix_caching);
+}
+
 void Qwen2Model::set_kv_cache_dtype(DType dtype) {
   if (dtype != DType::F32 && dtype != DType::BF16) throw Error("KV cache dtype must be float32 or bfloat16");
   kv_cache_dtype_ = dtype;

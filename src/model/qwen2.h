@@ -84,6 +84,9 @@ class Qwen2Model {
   // without a placement of its own).
   Device& embedding_device() const { return *contexts_[embed_context_]->device; }
   KvCache make_cache(size_t max_tokens) const;
+  // A pool of `blocks` KV blocks of kKvBlockSize positions on the layers' devices, in the caches'
+  // dtype, for paged caches (KvCache(pool, max_tokens)).
+  KvBlockPool make_block_pool(size_t blocks, bool prefix_caching) const;
   // Storage of the caches make_cache returns: DType::F32 (default) or DType::BF16.
   void set_kv_cache_dtype(DType dtype);
 

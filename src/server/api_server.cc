@@ -585,6 +585,18 @@ std::string ApiServer::metrics_text() const {
   metric("vlmforge_memory_bytes", "gauge", "Memory by device: resident set of the process and the KV caches in it.");
   value("vlmforge_memory_bytes{device=\"cpu\",kind=\"resident\"}", static_cast<double>(current_rss_bytes()));
   value("vlmforge_memory_bytes{device=\"cpu\",kind=\"kv_cache\"}", static_cast<double>(s.kv_cache_bytes));
+  metric("vlmforge_kv_blocks", "gauge",
+         "Paged KV cache blocks: in the pool, referenced by running sequences, and cached (unreferenced, kept for "
+         "prefix reuse until needed).");
+  value("vlmforge_kv_blocks{kind=\"total\"}", static_cast<double>(s.kv_blocks.total));
+  value("vlmforge_kv_blocks{kind=\"used\"}", static_cast<double>(s.kv_blocks.used));
+  value("vlmforge_kv_blocks{kind=\"cached\"}", static_cast<double>(s.kv_blocks.cached));
+  metric("vlmforge_prefix_cache_queries_total", "counter", "Prompt blocks looked up in the prefix cache.");
+  value("vlmforge_prefix_cache_queries_total", static_cast<double>(s.kv_blocks.prefix_queries));
+  metric("vlmforge_prefix_cache_hits_total", "counter", "Prompt blocks found in the prefix cache.");
+  value("vlmforge_prefix_cache_hits_total", static_cast<double>(s.kv_blocks.prefix_hits));
+  metric("vlmforge_prefix_cache_tokens_total", "counter", "Prompt tokens taken from the prefix cache, not computed.");
+  value("vlmforge_prefix_cache_tokens_total", static_cast<double>(s.cached_prompt_tokens));
   if (!options_.devices.empty()) {
     metric("vlmforge_device_memory_bytes", "gauge",
            "Per --device_map device: accounted memory now, its peak, and the device's free and total (a capped "

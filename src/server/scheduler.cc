@@ -38,9 +38,21 @@ struct Scheduler::Running {
   size_t published_text = 0, published_tokens = 0;
 };
 
+namespace {
+
+size_t pool_blocks(const SchedulerOptions& o) {
+  if (o.max_batch_size == 0) throw UsageError("--max_batch_size must be at least 1");
+  return o.kv_cache_blocks ? o.kv_cache_blocks : o.max_batch_size * ((o.max_model_len + kKvBlockSize - 1) / kKvBlockSize);
+}
+
+}  // namespace
+
 Scheduler::Scheduler(Qwen2Model& model, const tokenizer::Tokenizer& tokenizer, SchedulerOptions options)
-    : model_(model), tokenizer_(tokenizer), options_(options) {
-  if (options_.max_batch_size == 0) throw UsageError("--max_batch_size must be at least 1");
+    : model_(model),
+      tokenizer_(tokenizer),
+      options_(options),
+      pool_(model.make_block_pool(pool_blocks(options), options.enable_prefix_caching)) {
+  stats_.kv_blocks = pool_.table().stats();
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -162,7 +174,7 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running, std::vector
     r->job = job;
     try {
       r->state = std::make_unique<SequenceState>(model_, tokenizer_, std::move(job->prompt_), options_.max_model_len,
-                                                 job->params_);
+                                                 job->params_, &pool_);
     } catch (const std::exception& e) {
       fail(job, e.what());
       continue;
@@ -189,7 +201,12 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running, std::vector
   // for every sequence past its prompt. A failure ends only the sequences it touches.
   std::vector<BatchMember> members(running.size());
   for (size_t i = 0; i < running.size(); ++i) members[i].sequence = running[i]->state.get();
+  std::vector<size_t> prefilling;  // prompts whose first chunk runs this step
+  for (size_t i = 0; i < running.size(); ++i)
+    if (running[i]->state->prefilling() && running[i]->state->cached_prompt_tokens() == 0) prefilling.push_back(i);
   const StepReport report = generation_step(model_, members, FailurePolicy::kFailMember);
+  uint64_t cached_prompt = 0;
+  for (size_t i : prefilling) cached_prompt += running[i]->state->cached_prompt_tokens();
   // Failed and finished sequences leave; their caches are freed with them.
   std::vector<std::unique_ptr<Running>> staying;
   for (size_t i = 0; i < running.size(); ++i) {
@@ -217,6 +234,8 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running, std::vector
   stats_.cancelled += cancelled;
   stats_.kv_cache_bytes = kv_bytes;
   stats_.decode_steps += report.decoded ? 1 : 0;
+  stats_.kv_blocks = pool_.table().stats();
+  stats_.cached_prompt_tokens += cached_prompt;
 }
 
 }  // namespace vlmforge::server

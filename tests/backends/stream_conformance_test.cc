@@ -4,6 +4,7 @@
 // compiled SIMD target. A new backend joins by adding one line to backends() below.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <deque>
@@ -837,6 +838,115 @@ TEST_P(StreamConformance, AttentionIsCausalSoftmaxWithGroupedQueryHeads) {
           }
       }
   });
+}
+
+// Paged caches: two sequences' positions scattered over one pool's blocks by random block tables
+// (blocks of 1, 7 and 16 positions), stored by kv_store through the tables and attended over in one
+// call, against the float64 reference over each sequence's positions in order. The pool's unused
+// blocks hold large values, so a row read through a wrong table entry shows.
+TEST_P(StreamConformance, PagedKvStoreAndAttentionAddressPositionsThroughTheBlockTable) {
+  on_every_target([&] {
+    for (DType d : {DType::F32, DType::BF16})
+      for (size_t block : {1, 7, 16})
+        for (const Shape& s : {Shape{4, 2, 17}, Shape{14, 2, 64}}) {
+          SCOPED_TRACE(std::string(dtype_name(d)) + " block " + std::to_string(block) + " heads " +
+                       std::to_string(s.heads) + "/" + std::to_string(s.kv_heads) + " head_dim " +
+                       std::to_string(s.head_dim));
+          const size_t kv_dim = s.kv_heads * s.head_dim, group = s.heads / s.kv_heads, element = dtype_info(d).bits / 8;
+          const size_t lengths[2] = {130, 45};
+          size_t used = 0;
+          for (size_t len : lengths) used += (len + block - 1) / block;
+          const size_t pool_blocks = used + 3;  // three blocks no table names
+          std::vector<uint32_t> ids(pool_blocks);
+          for (size_t i = 0; i < pool_blocks; ++i) ids[i] = static_cast<uint32_t>(i);
+          std::shuffle(ids.begin(), ids.end(), rng_);
+          std::vector<uint32_t> tables[2];
+          for (size_t seq = 0, next = 0; seq < 2; ++seq)
+            for (size_t b = 0; b < (lengths[seq] + block - 1) / block; ++b) tables[seq].push_back(ids[next++]);
+          DeviceBuffer bk = device_->allocate(pool_blocks * block * kv_dim * element, "paged keys");
+          DeviceBuffer bv = device_->allocate(bk.size(), "paged values");
+          {
+            std::vector<float> garbage(pool_blocks * block * kv_dim, 1e4f);
+            std::vector<std::byte> stored(bk.size());
+            for (size_t i = 0; i < garbage.size(); ++i) {
+              if (d == DType::F32) {
+                std::memcpy(stored.data() + 4 * i, &garbage[i], 4);
+              } else {
+                uint32_t bits;
+                std::memcpy(&bits, &garbage[i], 4);
+                const uint16_t h = static_cast<uint16_t>(bits >> 16);
+                std::memcpy(stored.data() + 2 * i, &h, 2);
+              }
+            }
+            stream_->copy_from_host(bk, 0, stored);
+            stream_->copy_from_host(bv, 0, stored);
+          }
+          const KvView caches[2] = {{d, &bk, &bv, kv_dim, tables[0], block}, {d, &bk, &bv, kv_dim, tables[1], block}};
+          std::vector<float> keys[2], values[2];
+          for (size_t seq = 0; seq < 2; ++seq) {
+            keys[seq] = random(lengths[seq] * kv_dim, 2.0f);
+            values[seq] = random(lengths[seq] * kv_dim);
+            for (std::vector<float>* v : {&keys[seq], &values[seq]})
+              for (float& x : *v) x = ref::round_to(d, x);
+            HostRows staged = {lengths[seq], 2 * kv_dim, 0, 2 * kv_dim, {}};
+            std::vector<KvSlot> fill;
+            // Stored in reverse, so a position's row does not follow from the order of the writes.
+            for (size_t i = 0; i < lengths[seq]; ++i) {
+              const size_t p = lengths[seq] - 1 - i;
+              staged.data.insert(staged.data.end(), keys[seq].begin() + p * kv_dim, keys[seq].begin() + (p + 1) * kv_dim);
+              staged.data.insert(staged.data.end(), values[seq].begin() + p * kv_dim,
+                                 values[seq].begin() + (p + 1) * kv_dim);
+              fill.push_back({caches[seq], p});
+            }
+            DeviceBuffer bs = upload(staged);
+            stream_->kv_store(fill, view(bs, staged), view(bs, staged).columns_from(kv_dim));
+          }
+          // Rows of both sequences in one call, at block edges and the last position.
+          const std::vector<std::pair<size_t, size_t>> at = {{0, 0},  {1, 0},     {0, block - 1}, {1, block},
+                                                             {0, 64}, {1, 44},    {0, 129},       {0, 2 * block + 1}};
+          std::vector<KvSlot> slots;
+          for (auto [seq, p] : at) slots.push_back({caches[seq], p});
+          const size_t q_dim = s.heads * s.head_dim;
+          HostRows q = rows(at.size(), q_dim, 3, 5), out = rows(at.size(), q_dim, 1, 2);
+          DeviceBuffer bq = upload(q), bo = upload(out);
+          const double scale = 1.0 / std::sqrt(double(s.head_dim));
+          stream_->attention(view(bq, q), slots, {s.heads, s.kv_heads, s.head_dim, float(scale)}, view(bo, out));
+          const std::vector<float> got = read(bo);
+          std::vector<double> want(s.head_dim), magnitude(s.head_dim);
+          for (size_t r = 0; r < at.size(); ++r)
+            for (size_t h = 0; h < s.heads; ++h) {
+              const auto [seq, position] = at[r];
+              const size_t kvh = h / group, length = position + 1;
+              const float* qh = q.row(r) + h * s.head_dim;
+              const float* k = keys[seq].data() + kvh * s.head_dim;
+              ref::attend(qh, k, values[seq].data() + kvh * s.head_dim, kv_dim, length, s.head_dim, scale, want.data(),
+                          magnitude.data());
+              const double error = ref::attention_relative_error(qh, k, kv_dim, length, s.head_dim, scale);
+              for (size_t i = 0; i < s.head_dim; ++i)
+                ASSERT_NEAR(got[out.offset + r * out.stride + h * s.head_dim + i], want[i], error * magnitude[i] + 1e-30)
+                    << "sequence " << seq << " position " << position << " head " << h << " element " << i;
+            }
+        }
+  });
+}
+
+// A paged slot whose position lies past its block table, or whose block lies past the pool, is
+// refused before anything is written.
+TEST_P(StreamConformance, PagedSlotsPastTheTableOrThePoolAreRefused) {
+  const size_t kv_dim = 8, block = 4, pool_blocks = 2;
+  DeviceBuffer bk = device_->allocate(pool_blocks * block * kv_dim * 4, "keys"), bv = device_->allocate(bk.size(), "values");
+  stream_->copy_from_host(bk, 0, std::vector<std::byte>(bk.size()));
+  const std::vector<uint32_t> table = {1}, outside = {2};
+  HostRows x = rows(1, kv_dim, 0, 0), out = rows(1, kv_dim, 0, 0);
+  DeviceBuffer bx = upload(x), bo = upload(out);
+  for (const KvSlot& bad : {KvSlot{{DType::F32, &bk, &bv, kv_dim, table, block}, block},
+                            KvSlot{{DType::F32, &bk, &bv, kv_dim, outside, block}, 0}}) {
+    const KvSlot slots[] = {bad};
+    EXPECT_THROW(stream_->kv_store(slots, view(bx, x), view(bx, x)), Error);
+    EXPECT_THROW(stream_->attention(view(bx, x), slots, {1, 1, kv_dim, 1}, view(bo, out)), Error);
+  }
+  const std::vector<float> keys = cache_values(*stream_, DType::F32, bk);
+  EXPECT_TRUE(std::all_of(keys.begin(), keys.end(), [](float v) { return v == 0.0f; }));
 }
 
 TEST_P(StreamConformance, SegmentAttentionIsBidirectionalWithinEachSegment) {

@@ -78,7 +78,7 @@ struct KvStorePush {
 };
 struct AttentionPush {
   uint64_t q, out, spans;
-  uint32_t q_stride, out_stride, heads, kv_heads, head_dim, kv_stride, dtype, rows;
+  uint32_t q_stride, out_stride, heads, kv_heads, head_dim, kv_stride, dtype, rows, block_size;
   float scale;
 };
 
@@ -330,8 +330,9 @@ void VulkanStream::linear(F32Rows x, size_t rows, std::span<const LinearOutput> 
 void VulkanStream::check_slots(std::span<const KvSlot> slots) const {
   check_kv_slots(slots, vk_);
   for (const KvSlot& s : slots)  // one dtype and width per dispatch
-    if (s.cache.dtype != slots[0].cache.dtype || s.cache.kv_dim != slots[0].cache.kv_dim)
-      throw Error("internal error: KV caches of one op differ in dtype or width");
+    if (s.cache.dtype != slots[0].cache.dtype || s.cache.kv_dim != slots[0].cache.kv_dim ||
+        s.cache.block_size != slots[0].cache.block_size)
+      throw Error("internal error: KV caches of one op differ in dtype, width or block size");
 }
 
 void VulkanStream::kv_store(std::span<const KvSlot> slots, F32Rows keys, F32Rows values) {
@@ -342,7 +343,7 @@ void VulkanStream::kv_store(std::span<const KvSlot> slots, F32Rows keys, F32Rows
   const size_t element = dtype_info(first.dtype).bits / 8;
   std::vector<uint64_t> at;
   for (const KvSlot& s : slots) {
-    const size_t offset = s.position * s.cache.kv_dim * element;
+    const size_t offset = s.cache.row(s.position) * s.cache.kv_dim * element;
     at.push_back(vk_.address(s.cache.keys, offset));
     at.push_back(vk_.address(s.cache.values, offset));
   }
@@ -352,8 +353,8 @@ void VulkanStream::kv_store(std::span<const KvSlot> slots, F32Rows keys, F32Rows
   dispatch(VulkanShader::kKvStore, push, blocks(first.kv_dim, 256), u32(slots.size()));
 }
 
-void VulkanStream::attend(F32Rows q, std::span<const uint64_t> spans, size_t kv_stride, DType dtype,
-                          const AttentionShape& shape, F32Rows out) {
+void VulkanStream::attend(F32Rows q, std::span<const uint64_t> spans, size_t rows, size_t kv_stride, DType dtype,
+                          size_t block_size, const AttentionShape& shape, F32Rows out) {
   std::lock_guard hold(vk_.lock());  // staged arguments and their dispatch in one submission
   if (shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0)
     throw Error("internal error: " + std::to_string(shape.heads) + " attention heads do not form groups of " +
@@ -361,20 +362,46 @@ void VulkanStream::attend(F32Rows q, std::span<const uint64_t> spans, size_t kv_
   if (shape.head_dim > kMaxHeadDim)
     throw Error("vulkan: attention heads of " + std::to_string(shape.head_dim) + " dimensions (at most " +
                 std::to_string(kMaxHeadDim) + ")");
-  const size_t rows = spans.size() / 4;
   const AttentionPush push{rows_address(q), rows_address(out), stage(std::as_bytes(spans)), u32(q.stride),
                            u32(out.stride), u32(shape.heads), u32(shape.kv_heads), u32(shape.head_dim), u32(kv_stride),
-                           dtype_code(dtype), u32(rows), shape.scale};
+                           dtype_code(dtype), u32(rows), u32(block_size), shape.scale};
   dispatch_flat(VulkanShader::kAttention, push, rows * shape.heads);
 }
 
 void VulkanStream::attention(F32Rows q, std::span<const KvSlot> slots, const AttentionShape& shape, F32Rows out) {
   if (slots.empty()) return;
   check_slots(slots);
+  // Spans, then the block tables of paged caches (each distinct table once: a prompt's rows share
+  // one), staged together so one arena address serves both; a span's fourth entry is its table's
+  // byte offset from the spans (0: not paged).
   std::vector<uint64_t> spans;
-  for (const KvSlot& s : slots)
-    spans.insert(spans.end(), {vk_.address(s.cache.keys, 0), vk_.address(s.cache.values, 0), s.position + 1, 0});
-  attend(q, spans, slots[0].cache.kv_dim, slots[0].cache.dtype, shape, out);
+  std::vector<uint32_t> tables;
+  std::vector<std::pair<std::span<const uint32_t>, size_t>> staged;  // a table → its offset in `tables`
+  for (const KvSlot& s : slots) {
+    size_t table = 0;
+    if (s.cache.paged()) {
+      const auto it = std::find_if(staged.begin(), staged.end(),
+                                   [&](const auto& t) {
+                                     return t.first.data() == s.cache.block_table.data() &&
+                                            t.first.size() == s.cache.block_table.size();
+                                   });
+      if (it != staged.end()) {
+        table = it->second;
+      } else {
+        table = tables.size();
+        staged.emplace_back(s.cache.block_table, table);
+        tables.insert(tables.end(), s.cache.block_table.begin(), s.cache.block_table.end());
+      }
+    }
+    spans.insert(spans.end(), {vk_.address(s.cache.keys, 0), vk_.address(s.cache.values, 0), s.position + 1,
+                               s.cache.paged() ? 4 * table : 0});
+  }
+  const size_t span_bytes = spans.size() * sizeof(uint64_t);
+  for (size_t r = 0; r < slots.size(); ++r)
+    if (slots[r].cache.paged()) spans[4 * r + 3] += span_bytes;
+  spans.resize(spans.size() + (tables.size() + 1) / 2);
+  std::memcpy(reinterpret_cast<std::byte*>(spans.data()) + span_bytes, tables.data(), tables.size() * sizeof(uint32_t));
+  attend(q, spans, slots.size(), slots[0].cache.kv_dim, slots[0].cache.dtype, slots[0].cache.block_size, shape, out);
 }
 
 void VulkanStream::segment_attention(F32Rows q, F32Rows k, F32Rows v, std::span<const size_t> bounds,
@@ -386,7 +413,8 @@ void VulkanStream::segment_attention(F32Rows q, F32Rows k, F32Rows v, std::span<
       spans.insert(spans.end(), {rows_address(k.rows_from(bounds[s])), rows_address(v.rows_from(bounds[s])),
                                  bounds[s + 1] - bounds[s], 0});
   // Rows before the first bound take no part (the op's rows are [bounds.front(), bounds.back())).
-  attend(q.rows_from(bounds.front()), spans, k.stride, DType::F32, shape, out.rows_from(bounds.front()));
+  attend(q.rows_from(bounds.front()), spans, spans.size() / 4, k.stride, DType::F32, 0, shape,
+         out.rows_from(bounds.front()));
 }
 
 }  // namespace vlmforge

@@ -67,8 +67,10 @@ class VulkanStream final : public Stream {
                size_t out_stride);
   void eltwise(uint32_t op, F32Rows a, uint64_t b, size_t b_stride, uint64_t factor, uint64_t bias, size_t rows,
                size_t cols, float scale);
-  void attend(F32Rows q, std::span<const uint64_t> spans, size_t kv_stride, DType dtype, const AttentionShape& shape,
-              F32Rows out);
+  // `rows` spans of 4 entries (keys, values, length, block table's byte offset from the spans or 0),
+  // followed by the block tables they name.
+  void attend(F32Rows q, std::span<const uint64_t> spans, size_t rows, size_t kv_stride, DType dtype, size_t block_size,
+              const AttentionShape& shape, F32Rows out);
   // Grows a workspace array, first running the work that may still read the old one.
   void ensure(DeviceArray& array, size_t floats);
 

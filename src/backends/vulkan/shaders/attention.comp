@@ -2,12 +2,14 @@
 #include "common.glsl"
 // Softmax attention of one query head of one row per workgroup over `length` keys and values
 // (row r's span: spans[4r] keys, spans[4r + 1] values at its first position, spans[4r + 2] the
-// length), one pass in tiles of 64 positions with a running max and sum (no score buffer: any
-// length fits). Query head h reads KV head h / (heads / kv_heads). head_dim ≤ 256.
+// length, spans[4r + 3] the byte offset from the spans of its block table or 0), one pass in tiles
+// of 64 positions with a running max and sum (no score buffer: any length fits). A paged cache
+// keeps position p in row table[p / block_size] * block_size + p % block_size of its buffers.
+// Query head h reads KV head h / (heads / kv_heads). head_dim ≤ 256.
 layout(local_size_x = 64) in;
 layout(push_constant) uniform Push {
   uint64_t q, out_rows, spans;
-  uint q_stride, out_stride, heads, kv_heads, head_dim, kv_stride, dtype, rows;
+  uint q_stride, out_stride, heads, kv_heads, head_dim, kv_stride, dtype, rows, block_size;
   float scale;
 } p;
 
@@ -39,6 +41,10 @@ float reduce_sum(float v, uint t) {
   return r;
 }
 
+uint row_of(Uints table, bool paged, uint position) {
+  return paged ? table.v[position / p.block_size] * p.block_size + position % p.block_size : position;
+}
+
 void main() {
   const uint g = flat_group(), t = gl_LocalInvocationID.x;
   if (g >= p.rows * p.heads) return;
@@ -46,6 +52,8 @@ void main() {
   Addresses spans = Addresses(p.spans);
   const uint64_t keys = spans.v[4 * r], values = spans.v[4 * r + 1];
   const uint length = uint(spans.v[4 * r + 2]);
+  const uint64_t table_offset = spans.v[4 * r + 3];
+  Uints table = Uints(p.spans + table_offset);
   Floats q = Floats(p.q + 4 * (uint64_t(r) * p.q_stride + h * hd));
   for (uint d = t; d < hd; d += 64) query[d] = q.v[d];
   barrier();
@@ -56,7 +64,7 @@ void main() {
     const uint pos = first + t, count = min(64u, length - first);
     float s = -1.0 / 0.0;
     if (pos < length) {
-      const uint at = pos * p.kv_stride + kvh * hd;
+      const uint at = row_of(table, table_offset != 0, pos) * p.kv_stride + kvh * hd;
       float dot = 0;
       for (uint d = 0; d < hd; ++d) dot += query[d] * load_value(keys, p.dtype, at + d);
       s = dot * p.scale;
@@ -68,7 +76,7 @@ void main() {
     running_sum = running_sum * correction + reduce_sum(e, t);
     for (uint j = 0; j < 4; ++j) acc[j] *= correction;
     for (uint i = 0; i < count; ++i) {
-      const uint at = (first + i) * p.kv_stride + kvh * hd;
+      const uint at = row_of(table, table_offset != 0, first + i) * p.kv_stride + kvh * hd;
       const float weight = tile[i];
       for (uint j = 0; j < 4; ++j) {
         const uint d = t + 64 * j;
