@@ -31,23 +31,7 @@ done
 [ -x "$bin" ] || { echo "build first: bash scripts/setup.sh" >&2; exit 2; }
 mkdir -p "$workdir"
 
-drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
-# time_cmd OUT_VAR_PREFIX cmd...: sets ${prefix}_s (wall incl. final sync) and ${prefix}_rss_kb
-time_cmd() {
-  local prefix=$1; shift
-  drop_caches
-  local start end
-  start=$(date +%s.%N)
-  /usr/bin/time -f "%M %U %S" -o "$workdir/rss" "$@" >/dev/null
-  sync
-  end=$(date +%s.%N)
-  printf -v "${prefix}_s" "%.3f" "$(echo "$end - $start" | bc -l)"
-  local rss user sys
-  read -r rss user sys < <(tail -n1 "$workdir/rss")
-  printf -v "${prefix}_rss_kb" "%s" "$rss"
-  printf -v "${prefix}_cpu_s" "%.3f" "$(echo "$user + $sys" | bc -l)"
-}
-median() { printf "%s\n" "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+source bench/file_timing.sh
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB RAM, load $(cut -d' ' -f1 /proc/loadavg)"
 echo "simd: ${VLMFORGE_SIMD_TARGET:-best available} (Highway dispatch)"
