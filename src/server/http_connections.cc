@@ -394,7 +394,7 @@ void ConnectionLayer::admit(std::unique_ptr<Connection> c) {
     }
     waiting_.erase(victim);
   }
-  if (c->receiving && scan_head(*c)) {
+  if (!c->closing && c->receiving && scan_head(*c)) {
     std::lock_guard lock(mutex_);
     ready_.push_back(std::move(c));
     ready_changed_.notify_one();
@@ -490,8 +490,18 @@ void ConnectionLayer::serve(std::unique_ptr<Connection> c) {
                stream.body_bytes() == c->content_length.value_or(0);
     stream.finish();
   }
-  if (!reusable) return;
-  c->next_request(Clock::now(), limits_);
+  if (client_closed) return;
+  if (reusable) {
+    c->next_request(Clock::now(), limits_);
+  } else {
+    // Close as refuse() does, lingering: the client may still be sending a body nobody read, and
+    // closing a socket with unread input resets it, which can discard the answer before the
+    // client has read it (a chunked body over --max_body_mb lost its 413 that way).
+    ::shutdown(c->fd, SHUT_WR);
+    c->closing = true;
+    c->deadline = Clock::now() + kLinger;
+    c->buffer.clear();
+  }
   std::lock_guard lock(mutex_);
   if (stopping_) return;
   inbox_.push_back(std::move(c));
