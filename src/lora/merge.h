@@ -97,6 +97,14 @@ class MergeStream {
   std::unique_ptr<Impl> impl_;
 };
 
+// Writes the shards of a planned output into `dir`: shard s holds the tensors `shards[s]` (indices
+// into `outputs`), named shard_file_name(s, shards.size()), each tensor written by
+// `write_tensor(index, writer)` through `stream`; stops with an error when interrupted; with more
+// than one shard, writes the index too. merge-lora's and export's one way of writing shards.
+void write_shards(const std::filesystem::path& dir, const std::vector<TensorSpec>& outputs,
+                  const std::vector<std::vector<size_t>>& shards, uint64_t total_bytes, MergeStream& stream,
+                  const std::function<void(size_t index, SafetensorsWriter& writer)>& write_tensor);
+
 // An output directory that only ever holds a complete result: written in a hidden temporary
 // directory beside it (".NAME.tmp-PID"), fsynced and renamed into place by commit() (a
 // non-empty output moved aside first and removed after); removed when never committed.

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -267,13 +268,8 @@ class TensorMerger {
       background_.wait();
       writer.copy_from(source->file->mapped(), source->file->file_offset(*source->info), source->info->nbytes());
     } else {
-      // Matrices are [shape[0], rest]; vectors and scalars are one row.
-      const auto& shape = t.output.shape;
-      const size_t rows = shape.size() < 2 ? 1 : shape[0];
-      const size_t cols = rows ? t.output.num_elements() / rows : 0;
-      std::vector<Step> steps;
-      for (size_t i = first_update; i < t.updates.size(); ++i) steps.push_back(make_step(t.updates[i], rows, cols));
-      compute_column_factors(steps, *source, rows, cols);
+      const auto [rows, cols] = matrix_shape(t);
+      std::vector<Step> steps = steps_of(t, *source, first_update, rows, cols);
       stream_blocks(steps, *source, t.output.dtype, rows, cols, writer);
     }
     source->release();
@@ -282,12 +278,8 @@ class TensorMerger {
 
   void merged_rows(const PlannedTensor& t, size_t row_multiple, const MergedRowsConsumer& consume) {
     const auto [source, first_update] = source_of(t);
-    const auto& shape = t.output.shape;
-    const size_t rows = shape.size() < 2 ? 1 : shape[0];
-    const size_t cols = rows ? t.output.num_elements() / rows : 0;
-    std::vector<Step> steps;
-    for (size_t i = first_update; i < t.updates.size(); ++i) steps.push_back(make_step(t.updates[i], rows, cols));
-    compute_column_factors(steps, *source, rows, cols);
+    const auto [rows, cols] = matrix_shape(t);
+    std::vector<Step> steps = steps_of(t, *source, first_update, rows, cols);
     for_blocks(
         *source, rows, cols, row_multiple,
         [&](float* buf, size_t row, size_t n, size_t row0) {
@@ -301,6 +293,22 @@ class TensorMerger {
  private:
   // The tensor the output starts from (the base, or the last replacement of it) and the index
   // of the first update applied after it.
+  // Matrices are [shape[0], rest]; vectors and scalars are one row.
+  static std::pair<size_t, size_t> matrix_shape(const PlannedTensor& t) {
+    const auto& shape = t.output.shape;
+    const size_t rows = shape.size() < 2 ? 1 : shape[0];
+    return {rows, rows ? t.output.num_elements() / rows : 0};
+  }
+
+  // The updates from `first_update` on, ready to apply to rows of `source`.
+  std::vector<Step> steps_of(const PlannedTensor& t, const TensorRef& source, size_t first_update, size_t rows,
+                             size_t cols) {
+    std::vector<Step> steps;
+    for (size_t i = first_update; i < t.updates.size(); ++i) steps.push_back(make_step(t.updates[i], rows, cols));
+    compute_column_factors(steps, source, rows, cols);
+    return steps;
+  }
+
   static std::pair<const TensorRef*, size_t> source_of(const PlannedTensor& t) {
     const TensorRef* source = t.base;
     size_t first_update = 0;
@@ -543,6 +551,34 @@ void set_torch_dtype(nlohmann::ordered_json& config, DType dtype) {
     config["text_config"]["torch_dtype"] = torch_dtype_name(dtype);
 }
 
+void write_shards(const fs::path& dir, const std::vector<TensorSpec>& outputs,
+                  const std::vector<std::vector<size_t>>& shards, uint64_t total_bytes, MergeStream& stream,
+                  const std::function<void(size_t index, SafetensorsWriter& writer)>& write_tensor) {
+  std::map<std::string, std::string> weight_map;
+  for (size_t s = 0; s < shards.size(); ++s) {
+    const std::string name = shard_file_name(s, shards.size());
+    std::vector<TensorSpec> specs;
+    for (size_t i : shards[s]) {
+      specs.push_back(outputs[i]);
+      weight_map[outputs[i].name] = name;
+    }
+    SafetensorsWriter writer(dir / name, std::move(specs));
+    try {
+      for (size_t i : shards[s]) {
+        if (interrupted()) throw Error("interrupted: the partial output was removed");
+        write_tensor(i, writer);
+      }
+      stream.flush();
+    } catch (...) {
+      stream.drain();
+      throw;
+    }
+    writer.finish();
+  }
+  if (shards.size() > 1)
+    write_text_file(dir / "model.safetensors.index.json", make_shard_index(total_bytes, weight_map).dump(2) + "\n");
+}
+
 MergeStats execute_merge(const Checkpoint& base, const MergePlan& plan, const MergeOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   std::vector<fs::path> inputs{options.model_dir};
@@ -552,32 +588,13 @@ MergeStats execute_merge(const Checkpoint& base, const MergePlan& plan, const Me
   ProgressBar progress("merge", plan.total_bytes, options.progress);
   MergeStream stream(options.threads, progress);
   for (size_t i = 0; i < std::min(kReadAheadTensors, plan.tensors.size()); ++i) stream.read_ahead(*plan.tensors[i].base);
-  std::map<std::string, std::string> weight_map;
-  for (size_t s = 0; s < plan.shards.size(); ++s) {
-    std::vector<TensorSpec> specs;
-    for (size_t i : plan.shards[s]) {
-      specs.push_back(plan.tensors[i].output);
-      weight_map[plan.tensors[i].output.name] = plan.shard_name(s);
-    }
-    SafetensorsWriter writer(staged.path() / plan.shard_name(s), std::move(specs));
-    try {
-      for (size_t k = 0; k < plan.shards[s].size(); ++k) {
-        // Start reading the next tensor from disk while this one is computed.
-        const size_t i = plan.shards[s][k];
-        if (interrupted()) throw Error("interrupted: the partial output was removed");
-        if (i + kReadAheadTensors < plan.tensors.size()) stream.read_ahead(*plan.tensors[i + kReadAheadTensors].base);
-        stream.write(plan.tensors[i], writer);
-      }
-      stream.flush();
-    } catch (...) {
-      stream.drain();
-      throw;
-    }
-    writer.finish();
-  }
-  if (plan.shards.size() > 1)
-    write_text_file(staged.path() / "model.safetensors.index.json",
-                    make_shard_index(plan.total_bytes, weight_map).dump(2) + "\n");
+  std::vector<TensorSpec> outputs;
+  for (const PlannedTensor& t : plan.tensors) outputs.push_back(t.output);
+  write_shards(staged.path(), outputs, plan.shards, plan.total_bytes, stream, [&](size_t i, SafetensorsWriter& writer) {
+    // Start reading the next tensor from disk while this one is computed.
+    if (i + kReadAheadTensors < plan.tensors.size()) stream.read_ahead(*plan.tensors[i + kReadAheadTensors].base);
+    stream.write(plan.tensors[i], writer);
+  });
   std::function<void(nlohmann::ordered_json&)> edit_config;
   // The weights' dtype changed: say so in the config, as transformers would on save.
   if (options.dtype) edit_config = [&](nlohmann::ordered_json& config) { set_torch_dtype(config, *options.dtype); };

@@ -1,14 +1,12 @@
 #include "model/quantized_export.h"
 
 #include <chrono>
-#include <map>
 #include <memory>
 #include <optional>
 
 #include "io/json_file.h"
 #include "model/quant_pack.h"
 #include "util/error.h"
-#include "util/interrupt.h"
 #include "util/progress.h"
 
 namespace vlmforge {
@@ -122,46 +120,25 @@ ExportStats execute_export(const Checkpoint& base, const ExportPlan& plan, const
   // The quantized linear whose parts are being written (they may span two shards).
   std::optional<PackedLinear> packed;
   size_t packed_index = planned.size();
-  std::map<std::string, std::string> weight_map;
-  for (size_t s = 0; s < plan.shards.size(); ++s) {
-    std::vector<TensorSpec> specs;
-    for (size_t i : plan.shards[s]) {
-      specs.push_back(plan.tensors[i].output);
-      weight_map[plan.tensors[i].output.name] = plan.shard_name(s);
+  std::vector<TensorSpec> outputs;
+  for (const ExportTensor& e : plan.tensors) outputs.push_back(e.output);
+  write_shards(staged.path(), outputs, plan.shards, plan.total_bytes, stream, [&](size_t i, SafetensorsWriter& writer) {
+    const ExportTensor& e = plan.tensors[i];
+    const PlannedTensor& t = planned[e.planned];
+    if (e.part <= 0 && e.planned + kReadAheadTensors < planned.size())
+      stream.read_ahead(*planned[e.planned + kReadAheadTensors].base);
+    if (e.part < 0) return stream.write(t, writer);
+    if (packed_index != e.planned) {
+      packed.emplace(options.quant, module_of(t.output.name), t.output.shape[0], t.output.shape[1]);
+      packed_index = e.planned;
+      stream.merged_rows(t, PackedLinear::kRowMultiple,
+                         [&](const float* rows, size_t row, size_t n) { packed->quantize_rows(rows, row, n); });
+      progress.advance(t.output.nbytes());
     }
-    SafetensorsWriter writer(staged.path() / plan.shard_name(s), std::move(specs));
-    try {
-      for (size_t i : plan.shards[s]) {
-        if (interrupted()) throw Error("interrupted: the partial output was removed");
-        const ExportTensor& e = plan.tensors[i];
-        const PlannedTensor& t = planned[e.planned];
-        if (e.part <= 0 && e.planned + kReadAheadTensors < planned.size())
-          stream.read_ahead(*planned[e.planned + kReadAheadTensors].base);
-        if (e.part < 0) {
-          stream.write(t, writer);
-          continue;
-        }
-        if (packed_index != e.planned) {
-          packed.emplace(options.quant, module_of(t.output.name), t.output.shape[0], t.output.shape[1]);
-          packed_index = e.planned;
-          stream.merged_rows(t, PackedLinear::kRowMultiple,
-                             [&](const float* rows, size_t row, size_t n) { packed->quantize_rows(rows, row, n); });
-          progress.advance(t.output.nbytes());
-        }
-        stream.flush();  // blocks of the tensors before are written first
-        writer.write(packed->data()[static_cast<size_t>(e.part)]);
-      }
-      stream.flush();
-    } catch (...) {
-      stream.drain();
-      throw;
-    }
-    writer.finish();
-  }
+    stream.flush();  // blocks of the tensors before are written first
+    writer.write(packed->data()[static_cast<size_t>(e.part)]);
+  });
   packed.reset();
-  if (plan.shards.size() > 1)
-    write_text_file(staged.path() / "model.safetensors.index.json",
-                    make_shard_index(plan.total_bytes, weight_map).dump(2) + "\n");
   copy_non_weight_files(base.root(), staged.path(), [&](nlohmann::ordered_json& config) {
     set_torch_dtype(config, DType::F16);
     config["quantization_config"] = plan.quantization_config;

@@ -106,29 +106,24 @@ void Qwen2Model::load_weights(const ModelPlacement& p, const std::optional<kerne
   if (p.embed) embed_context_ = context_of(p.embed);
   if (!last) return;
   final_norm_ = w.vector(*p.norm, prefix + "norm.weight", hidden, "final norm");
-  if (!p.embed && (config_.tie_word_embeddings || !checkpoint_.find("lm_head.weight"))) {
-    if (!config_.tie_word_embeddings)
-      throw Error(checkpoint_.root().string() +
-                  ": model is missing tensor 'lm_head.weight' (config.json says tie_word_embeddings=false)");
-    // The last stage of a pipeline holds a tied lm_head without the embeddings: the matrix
-    // (or its quantized copy) is loaded again there.
-    lm_head_.weight = w.quantizes(hidden) && !w.adapted(prefix + "embed_tokens")
-                          ? w.quantized_copy(*p.head, prefix + "embed_tokens.weight", vocab, hidden,
-                                             "lm_head weights (tied, quantized)")
-                          : w.matrix(*p.head, prefix + "embed_tokens.weight", vocab, hidden, "lm_head weights (tied)");
-  } else if (config_.tie_word_embeddings || !checkpoint_.find("lm_head.weight")) {
+  if (config_.tie_word_embeddings || !checkpoint_.find("lm_head.weight")) {
     if (!config_.tie_word_embeddings)
       throw Error(checkpoint_.root().string() +
                   ": model is missing tensor 'lm_head.weight' (config.json says tie_word_embeddings=false)");
     // Quantize-on-load gives the tied lm_head a quantized copy of its own (logits read the whole
     // matrix every step; an embedding reads one row per token and stays as stored), unless
-    // adapters change the embedding; the copy may live on another device.
+    // adapters change the embedding; the copy may live on another device. The last stage of a
+    // pipeline holds no embeddings: it loads the matrix (or that copy) again.
     const bool copy = w.quantizes(hidden) && !w.adapted(prefix + "embed_tokens");
-    if (!copy && p.head != p.embed)
+    if (copy)
+      lm_head_.weight = w.quantized_copy(*p.head, prefix + "embed_tokens.weight", vocab, hidden,
+                                         "lm_head weights (tied, quantized)");
+    else if (!p.embed)
+      lm_head_.weight = w.matrix(*p.head, prefix + "embed_tokens.weight", vocab, hidden, "lm_head weights (tied)");
+    else if (p.head != p.embed)
       throw Error("lm_head is tied to embed_tokens (one matrix) and must be on the same device");
-    lm_head_.weight = copy ? w.quantized_copy(*p.head, prefix + "embed_tokens.weight", vocab, hidden,
-                                              "lm_head weights (tied, quantized)")
-                           : embed_table_;
+    else
+      lm_head_.weight = embed_table_;
   } else {
     lm_head_ = w.linear(*p.head, "lm_head", vocab, hidden, false, "lm_head weights");
   }
@@ -145,9 +140,7 @@ void Qwen2Model::hand_over(Context& from, Context& to, DeviceArray Scratch::*mem
 
 KvCache Qwen2Model::make_cache(size_t max_tokens) const {
   const size_t kv_dim = static_cast<size_t>(config_.num_key_value_heads * config_.head_dim());
-  std::vector<Stream*> streams;
-  for (size_t c : layer_context_) streams.push_back(contexts_[c]->stream.get());
-  KvCache cache(std::move(streams), kv_dim, max_tokens, kv_cache_dtype_, preallocate_kv_);
+  KvCache cache(layer_streams(), kv_dim, max_tokens, kv_cache_dtype_, preallocate_kv_);
   if (next_stage_) {
     const std::lock_guard lock(released_mutex_);
     cache.set_stage_id(next_cache_id_++, [this](uint64_t id) {
@@ -160,9 +153,13 @@ KvCache Qwen2Model::make_cache(size_t max_tokens) const {
 
 KvBlockPool Qwen2Model::make_block_pool(size_t blocks, bool prefix_caching) const {
   const size_t kv_dim = static_cast<size_t>(config_.num_key_value_heads * config_.head_dim());
+  return KvBlockPool(layer_streams(), kv_dim, kv_cache_dtype_, blocks, kKvBlockSize, prefix_caching);
+}
+
+std::vector<Stream*> Qwen2Model::layer_streams() const {
   std::vector<Stream*> streams;
   for (size_t c : layer_context_) streams.push_back(contexts_[c]->stream.get());
-  return KvBlockPool(std::move(streams), kv_dim, kv_cache_dtype_, blocks, kKvBlockSize, prefix_caching);
+  return streams;
 }
 
 void Qwen2Model::set_kv_cache_dtype(DType dtype) {

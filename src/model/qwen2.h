@@ -129,6 +129,8 @@ class Qwen2Model {
   // The step's rope tables and activations on every device holding layers, then this stage's
   // layers over the hidden states in the first layer's device's x; returns the context they end on.
   size_t run_layers(std::span<const Row> rows, size_t start_context);
+  // The stream of each layer's device, in layer order (what KV caches and pools live on).
+  std::vector<Stream*> layer_streams() const;
   // The final norm and lm_head over `logit_rows` of the n rows of hidden states in context `current`'s x.
   std::vector<float> logits(std::span<const uint32_t> logit_rows, size_t n, size_t current);
   // Copies `count` floats of `from`'s array `member` to the same array of `to`.

@@ -20,6 +20,7 @@
 #include "backends/registry.h"
 #include "backends/stream.h"
 #include "backends/transfer.h"
+#include "io/convert.h"
 #include "support/quant_weight.h"
 #include "support/test_support.h"
 #include "util/half.h"
@@ -866,18 +867,8 @@ TEST_P(StreamConformance, PagedKvStoreAndAttentionAddressPositionsThroughTheBloc
           DeviceBuffer bk = device_->allocate(pool_blocks * block * kv_dim * element, "paged keys");
           DeviceBuffer bv = device_->allocate(bk.size(), "paged values");
           {
-            std::vector<float> garbage(pool_blocks * block * kv_dim, 1e4f);
             std::vector<std::byte> stored(bk.size());
-            for (size_t i = 0; i < garbage.size(); ++i) {
-              if (d == DType::F32) {
-                std::memcpy(stored.data() + 4 * i, &garbage[i], 4);
-              } else {
-                uint32_t bits;
-                std::memcpy(&bits, &garbage[i], 4);
-                const uint16_t h = static_cast<uint16_t>(bits >> 16);
-                std::memcpy(stored.data() + 2 * i, &h, 2);
-              }
-            }
+            for (size_t i = 0; i < pool_blocks * block * kv_dim; ++i) store_float(d, stored.data(), i, 1e4f);
             stream_->copy_from_host(bk, 0, stored);
             stream_->copy_from_host(bv, 0, stored);
           }
