@@ -68,9 +68,10 @@ bool SequenceState::prefill(Qwen2Model& model, const std::function<void(std::str
 
 void SequenceState::prefill_next_chunk(Qwen2Model& model, const std::function<void(std::string_view)>& on_text) {
   if (!prefilling()) throw Error("prefill_next_chunk: the prompt is already prefilled");
-  if (pool_ && !prefix_looked_up_) {
+  if (pool_ && pool_->table().prefix_caching() && !prefix_looked_up_) {
     // Looked up at the first chunk, not at construction: a sequence that joins a batch with
-    // another of the same prompt then finds the blocks that one has written since.
+    // another of the same prompt then finds the blocks that one has written since. Without
+    // prefix caching no key is hashed (publishing with no keys does nothing).
     prefix_looked_up_ = true;
     const int32_t image_token = model.config().image_token_id;
     const size_t hidden = static_cast<size_t>(model.config().hidden_size);
