@@ -141,8 +141,8 @@ void add_export_command(CLI::App& app, int& exit_code) {
       "--quant_method awq|gptq`), merging LoRA adapters first in the same pass. Round-to-nearest, no\n"
       "calibration data: every decoder linear (q/k/v/o, gate/up/down) is quantized per group; embeddings,\n"
       "lm_head, norms, biases and a Qwen2.5-VL vision tower stay float16. Streams one tensor at a time.\n"
-      "The output loads in vlmforge, transformers and vLLM; it is written to a temporary directory and\n"
-      "renamed into place when complete.");
+      "The output loads in vlmforge and has the layouts transformers and vLLM read (docs/quantization.md);\n"
+      "it is written to a temporary directory and renamed into place when complete.");
   cmd->add_option("--model", args->model,
                   "Model directory (config.json + *.safetensors); default: the one the first adapter names");
   cmd->add_option("--adapters,--lora", args->adapters, "LoRA adapter directories merged first, in order")
